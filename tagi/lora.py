@@ -1,0 +1,159 @@
+"""Batched, per-example LoRA on the q/v projections of a T5, in peft's layout and scaling.
+
+    x ─┬─► W ─────────────────────────► (+) ─► y       y_i = W x_i + s · B_i (A_i x_i)
+       └─► A_i (r×in) ─► B_i (out×r) ─► ·s ┘          row i of the batch has its own (A_i, B_i)
+
+A LoRA *site* is one `nn.Linear` that `peft.LoraConfig(target_modules=["q", "v"])` would wrap:
+the q and v projections of encoder self-attention, decoder self-attention and decoder
+cross-attention. Sites are ordered as the model lists its modules, so site `2m` is the q and site
+`2m + 1` the v of attention module `m`. Weights for all sites are stacked:
+
+    A: (N, S, r, in)    like peft's lora_A.weight (r, in) per site
+    B: (N, S, out, r)   like peft's lora_B.weight (out, r) per site
+    scale = alpha / r   like peft's default (non-rsLoRA) scaling
+
+The backbone is never modified structurally: `apply_lora` adds forward hooks for the duration of a
+`with` block and `merged_lora` adds the delta into the weights and restores the saved originals;
+both undo themselves in `finally`, so an exception leaves no state behind.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+LORA_TARGETS = ("q", "v")
+
+
+@dataclass
+class LoRAWeights:
+    """Stacked LoRA factors for every site, one set per row (task or example)."""
+
+    A: Tensor  # (N, S, r, in)
+    B: Tensor  # (N, S, out, r)
+    scale: float  # alpha / r
+
+    def __post_init__(self) -> None:
+        if self.A.dim() != 4 or self.B.dim() != 4:
+            raise ValueError(f"LoRA A must be (N, S, r, in) and B (N, S, out, r); got {tuple(self.A.shape)} and {tuple(self.B.shape)}")
+        n, s, r, _ = self.A.shape
+        if self.B.shape[:2] != (n, s) or self.B.shape[3] != r:
+            raise ValueError(f"LoRA A {tuple(self.A.shape)} and B {tuple(self.B.shape)} disagree on rows, sites or rank")
+
+    @property
+    def rank(self) -> int:
+        return self.A.shape[2]
+
+    def __len__(self) -> int:
+        return self.A.shape[0]
+
+    def select(self, index: Tensor) -> "LoRAWeights":
+        """Rows picked by `index` (e.g. a task index per example): (len(index), S, ...)."""
+        return LoRAWeights(self.A.index_select(0, index), self.B.index_select(0, index), self.scale)
+
+    def delta(self, row: int, site: int) -> Tensor:
+        """The dense update s·B·A of one site: (out, in). Only for merging and tests."""
+        return self.scale * (self.B[row, site] @ self.A[row, site])
+
+
+def lora_site_names(model: nn.Module, targets: Sequence[str] = LORA_TARGETS) -> list[str]:
+    """Names of the `nn.Linear` modules peft's `LoraConfig(target_modules=targets)` matches, in model order."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in targets
+    ]
+
+
+def lora_sites(model: nn.Module, targets: Sequence[str] = LORA_TARGETS) -> list[nn.Linear]:
+    return [model.get_submodule(name) for name in lora_site_names(model, targets)]
+
+
+def _check_sites(sites: Sequence[nn.Linear], lora: LoRAWeights) -> None:
+    if lora.A.shape[1] != len(sites):
+        raise ValueError(f"LoRA weights cover {lora.A.shape[1]} sites but the model has {len(sites)} q/v sites")
+    first = sites[0]
+    if lora.A.shape[3] != first.in_features or lora.B.shape[2] != first.out_features:
+        raise ValueError(
+            f"LoRA shapes A {tuple(lora.A.shape)}, B {tuple(lora.B.shape)} do not fit a site "
+            f"Linear({first.in_features} → {first.out_features})"
+        )
+
+
+class _RowExpander:
+    """Maps the rows of a call to the rows of the LoRA weights.
+
+    `generate` repeats each example `k` times (beam search, num_return_sequences) with
+    `repeat_interleave`, so a call with N·k rows uses row i // k of the weights. The expanded copy is
+    built once per k and reused for every site and decoding step of this `with` block.
+    """
+
+    def __init__(self, lora: LoRAWeights):
+        self.lora = lora
+        self._expanded: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def factors(self, batch: int) -> tuple[Tensor, Tensor]:
+        n = len(self.lora)
+        if n == 1 or batch == n:  # one task for all rows broadcasts in matmul; or rows match
+            return self.lora.A, self.lora.B
+        if batch % n:
+            raise RuntimeError(f"a call with {batch} rows cannot be matched to {n} rows of LoRA weights")
+        k = batch // n
+        if k not in self._expanded:
+            self._expanded[k] = (self.lora.A.repeat_interleave(k, 0), self.lora.B.repeat_interleave(k, 0))
+        return self._expanded[k]
+
+
+def _lora_hook(site: int, rows: _RowExpander):
+    def hook(module: nn.Linear, args: tuple, output: Tensor) -> Tensor:
+        x = args[0]  # (n, T, in)
+        A, B = rows.factors(x.shape[0])
+        A = A[:, site].to(x.dtype)  # (n or 1, r, in)
+        B = B[:, site].to(x.dtype)  # (n or 1, out, r)
+        low = x @ A.transpose(-1, -2)  # (n, T, r)
+        return output + rows.lora.scale * (low @ B.transpose(-1, -2))  # (n, T, out)
+
+    return hook
+
+
+@contextmanager
+def apply_lora(sites: Sequence[nn.Linear], lora: LoRAWeights) -> Iterator[None]:
+    """Run the model with per-row LoRA weights on `sites` inside the `with` block (autograd-safe)."""
+    _check_sites(sites, lora)
+    rows = _RowExpander(lora)
+    handles = []
+    try:
+        for index, site in enumerate(sites):
+            handles.append(site.register_forward_hook(_lora_hook(index, rows)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def merged_lora(sites: Sequence[nn.Linear], lora: LoRAWeights) -> Iterator[None]:
+    """Merge ONE task's LoRA into the site weights for the `with` block, then restore them exactly.
+
+    For inference on single-task batches: the forward pass then costs what the bare backbone costs.
+    The original weights are saved and copied back (not subtracted), so un-merging is bit-exact.
+    """
+    _check_sites(sites, lora)
+    if len(lora) != 1:
+        raise ValueError(f"merged_lora takes one task's LoRA; got {len(lora)} rows (use apply_lora for mixed batches)")
+    if torch.is_grad_enabled() and (lora.A.requires_grad or lora.B.requires_grad):
+        raise RuntimeError("merged_lora is an inference path: call it under torch.no_grad() or use apply_lora to train")
+    originals = [site.weight.detach().clone() for site in sites]
+    try:
+        with torch.no_grad():
+            for index, site in enumerate(sites):
+                site.weight.add_(lora.delta(0, index).to(site.weight.dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            for site, weight in zip(sites, originals):
+                site.weight.copy_(weight)

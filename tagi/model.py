@@ -1,0 +1,264 @@
+"""Backbone T5 + hypernetwork + instruction fusion + fusion-in-decoder.
+
+    instruction ─► encoder (plain backbone, fusion off) ─► I, mask_I ─► hypernetwork ─► LoRA   (once per task)
+
+    input x ─► encoder with LoRA, and in each block after self-attention:
+               S_l ← S_l + CrossAttn_l(RMSNorm(S_l), I)           (instruction fusion, TAGI eq. 1)
+           ─► F ─► decoder with LoRA cross-attends to [I ; F]      (fusion-in-decoder)
+
+`encode_task` runs the first line once per task and returns a `TaskEncoding`; `forward` and
+`generate` take that encoding and any number of inputs. A batch may mix tasks: `task_index[i]`
+says which task row `i` belongs to. A single-task batch at inference uses the merged-weights path.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+from transformers import T5Config, T5ForConditionalGeneration
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+
+from tagi.hypernet import HyperNetwork, LoRAGenerator
+from tagi.lora import LoRAWeights, apply_lora, lora_site_names, merged_lora
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- backbone
+
+
+def tiny_t5_config(vocab_size: int = 384, d_model: int = 64, num_layers: int = 2, num_heads: int = 4, **overrides: Any) -> T5Config:
+    """A small random T5 for tests and the demo; `vocab_size` 384 fits `ByT5Tokenizer`."""
+    values = dict(
+        vocab_size=vocab_size,
+        d_model=d_model,
+        d_kv=d_model // num_heads,
+        d_ff=2 * d_model,
+        num_layers=num_layers,
+        num_decoder_layers=num_layers,
+        num_heads=num_heads,
+        relative_attention_num_buckets=16,
+        relative_attention_max_distance=64,
+        dropout_rate=0.0,
+        feed_forward_proj="gated-gelu",  # as t5-v1.1 / lm-adapt
+        tie_word_embeddings=False,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    values.update(overrides)
+    return T5Config(**values)
+
+
+def load_backbone(name_or_path: str = "tiny", tiny_config: dict | None = None, seed: int = 0) -> T5ForConditionalGeneration:
+    """`"tiny"` → a random T5 built in code (seeded, offline); otherwise a hub id or local directory."""
+    if name_or_path == "tiny":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return T5ForConditionalGeneration(tiny_t5_config(**(tiny_config or {})))
+    return T5ForConditionalGeneration.from_pretrained(name_or_path)
+
+
+# ---------------------------------------------------------------- task encoding
+
+
+@dataclass
+class TaskEncoding:
+    """What the hypernetwork produced for N tasks; reused for every input of those tasks."""
+
+    lora: LoRAWeights  # A (N, S, r, in), B (N, S, out, r)
+    instruction: Tensor  # (N, L, d) encoded instruction I
+    instruction_mask: Tensor  # (N, L)
+    generator_hidden: Tensor  # (N, M, 2, H)
+
+    def __len__(self) -> int:
+        return len(self.lora)
+
+    def select(self, index: Tensor) -> "TaskEncoding":
+        """Per-row view: (len(index), ...) gathered from the task rows."""
+        return TaskEncoding(
+            self.lora.select(index),
+            self.instruction.index_select(0, index),
+            self.instruction_mask.index_select(0, index),
+            self.generator_hidden.index_select(0, index),
+        )
+
+
+# ---------------------------------------------------------------- instruction fusion
+
+
+class FusionCrossAttention(nn.Module):
+    """Pre-norm cross-attention from input states to the instruction, T5-style (residual outside).
+
+    The output projection starts at zero, so a fresh model computes exactly what the backbone does.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, d_kv: int, eps: float = 1e-6):
+        super().__init__()
+        self.num_heads, self.d_kv = num_heads, d_kv
+        self.norm = nn.RMSNorm(d_model, eps=eps)
+        self.query = nn.Linear(d_model, num_heads * d_kv, bias=False)
+        self.key = nn.Linear(d_model, num_heads * d_kv, bias=False)
+        self.value = nn.Linear(d_model, num_heads * d_kv, bias=False)
+        self.out = nn.Linear(num_heads * d_kv, d_model, bias=False)
+        nn.init.zeros_(self.out.weight)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        return x.view(x.shape[0], x.shape[1], self.num_heads, self.d_kv).transpose(1, 2)  # (N, h, T, dk)
+
+    def forward(self, states: Tensor, instruction: Tensor, instruction_mask: Tensor) -> Tensor:
+        n, t, _ = states.shape
+        q = self._heads(self.query(self.norm(states)))  # (N, h, T, dk)
+        k = self._heads(self.key(instruction))  # (N, h, L, dk)
+        v = self._heads(self.value(instruction))  # (N, h, L, dk)
+        keep = instruction_mask.bool()[:, None, None, :]  # (N, 1, 1, L)
+        attended = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # (N, h, T, dk)
+        return states + self.out(attended.transpose(1, 2).reshape(n, t, -1))  # (N, T, d)
+
+
+def _fusion_hook(fusion: FusionCrossAttention, instruction: Tensor, instruction_mask: Tensor):
+    """Forward pre-hook on an encoder block's feed-forward sublayer: fuse right after self-attention."""
+
+    def hook(module: nn.Module, args: tuple) -> tuple:
+        return (fusion(args[0], instruction, instruction_mask), *args[1:])  # args[0]: (N, T, d)
+
+    return hook
+
+
+# ---------------------------------------------------------------- the model
+
+
+class TAGIModel(nn.Module):
+    """A T5 whose q/v projections get LoRA weights generated from a task instruction."""
+
+    def __init__(
+        self,
+        backbone: T5ForConditionalGeneration,
+        lora_rank: int = 8,
+        lora_alpha: float = 16.0,
+        generator_hidden_dim: int = 128,
+        site_embed_dim: int = 32,
+        b_init_std: float = 1e-3,
+        fusion: bool = True,
+        fid: bool = True,
+        freeze_backbone: bool = True,
+    ):
+        super().__init__()
+        config = backbone.config
+        self.backbone = backbone
+        self.lora_rank, self.lora_alpha = lora_rank, lora_alpha
+        self.use_fusion, self.use_fid = fusion, fid
+        self.site_names = lora_site_names(backbone)
+        inner = config.num_heads * config.d_kv
+        self.hypernet = HyperNetwork(
+            LoRAGenerator(
+                num_modules=len(self.site_names) // 2,
+                instruction_dim=config.d_model,
+                in_features=config.d_model,
+                out_features=inner,
+                rank=lora_rank,
+                hidden_dim=generator_hidden_dim,
+                site_embed_dim=site_embed_dim,
+                b_init_std=b_init_std,
+            )
+        )
+        self.fusion = nn.ModuleList(
+            FusionCrossAttention(config.d_model, config.num_heads, config.d_kv, config.layer_norm_epsilon)
+            for _ in backbone.encoder.block
+        ) if fusion else None
+        self.backbone.requires_grad_(not freeze_backbone)
+
+    @property
+    def lora_scale(self) -> float:
+        return self.lora_alpha / self.lora_rank
+
+    def sites(self) -> list[nn.Linear]:
+        return [self.backbone.get_submodule(name) for name in self.site_names]
+
+    # -- per task, once
+
+    def encode_instruction(self, instruction_ids: Tensor, instruction_mask: Tensor) -> Tensor:
+        """The instruction through the plain backbone encoder (no LoRA, no fusion): (N, L, d)."""
+        return self.backbone.encoder(input_ids=instruction_ids, attention_mask=instruction_mask).last_hidden_state
+
+    def encode_task(self, instruction_ids: Tensor, instruction_mask: Tensor) -> TaskEncoding:
+        """Run the hypernetwork on N instructions. Do this once per task and reuse the result."""
+        instruction = self.encode_instruction(instruction_ids, instruction_mask)  # (N, L, d)
+        generated = self.hypernet(instruction, instruction_mask)
+        lora = LoRAWeights(generated.A, generated.B, self.lora_scale)
+        return TaskEncoding(lora, instruction, instruction_mask, generated.hidden)
+
+    # -- per input, many times
+
+    def _rows(self, task: TaskEncoding, task_index: Tensor | None) -> TaskEncoding:
+        return task if task_index is None else task.select(task_index)
+
+    @contextmanager
+    def adapted(self, task: TaskEncoding, merge: bool | None = None) -> Iterator[None]:
+        """Inside the block the backbone runs with `task`'s LoRA (one row per example, or one for all).
+
+        `merge=None` merges when there is one task and no gradient is needed.
+        """
+        if merge is None:
+            merge = len(task) == 1 and not torch.is_grad_enabled()
+        with (merged_lora if merge else apply_lora)(self.sites(), task.lora):
+            yield
+
+    def encode_inputs(self, task: TaskEncoding, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Encoder pass (call inside `adapted`): states the decoder attends to, and their mask.
+
+        Returns [I ; F] and [mask_I ; mask] with FiD on, else F and mask. Shapes (B, L+T, d), (B, L+T).
+        """
+        batch = input_ids.shape[0]
+        instruction = task.instruction.expand(batch, -1, -1) if len(task) == 1 else task.instruction
+        instruction_mask = task.instruction_mask.expand(batch, -1) if len(task) == 1 else task.instruction_mask
+        with ExitStack() as hooks:
+            if self.fusion is not None:
+                for block, fusion in zip(self.backbone.encoder.block, self.fusion):
+                    hook = _fusion_hook(fusion, instruction, instruction_mask)
+                    hooks.callback(block.layer[-1].register_forward_pre_hook(hook).remove)
+            states = self.backbone.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if not self.use_fid:
+            return states, attention_mask
+        return torch.cat([instruction, states], 1), torch.cat([instruction_mask.to(attention_mask.dtype), attention_mask], 1)
+
+    def forward(
+        self,
+        task: TaskEncoding,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        labels: Tensor | None = None,
+        task_index: Tensor | None = None,
+        merge: bool | None = None,
+        **decoder_kwargs: Any,
+    ) -> Seq2SeqLMOutput:
+        """Logits (and CE loss when `labels` are given) for inputs of the encoded task(s)."""
+        rows = self._rows(task, task_index)
+        with self.adapted(rows, merge):
+            states, mask = self.encode_inputs(rows, input_ids, attention_mask)
+            return self.backbone(
+                encoder_outputs=BaseModelOutput(last_hidden_state=states), attention_mask=mask, labels=labels, **decoder_kwargs
+            )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        task: TaskEncoding,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        task_index: Tensor | None = None,
+        merge: bool | None = None,
+        **generate_kwargs: Any,
+    ) -> Tensor:
+        """`backbone.generate` for inputs of the encoded task(s); beams keep their row's weights."""
+        rows = self._rows(task, task_index)
+        with self.adapted(rows, merge):
+            states, mask = self.encode_inputs(rows, input_ids, attention_mask)
+            return self.backbone.generate(
+                encoder_outputs=BaseModelOutput(last_hidden_state=states), attention_mask=mask, **generate_kwargs
+            )
