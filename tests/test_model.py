@@ -1,0 +1,147 @@
+"""TAGIModel: equivalences with the backbone and peft, gradients, generate paths, per-task reuse."""
+
+import copy
+
+import pytest
+import torch
+from peft import PeftModel
+
+from tagi.adapters import save_adapter
+from tagi.lora import LoRAWeights
+from tagi.model import TAGIModel, load_backbone
+
+
+def make_model(**kwargs) -> TAGIModel:
+    torch.manual_seed(0)
+    options = dict(lora_rank=4, lora_alpha=8.0, generator_hidden_dim=16, site_embed_dim=8, b_init_std=0.3)
+    options.update(kwargs)
+    return TAGIModel(load_backbone("tiny", dict(d_model=32, num_heads=2)), **options).eval()
+
+
+def tokens(rows, length, seed):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 300, (rows, length), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[-1, length - 3 :] = 0  # one padded row
+    return ids, mask
+
+
+@pytest.fixture(scope="module")
+def instructions():
+    return tokens(2, 9, seed=11)
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    ids, mask = tokens(4, 8, seed=12)
+    decoder_input_ids = torch.randint(3, 300, (4, 5), generator=torch.Generator().manual_seed(13))
+    return ids, mask, decoder_input_ids
+
+
+def test_zero_lora_without_fusion_or_fid_is_the_bare_backbone(instructions, inputs):
+    model = make_model(fusion=False, fid=False)
+    for name in ("head_B", "bias_B"):
+        torch.nn.init.zeros_(getattr(model.hypernet.generator, name))
+    ids, mask, dec = inputs
+    with torch.no_grad():
+        task = model.encode_task(*instructions)
+        assert torch.count_nonzero(task.lora.B) == 0
+        ours = model(task, ids, mask, decoder_input_ids=dec, task_index=torch.tensor([0, 1, 0, 1])).logits
+        bare = model.backbone(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
+    assert torch.equal(ours, bare)
+
+
+def test_fresh_fusion_is_an_identity(instructions, inputs):
+    """Zero-initialised fusion output: with FiD off and zero LoRA, the fused model is the backbone."""
+    model = make_model(fusion=True, fid=False)
+    torch.nn.init.zeros_(model.hypernet.generator.head_B)
+    ids, mask, dec = inputs
+    with torch.no_grad():
+        task = model.encode_task(*instructions)
+        ours = model(task, ids, mask, decoder_input_ids=dec, task_index=torch.tensor([0, 0, 1, 1])).logits
+        bare = model.backbone(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
+    assert torch.equal(ours, bare)
+
+
+def test_fusion_and_fid_change_the_output_once_trained(instructions, inputs):
+    model = make_model(fusion=True, fid=True)
+    torch.nn.init.normal_(model.fusion[0].out.weight, std=0.5)
+    ids, mask, dec = inputs
+    with torch.no_grad():
+        task = model.encode_task(*instructions)
+        states, states_mask = model.encode_inputs(task.select(torch.tensor([0, 0, 1, 1])), ids, mask)
+    assert states.shape[1] == instructions[0].shape[1] + ids.shape[1]  # [I ; F]
+    assert torch.equal(states_mask[:, : instructions[0].shape[1]], instructions[1][[0, 0, 1, 1]])
+
+
+def test_exported_generated_lora_reproduces_our_logits_in_peft(instructions, inputs, tmp_path):
+    model = make_model(fusion=False, fid=False)
+    ids, mask, dec = inputs
+    with torch.no_grad():
+        task = model.encode_task(*instructions).select(torch.tensor([1]))
+        ours = model(task, ids, mask, decoder_input_ids=dec, merge=False).logits
+        bare = model.backbone(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
+    save_adapter(tmp_path / "gen", task.lora, model.site_names, alpha=model.lora_alpha)
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(model.backbone), str(tmp_path / "gen")).eval()
+    with torch.no_grad():
+        theirs = peft_model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
+    assert (ours - theirs).abs().max() <= 1e-5
+    assert (ours - bare).abs().max() > 1e-3
+
+
+def test_gradients_reach_hypernetwork_and_fusion_not_the_frozen_backbone(instructions, inputs):
+    model = make_model(fusion=True, fid=True).train()
+    ids, mask, _ = inputs
+    labels = torch.randint(3, 300, (4, 5))
+    task = model.encode_task(*instructions)
+    model(task, ids, mask, labels=labels, task_index=torch.tensor([0, 1, 1, 0])).loss.backward()
+    for name, parameter in model.hypernet.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    for name, parameter in model.fusion.named_parameters():
+        assert parameter.grad is not None, name
+    assert all(fusion.out.weight.grad.abs().sum() > 0 for fusion in model.fusion)
+    assert all(parameter.grad is None for parameter in model.backbone.parameters())
+
+
+def test_trainable_backbone_gets_gradients(instructions, inputs):
+    model = make_model(freeze_backbone=False).train()
+    ids, mask, _ = inputs
+    task = model.encode_task(*instructions)
+    model(task, ids, mask, labels=torch.randint(3, 300, (4, 5)), task_index=torch.tensor([0, 1, 1, 0])).loss.backward()
+    assert model.backbone.shared.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_generate_per_example_and_merged_paths_agree(instructions, inputs, beams):
+    model = make_model().double()
+    ids, mask, _ = inputs
+    options = dict(max_new_tokens=6, num_beams=beams, do_sample=False)
+    with torch.no_grad():
+        tasks = model.encode_task(*instructions)
+        task = tasks.select(torch.tensor([0]))
+        merged = model.generate(task, ids, mask, merge=True, **options)
+        hooked = model.generate(task, ids, mask, merge=False, **options)
+        per_row = model.generate(tasks, ids, mask, task_index=torch.zeros(4, dtype=torch.long), **options)
+        mixed = model.generate(tasks, ids, mask, task_index=torch.tensor([0, 1, 0, 1]), **options)
+        alone = [model.generate(tasks.select(torch.tensor([t])), ids[i : i + 1], mask[i : i + 1], **options) for i, t in enumerate([0, 1, 0, 1])]
+    assert torch.equal(merged, hooked) and torch.equal(merged, per_row)
+    for row, single in enumerate(alone):
+        assert torch.equal(mixed[row, : single.shape[1]], single[0])
+
+
+def test_one_task_encoding_serves_100_inputs_with_one_hypernetwork_call(instructions):
+    model = make_model()
+    calls = []
+    model.hypernet.register_forward_hook(lambda *args: calls.append(1))
+    ids, mask = tokens(100, 8, seed=21)
+    with torch.no_grad():
+        task = model.encode_task(instructions[0][:1], instructions[1][:1])
+        for start in range(0, 100, 10):
+            model(task, ids[start : start + 10], mask[start : start + 10], decoder_input_ids=ids[start : start + 10, :3])
+        model.generate(task, ids[:10], mask[:10], max_new_tokens=3)
+    assert len(calls) == 1
+
+
+def test_lora_weights_validate_shapes():
+    with pytest.raises(ValueError, match="disagree"):
+        LoRAWeights(torch.zeros(1, 4, 2, 8), torch.zeros(1, 4, 8, 3), 1.0)
