@@ -1,0 +1,219 @@
+"""Reader for task directories in the Super-NaturalInstructions layout.
+
+    <root>/tasks/<task>.json                   Definition, Positive Examples, Instances, Categories, ...
+    <root>/splits/<split>/train_tasks.txt       one task name per line
+    <root>/splits/<split>/test_tasks.txt
+    <root>/splits/<split>/excluded_tasks.txt    optional; these tasks are dropped from both lists
+
+The full SNI v2 checkout, `../shared/data/ni-v1` and the synthetic suite (`synthetic.py`) all read
+through here. A task's cluster is its first category; `build_clusters` maps categories to ids.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+REQUIRED_FIELDS = ("Definition", "Positive Examples", "Instances", "Categories")
+ON_ERROR = ("raise", "skip")
+
+
+class InvalidTaskError(ValueError):
+    """A task file (or a split file entry) that cannot be used; the message names file and field."""
+
+    def __init__(self, path: Path | str, field: str, problem: str, fix: str = ""):
+        self.path, self.field = str(path), field
+        super().__init__(f"{path}: field '{field}': {problem}" + (f" -- {fix}" if fix else ""))
+
+
+@dataclass(frozen=True)
+class Instance:
+    id: str
+    input: str
+    outputs: list[str]  # every acceptable reference; training uses outputs[0]
+
+
+@dataclass(frozen=True)
+class Demonstration:
+    input: str
+    output: str
+
+
+@dataclass
+class Task:
+    name: str
+    definition: str
+    positive_examples: list[Demonstration]
+    instances: list[Instance]
+    categories: list[str]
+    path: Path
+
+    @property
+    def category(self) -> str:
+        """The task cluster (SNI's first category)."""
+        return self.categories[0]
+
+
+# ---------------------------------------------------------------------------------------- fields
+def _text(value, path: Path, field: str) -> str:
+    """SNI stores strings either bare or as a one-element list (Definition); accept both."""
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        value = value[0]
+    if not isinstance(value, str):
+        raise InvalidTaskError(path, field, f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _definition(raw: dict, path: Path) -> str:
+    definition = _text(raw["Definition"], path, "Definition").strip()
+    if not definition:
+        raise InvalidTaskError(path, "Definition", "is empty", "write the task's instruction there")
+    return definition
+
+
+def _demonstrations(raw: dict, path: Path) -> list[Demonstration]:
+    examples = raw["Positive Examples"]
+    if not isinstance(examples, list):
+        raise InvalidTaskError(path, "Positive Examples", "expected a list of {input, output}")
+    out = []
+    for i, ex in enumerate(examples):
+        field = f"Positive Examples[{i}]"
+        if not isinstance(ex, dict) or "input" not in ex or "output" not in ex:
+            raise InvalidTaskError(path, field, "needs 'input' and 'output'")
+        out.append(Demonstration(_text(ex["input"], path, field + ".input").strip(),
+                                 _text(ex["output"], path, field + ".output").strip()))
+    return out
+
+
+def _instance(ex, i: int, task_name: str, path: Path) -> Instance:
+    field = f"Instances[{i}]"
+    if not isinstance(ex, dict):
+        raise InvalidTaskError(path, field, "expected an object with 'input' and 'output'")
+    for key in ("input", "output"):
+        if key not in ex:
+            raise InvalidTaskError(path, f"{field}.{key}", "is missing")
+    outputs = ex["output"] if isinstance(ex["output"], list) else [ex["output"]]
+    if not outputs or not all(isinstance(o, str) for o in outputs):
+        raise InvalidTaskError(path, f"{field}.output", "expected a non-empty list of strings")
+    text = _text(ex["input"], path, f"{field}.input")
+    return Instance(str(ex.get("id", f"{task_name}-{i}")), text.strip(), [o.strip() for o in outputs])
+
+
+def _categories(raw: dict, path: Path) -> list[str]:
+    cats = raw["Categories"]
+    if isinstance(cats, str):
+        cats = [cats]
+    if not isinstance(cats, list) or not cats or not all(isinstance(c, str) and c for c in cats):
+        raise InvalidTaskError(path, "Categories", "expected a non-empty list of names",
+                               "the first category is the task's cluster")
+    return cats
+
+
+def _cap(instances: list, max_instances: int | None, sample_seed: int | None, name: str) -> list:
+    """First `max_instances` (SNI test convention) or a seeded sample in file order (train convention)."""
+    if max_instances is None or len(instances) <= max_instances:
+        return instances
+    if sample_seed is None:
+        return instances[:max_instances]
+    keep = sorted(random.Random(f"{sample_seed}:{name}").sample(range(len(instances)), max_instances))
+    return [instances[i] for i in keep]
+
+
+# ------------------------------------------------------------------------------------------ tasks
+def read_task(path: Path | str, max_instances: int | None = None,
+              sample_seed: int | None = None) -> Task:
+    """Parse one `tasks/<name>.json`; raises `InvalidTaskError` naming the file and field."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InvalidTaskError(path, "<json>", f"malformed JSON at line {e.lineno} column {e.colno}: "
+                               f"{e.msg}") from e
+    except FileNotFoundError as e:
+        raise InvalidTaskError(path, "<file>", "task file does not exist") from e
+    if not isinstance(raw, dict):
+        raise InvalidTaskError(path, "<json>", "top level must be an object")
+    for field in REQUIRED_FIELDS:
+        if field not in raw:
+            raise InvalidTaskError(path, field, "required field is missing")
+    if not isinstance(raw["Instances"], list) or not raw["Instances"]:
+        raise InvalidTaskError(path, "Instances", "task has no instances", "add at least one")
+    name = path.stem
+    instances = [_instance(ex, i, name, path) for i, ex in enumerate(raw["Instances"])]
+    return Task(name=name, definition=_definition(raw, path), positive_examples=_demonstrations(raw, path),
+                instances=_cap(instances, max_instances, sample_seed, name),
+                categories=_categories(raw, path), path=path)
+
+
+def _read_names(path: Path) -> list[str]:
+    names = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            names.append(line.removesuffix(".json"))
+    return list(dict.fromkeys(names))  # drop duplicates, keep order
+
+
+def task_names(root: Path | str, split: str = "default", subset: str = "train") -> list[str]:
+    """Task names listed in `splits/<split>/<subset>_tasks.txt`, minus `excluded_tasks.txt`."""
+    split_dir = Path(root) / "splits" / split
+    path = split_dir / f"{subset}_tasks.txt"
+    if not path.is_file():
+        have = sorted(p.name for p in (Path(root) / "splits").glob("*")) if split_dir.parent.is_dir() else []
+        raise FileNotFoundError(f"{path}: split file not found (splits present under {split_dir.parent}: "
+                                f"{have or 'none'}); is {root} a Super-NaturalInstructions-layout directory?")
+    names = _read_names(path)
+    excluded_path = split_dir / "excluded_tasks.txt"
+    if excluded_path.is_file():
+        excluded = set(_read_names(excluded_path))
+        dropped = [n for n in names if n in excluded]
+        if dropped:
+            log.warning("%s: dropping %d task(s) listed in %s", path, len(dropped), excluded_path)
+        names = [n for n in names if n not in excluded]
+    return names
+
+
+def load_split(root: Path | str, split: str = "default", subset: str = "train",
+               max_instances: int | None = None, on_error: str = "raise",
+               sample_seed: int | None = None) -> list[Task]:
+    """Read every task of `splits/<split>/<subset>_tasks.txt`, in file order.
+
+    `on_error="skip"` logs a warning (file and field) and leaves the task out instead of raising.
+    """
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    root = Path(root)
+    split_file = root / "splits" / split / f"{subset}_tasks.txt"
+    tasks = []
+    for name in task_names(root, split, subset):
+        path = root / "tasks" / f"{name}.json"
+        try:
+            if not path.is_file():
+                raise InvalidTaskError(path, "<file>", f"task listed in {split_file} but the file is absent")
+            tasks.append(read_task(path, max_instances, sample_seed))
+        except InvalidTaskError as e:
+            if on_error == "raise":
+                raise
+            log.warning("skipping task (on_error='skip'): %s", e)
+    if not tasks:
+        raise InvalidTaskError(split_file, "<tasks>", "no usable task in this split")
+    return tasks
+
+
+# --------------------------------------------------------------------------------------- clusters
+def build_clusters(tasks: list[Task]) -> dict[str, int]:
+    """Category name → cluster id, ids in sorted-name order (stable across runs and machines)."""
+    return {name: i for i, name in enumerate(sorted({t.category for t in tasks}))}
+
+
+def save_clusters(path: Path | str, clusters: dict[str, int]) -> None:
+    Path(path).write_text(json.dumps(clusters, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def load_clusters(path: Path | str) -> dict[str, int]:
+    return {str(k): int(v) for k, v in json.loads(Path(path).read_text(encoding="utf-8")).items()}
