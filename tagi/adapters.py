@@ -111,3 +111,15 @@ def load_adapter(adapter_dir: str | os.PathLike, site_names: Sequence[str]) -> L
     if A.shape[1] != config.r:
         raise AdapterError(f"{weights_file}: lora_A has rank {A.shape[1]} but {CONFIG_NAME} says r={config.r}")
     return LoRAWeights(A.unsqueeze(0), B.unsqueeze(0), adapter_scale(config))
+
+
+def cluster_slug(cluster: str) -> str:
+    """Directory name of a cluster's teacher: 'Question Answering' → 'question-answering'."""
+    return "-".join("".join(ch if ch.isalnum() else " " for ch in cluster.lower()).split()) or "cluster"
+
+
+def read_meta(adapter_dir: str | os.PathLike) -> dict[str, Any]:
+    meta_file = Path(adapter_dir) / META_NAME
+    if not meta_file.is_file():
+        raise AdapterError(f"{meta_file}: missing; teacher directories carry a {META_NAME} written by the teacher stage")
+    return json.loads(meta_file.read_text())

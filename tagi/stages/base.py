@@ -1,0 +1,129 @@
+"""What every stage shares: the backbone spec, the tokenizer, the optimizer, and validation by
+generation on held-out tasks scored with torchmetrics (ROUGE-L, exact match; per task, per
+category, overall).
+
+Subclasses implement `training_step` and `generate_texts(batch) -> list[str]`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import lightning as L
+import torch
+from torch import Tensor
+from transformers import get_linear_schedule_with_warmup
+
+from tagi.data.tokenization import load_tokenizer
+from tagi.metrics import InstructionMetrics, results_table
+from tagi.model import load_backbone
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Backbone:
+    """Which T5 to build: `name` is "tiny" (random, built in code), a hub id, or a local directory."""
+
+    name: str = "tiny"
+    tiny_config: dict | None = None  # overrides for tagi.model.tiny_t5_config when name == "tiny"
+    seed: int = 0  # initialisation seed of the tiny model
+
+    def load(self, vocab_size: int):
+        tiny = {"vocab_size": vocab_size, **(self.tiny_config or {})}
+        return load_backbone(self.name, tiny, self.seed)
+
+
+@dataclass
+class Optimization:
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06  # linear warm-up over this share of the steps, then linear decay to 0
+
+
+@dataclass
+class Generation:
+    max_new_tokens: int = 64
+    num_beams: int = 1
+
+
+class GenerativeStage(L.LightningModule):
+    """Base LightningModule: optimizer + held-out validation/test by generation."""
+
+    def __init__(self, backbone: Backbone, tokenizer: str, optimization: Optimization, generation: Generation):
+        super().__init__()
+        self.tokenizer = load_tokenizer(tokenizer)
+        self.backbone_spec = backbone
+        self.optimization = optimization
+        self.generation = generation
+        self.eval_metrics: InstructionMetrics | None = None
+
+    def hparams_dict(self, **extra) -> dict:
+        """Plain-dict hyperparameters (dataclasses flattened) stored in every checkpoint."""
+        values = dict(
+            backbone=asdict(self.backbone_spec),
+            optimization=asdict(self.optimization),
+            generation=asdict(self.generation),
+        )
+        return {**values, **extra}
+
+    # -- evaluation
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        eval_tasks = getattr(datamodule, "eval_tasks", None)
+        if eval_tasks:
+            self.eval_metrics = InstructionMetrics(eval_tasks)
+
+    def generate_texts(self, batch: dict) -> list[str]:
+        raise NotImplementedError  # each stage decides how its rows get their weights
+
+    def decode(self, sequences: Tensor) -> list[str]:
+        return self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+
+    def generate_kwargs(self) -> dict:
+        return dict(max_new_tokens=self.generation.max_new_tokens, num_beams=self.generation.num_beams, do_sample=False)
+
+    def _eval_step(self, batch: dict) -> None:
+        if self.eval_metrics is None:
+            return
+        self.eval_metrics.update(self.generate_texts(batch), batch["references"], batch["task_names"])
+
+    def _eval_epoch_end(self, prefix: str) -> dict[str, float]:
+        if self.eval_metrics is None:
+            return {}
+        scores = {key: float(value) for key, value in self.eval_metrics.compute().items()}
+        self.eval_metrics.reset()
+        self.log_dict({f"{prefix}/{key}": value for key, value in scores.items()}, sync_dist=False)
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            log.info("%s scores (epoch %d, step %d):\n%s", prefix, self.current_epoch, self.global_step, results_table(scores))
+        return scores
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # -- optimisation
+
+    def configure_optimizers(self):
+        trainable = [parameter for parameter in self.parameters() if parameter.requires_grad]
+        optimizer = torch.optim.AdamW(
+            trainable, lr=self.optimization.learning_rate, weight_decay=self.optimization.weight_decay
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.optimization.warmup_ratio * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def group_rows(keys: Tensor) -> list[tuple[int, Tensor]]:
+    """Rows of a batch grouped by an integer key (task index, cluster id): [(key, row indices)]."""
+    return [(int(key), (keys == key).nonzero().squeeze(1)) for key in torch.unique(keys)]

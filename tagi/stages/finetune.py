@@ -1,0 +1,176 @@
+"""Stage 3: finetune the hypernetwork (+ fusion) on instruction tasks, distilling from the teachers.
+
+    loss = CE + λ_kl · KL(teacher ‖ student) + λ_param · L_param(generated LoRA, teacher LoRA) + λ_cst · L_cst
+
+The teacher of a row is the backbone θ0 + the LoRA of the row's task cluster, fed the
+instruction-concatenated input, without gradient. A λ of 0 skips its term's work entirely.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from tagi.adapters import cluster_slug, load_adapter, read_meta
+from tagi.lora import LoRAWeights, apply_lora
+from tagi.losses import consistency_loss, kl_distillation, lora_param_distance
+from tagi.stages.base import Backbone, Generation, Optimization
+from tagi.stages.hyper import Architecture, HyperStage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Distillation:
+    kl_weight: float = 1.0
+    temperature: float = 1.0
+    param_weight: float = 1.0
+    param_form: str = "delta"  # "ab": MSE on A and B (paper eq. 4); "delta": MSE on ΔW = s·B·A
+    consistency_weight: float = 0.0  # HART local consistency; off by default
+
+
+class ConfigurationError(ValueError):
+    """Stages that do not fit together (teacher vs student, checkpoint vs backbone)."""
+
+
+class FinetuneModule(HyperStage):
+    def __init__(
+        self,
+        backbone: Backbone = Backbone(),
+        architecture: Architecture = Architecture(),
+        tokenizer: str = "byt5",
+        optimization: Optimization = Optimization(),
+        generation: Generation = Generation(),
+        distillation: Distillation = Distillation(),
+        init_from: str | None = None,
+        teachers: str | None = None,
+    ):
+        super().__init__(backbone, architecture, tokenizer, optimization, generation)
+        if distillation.param_form not in ("ab", "delta"):
+            raise ConfigurationError(f"distillation.param_form must be 'ab' or 'delta', got {distillation.param_form!r}")
+        self.distillation = distillation
+        self.init_from, self.teachers = init_from, teachers
+        self.teacher_bank: LoRAWeights | None = None
+        hidden = (self.model.hypernet.generator.num_modules, 2, architecture.generator_hidden_dim)
+        # HART consistency state: the previous step's batch-mean generator hidden state (resumable).
+        self.register_buffer("consistency_mean", torch.zeros(hidden))
+        self.register_buffer("consistency_steps", torch.zeros((), dtype=torch.long))
+        self.save_hyperparameters(
+            self.hparams_dict(
+                tokenizer=tokenizer, stage="finetune", distillation=asdict(distillation), init_from=init_from, teachers=teachers
+            )
+        )
+        if init_from:
+            self._warm_start(init_from)
+
+    @property
+    def needs_teachers(self) -> bool:
+        return self.distillation.kl_weight > 0 or self.distillation.param_weight > 0
+
+    # -- start-up: warm start and teacher bank
+
+    def _warm_start(self, path: str) -> None:
+        """Weights only (optimizer/loop state are not carried over; resuming a stage is --ckpt_path)."""
+        if not Path(path).is_file():
+            raise ConfigurationError(f"model.init_args.init_from: {path} is not a file; point it at the stage-2 (pretrain) checkpoint")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        theirs = checkpoint.get("hyper_parameters", {}).get("backbone")
+        if theirs != asdict(self.backbone_spec):
+            raise ConfigurationError(
+                f"{path} was trained on backbone {theirs}, but this run uses {asdict(self.backbone_spec)}; "
+                "use the same model.init_args.backbone in both stages"
+            )
+        if not checkpoint["hyper_parameters"].get("architecture", {}).get("freeze_backbone", True):
+            raise ConfigurationError(
+                f"{path} trained the backbone; finetuning needs the frozen θ0 the teachers were trained on. "
+                "Pretrain with architecture.freeze_backbone: true"
+            )
+        state = {key[len("model."):]: value for key, value in checkpoint["state_dict"].items() if key.startswith("model.")}
+        try:
+            self.model.load_state_dict(state)
+        except RuntimeError as error:
+            raise ConfigurationError(f"{path} does not fit this architecture ({error}); use the pretrain stage's architecture") from None
+        log.info("warm-started from %s", path)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if self.needs_teachers and self.teacher_bank is None:
+            self.teacher_bank = self._load_teacher_bank(self.trainer.datamodule.clusters, self.trainer.datamodule.train_clusters)
+
+    def _load_teacher_bank(self, clusters: dict[str, int], needed: list[str]) -> LoRAWeights:
+        if not self.teachers:
+            raise ConfigurationError("model.init_args.teachers is not set but kl_weight/param_weight > 0 need the teacher bank")
+        root = Path(self.teachers)
+        sites = self.model.site_names
+        first = None
+        A = B = None
+        for name in needed:
+            directory = root / cluster_slug(name)
+            if not directory.is_dir():
+                raise ConfigurationError(f"teacher for cluster {name!r} not found: {directory} is missing (run the teacher stage)")
+            self._check_teacher(directory, read_meta(directory))
+            lora = load_adapter(directory, sites)
+            if A is None:
+                first = lora
+                A = torch.zeros(len(clusters), *lora.A.shape[1:])  # (K, S, r, in)
+                B = torch.zeros(len(clusters), *lora.B.shape[1:])  # (K, S, out, r)
+            A[clusters[name]], B[clusters[name]] = lora.A[0], lora.B[0]
+        return LoRAWeights(A.to(self.device), B.to(self.device), first.scale)
+
+    def _check_teacher(self, directory: Path, meta: dict) -> None:
+        differences = []
+        if meta.get("backbone") != asdict(self.backbone_spec):
+            differences.append(f"backbone {meta.get('backbone')} ≠ {asdict(self.backbone_spec)}")
+        if meta.get("lora_rank") != self.architecture.lora_rank and self.distillation.param_form == "ab":
+            differences.append(f"rank {meta.get('lora_rank')} ≠ {self.architecture.lora_rank} (param_form 'ab' needs equal ranks)")
+        if meta.get("tokenizer") != self.hparams["tokenizer"]:
+            differences.append(f"tokenizer {meta.get('tokenizer')!r} ≠ {self.hparams['tokenizer']!r}")
+        if differences:
+            raise ConfigurationError(f"teacher {directory} does not match this student: " + "; ".join(differences))
+
+    # -- training
+
+    def teacher_logits(self, batch: dict) -> Tensor:
+        """θ0 + the row's cluster LoRA on the instruction-concatenated input: (B, T, V), no gradient."""
+        bank = self.teacher_bank
+        rows = LoRAWeights(bank.A.to(self.device), bank.B.to(self.device), bank.scale).select(batch["cluster_ids"])
+        with torch.no_grad(), apply_lora(self.model.sites(), rows):
+            return self.model.backbone(
+                input_ids=batch["concat_input_ids"], attention_mask=batch["concat_attention_mask"], labels=batch["labels"]
+            ).logits
+
+    def _param_distance(self, task, batch: dict) -> Tensor:
+        task_clusters = torch.empty(len(task), dtype=torch.long, device=self.device)
+        task_clusters.scatter_(0, batch["task_index"], batch["cluster_ids"])  # (N,) cluster of each task
+        bank = self.teacher_bank
+        A_t, B_t = bank.A.to(self.device)[task_clusters], bank.B.to(self.device)[task_clusters]
+        lora = task.lora
+        return lora_param_distance(self.distillation.param_form, lora.A, lora.B, lora.scale, A_t, B_t, bank.scale)
+
+    def _consistency(self, task) -> Tensor:
+        previous = self.consistency_mean if self.consistency_steps > 0 else None
+        loss, mean = consistency_loss(task.generator_hidden, previous)
+        self.consistency_mean.copy_(mean)
+        self.consistency_steps += 1
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int):
+        task, outputs = self.student_outputs(batch)
+        d = self.distillation
+        terms = {"ce": outputs.loss}
+        if d.kl_weight > 0:
+            terms["kl"] = kl_distillation(outputs.logits, self.teacher_logits(batch), batch["labels"], d.temperature)
+        if d.param_weight > 0:
+            terms["param"] = self._param_distance(task, batch)
+        if d.consistency_weight > 0:
+            terms["cst"] = self._consistency(task)
+        weights = {"ce": 1.0, "kl": d.kl_weight, "param": d.param_weight, "cst": d.consistency_weight}
+        loss = sum(weights[name] * value for name, value in terms.items())
+        size = batch["input_ids"].shape[0]
+        self.log_dict({f"train/{name}": value for name, value in terms.items()}, batch_size=size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        return loss

@@ -1,0 +1,82 @@
+"""Shared by the stages that train the hypernetwork (pretrain, finetune): the TAGI model and how
+the student generates on held-out tasks (hypernetwork once per task, merged weights per task)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from tagi.cache import TaskCache
+from tagi.model import TAGIModel
+from tagi.stages.base import Backbone, Generation, GenerativeStage, Optimization, group_rows
+
+
+@dataclass
+class Architecture:
+    """The hypernetwork and what it adapts (DESIGN §1)."""
+
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    generator_hidden_dim: int = 128
+    site_embed_dim: int = 32
+    b_init_std: float = 1e-3
+    fusion: bool = True  # instruction-fusion cross-attention in the encoder blocks
+    fid: bool = True  # decoder attends to [instruction ; input]
+    freeze_backbone: bool = True
+
+
+class HyperStage(GenerativeStage):
+    def __init__(
+        self,
+        backbone: Backbone,
+        architecture: Architecture,
+        tokenizer: str,
+        optimization: Optimization,
+        generation: Generation,
+    ):
+        super().__init__(backbone, tokenizer, optimization, generation)
+        self.architecture = architecture
+        self.model = TAGIModel(backbone.load(len(self.tokenizer)), **asdict(architecture))
+        self.task_cache = TaskCache(self.model.encode_task)
+
+    def hparams_dict(self, **extra) -> dict:
+        return super().hparams_dict(architecture=asdict(self.architecture), **extra)
+
+    def student_outputs(self, batch: dict):
+        """Encode each distinct instruction of the batch once, then run every row with its task's LoRA."""
+        task = self.model.encode_task(batch["instruction_ids"], batch["instruction_mask"])
+        outputs = self.model(
+            task, batch["input_ids"], batch["attention_mask"], labels=batch["labels"], task_index=batch["task_index"]
+        )
+        return task, outputs
+
+    def generate_texts(self, batch: dict) -> list[str]:
+        """Rows grouped by task; each task's encoding comes from the cache (hypernetwork once per task)."""
+        texts: list[str] = [""] * batch["input_ids"].shape[0]
+        for task_row, rows in group_rows(batch["task_index"]):
+            task = self.task_cache.get(batch["instruction_ids"][task_row], batch["instruction_mask"][task_row])
+            sequences = self.model.generate(
+                task, batch["input_ids"][rows], batch["attention_mask"][rows], merge=True, **self.generate_kwargs()
+            )
+            for row, text in zip(rows.tolist(), self.decode(sequences)):
+                texts[row] = text
+        return texts
+
+    def _clear_cache(self) -> None:
+        self.task_cache.clear()  # weights changed since the last evaluation
+
+    def on_validation_epoch_start(self) -> None:
+        self._clear_cache()
+
+    def on_test_epoch_start(self) -> None:
+        self._clear_cache()
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self._clear_cache()
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        self._clear_cache()

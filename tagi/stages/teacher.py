@@ -1,0 +1,116 @@
+"""Stage 1: one LoRA teacher per task cluster, all trained in ONE run as a bank.
+
+Every batch may mix clusters: row i runs the backbone with the LoRA of its cluster (the batched
+per-example LoRA of `tagi.lora`), fed the instruction-concatenated (Tk-Instruct) input. At the end
+each cluster's LoRA is written as a standard PEFT adapter directory, atomically:
+
+    <output_dir>/<cluster-slug>/{adapter_config.json, adapter_model.safetensors, meta.json}
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tagi.adapters import cluster_slug, save_adapter
+from tagi.lora import LoRAWeights, apply_lora, lora_site_names, lora_sites
+from tagi.stages.base import Backbone, Generation, GenerativeStage, Optimization, group_rows
+
+log = logging.getLogger(__name__)
+
+
+class TeacherModule(GenerativeStage):
+    def __init__(
+        self,
+        backbone: Backbone = Backbone(),
+        tokenizer: str = "byt5",
+        lora_rank: int = 8,
+        lora_alpha: float = 16.0,
+        output_dir: str = "teachers/demo",
+        optimization: Optimization = Optimization(),
+        generation: Generation = Generation(),
+    ):
+        super().__init__(backbone, tokenizer, optimization, generation)
+        self.backbone = backbone.load(len(self.tokenizer)).requires_grad_(False)
+        self.lora_rank, self.lora_alpha, self.output_dir = lora_rank, lora_alpha, Path(output_dir)
+        self.site_names = lora_site_names(self.backbone)
+        self.lora_A: nn.Parameter | None = None  # (K, S, r, in), built in setup once the clusters are known
+        self.lora_B: nn.Parameter | None = None  # (K, S, out, r)
+        self.last_scores: dict[str, float] = {}
+        self.save_hyperparameters(
+            self.hparams_dict(tokenizer=tokenizer, stage="teacher", lora_rank=lora_rank, lora_alpha=lora_alpha, output_dir=output_dir)
+        )
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = self.trainer.datamodule
+        self.clusters: dict[str, int] = dict(datamodule.clusters)
+        self.cluster_tasks: dict[str, list[str]] = dict(datamodule.cluster_tasks)
+        if self.lora_A is None:
+            self._build_bank(len(self.clusters))
+
+    def _build_bank(self, num_clusters: int) -> None:
+        """peft's init: A ~ U(±1/sqrt(in)) (kaiming_uniform with a=√5), B = 0, so training starts at θ0."""
+        site = lora_sites(self.backbone)[0]
+        shape_A = (num_clusters, len(self.site_names), self.lora_rank, site.in_features)
+        bound = 1.0 / math.sqrt(site.in_features)
+        self.lora_A = nn.Parameter(torch.empty(shape_A).uniform_(-bound, bound))
+        self.lora_B = nn.Parameter(torch.zeros(num_clusters, len(self.site_names), site.out_features, self.lora_rank))
+
+    def bank(self) -> LoRAWeights:
+        return LoRAWeights(self.lora_A, self.lora_B, self.lora_alpha / self.lora_rank)
+
+    def training_step(self, batch: dict, batch_idx: int):
+        with apply_lora(lora_sites(self.backbone), self.bank().select(batch["cluster_ids"])):
+            loss = self.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        self.log("train/ce", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def generate_texts(self, batch: dict) -> list[str]:
+        texts: list[str] = [""] * batch["input_ids"].shape[0]
+        sites = lora_sites(self.backbone)
+        for cluster, rows in group_rows(batch["cluster_ids"]):
+            lora = self.bank().select(torch.tensor([cluster], device=self.device))
+            with torch.no_grad(), apply_lora(sites, lora):  # one cluster: rows broadcast one LoRA
+                sequences = self.backbone.generate(
+                    input_ids=batch["input_ids"][rows], attention_mask=batch["attention_mask"][rows], **self.generate_kwargs()
+                )
+            for row, text in zip(rows.tolist(), self.decode(sequences)):
+                texts[row] = text
+        return texts
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self._eval_epoch_end("val")
+        if scores and not self.trainer.sanity_checking:
+            self.last_scores = scores
+
+    def on_train_end(self) -> None:
+        if self.trainer.is_global_zero:
+            self.save_teachers()
+
+    def save_teachers(self) -> list[Path]:
+        """One PEFT directory per cluster that has training tasks."""
+        written = []
+        bank = self.bank()
+        for name, tasks in sorted(self.cluster_tasks.items()):
+            index = self.clusters[name]
+            meta = dict(
+                cluster=name,
+                cluster_id=index,
+                tasks=sorted(tasks),
+                backbone=asdict(self.backbone_spec),
+                tokenizer=self.hparams["tokenizer"],
+                lora_rank=self.lora_rank,
+                lora_alpha=self.lora_alpha,
+                global_step=self.global_step,
+                validation={key: value for key, value in self.last_scores.items() if key.endswith(f"/category/{name}") or "/" not in key},
+            )
+            one = bank.select(torch.tensor([index], device=self.lora_A.device))
+            written.append(save_adapter(self.output_dir / cluster_slug(name), one, self.site_names, self.lora_alpha, self.backbone_spec.name, meta))
+        log.info("wrote %d teacher adapters to %s", len(written), self.output_dir)
+        return written
