@@ -87,27 +87,35 @@ def iter_documents(source: str, split: str = "train") -> Iterator[str]:
 # -------------------------------------------------------------------------------------- splitting
 def split_pieces(ids: Sequence[int], rng: random.Random, max_lens: Sequence[int],
                  min_piece: int = 1) -> list[list[int]] | None:
-    """Cut `ids[:sum(max_lens)]` into len(max_lens) consecutive pieces at random points.
+    """Cut a prefix of `ids` into len(max_lens) consecutive pieces at random points.
 
-    Piece i has between `min_piece` and `max_lens[i]` tokens and together they cover the window
-    exactly. Returns None when the sequence is shorter than `len(max_lens) * min_piece`.
+    Piece i has between `min_piece` and `max_lens[i]` tokens. With enough tokens each length is
+    uniform in that range; a shorter sequence is covered exactly (random cuts within the bounds).
+    Returns None when `ids` is shorter than `len(max_lens) * min_piece`.
     """
     if min_piece < 1 or any(m < min_piece for m in max_lens):
         raise ValueError(f"need 1 <= min_piece <= every max length, got {min_piece=} {max_lens=}")
-    remaining = min(len(ids), sum(max_lens))
-    if remaining < len(max_lens) * min_piece:
+    if len(ids) < len(max_lens) * min_piece:
         return None
-    pieces, start = [], 0
-    for i, max_len in enumerate(max_lens):
+    if len(ids) >= sum(max_lens):
+        lengths = [rng.randint(min_piece, m) for m in max_lens]
+    else:
+        lengths = _exact_lengths(len(ids), rng, max_lens, min_piece)
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    return [list(ids[s:s + n]) for s, n in zip(starts, lengths)]
+
+
+def _exact_lengths(total: int, rng: random.Random, max_lens: Sequence[int], min_piece: int) -> list[int]:
+    """Random piece lengths within [min_piece, max_i] that sum to `total`."""
+    lengths = []
+    for i, max_len in enumerate(max_lens[:-1]):
         later = max_lens[i + 1:]
-        if not later:
-            n = remaining
-        else:  # leave room for the later pieces' minimum, and take what they cannot hold
-            low = max(min_piece, remaining - sum(later))
-            n = rng.randint(low, min(max_len, remaining - min_piece * len(later)))
-        pieces.append(list(ids[start:start + n]))
-        start, remaining = start + n, remaining - n
-    return pieces
+        # leave the later pieces their minimum, and give them no more than they can hold
+        low = max(min_piece, total - sum(later))
+        n = rng.randint(low, min(max_len, total - min_piece * len(later)))
+        lengths.append(n)
+        total -= n
+    return lengths + [total]
 
 
 def split_three_way(ids: Sequence[int], rng: random.Random, max_a: int, max_b: int, max_c: int,
@@ -137,8 +145,8 @@ def _shard() -> tuple[int, int]:
 class C4Segments(IterableDataset):
     """Yields `{"instruction", "input", "labels"}` token lists (each ending in EOS) from documents.
 
-    Documents `[skip_documents, skip_documents + max_documents)` are tokenised and cut into
-    windows of the summed piece lengths; each window is split at random points. The random
+    Documents `[skip_documents, skip_documents + max_documents)` are tokenised and cut, start to
+    end, into consecutive segments split at random points (`split_pieces`). The random
     state is derived from (seed, pass, document index), so the segments do not depend on the
     number of workers. `num_segments` fixes the epoch length (cycling over the documents);
     None means one pass.
@@ -168,11 +176,9 @@ class C4Segments(IterableDataset):
     def _segments(self, doc_index: int, text: str, epoch: int) -> Iterator[dict]:
         rng = random.Random(f"{self.seed}:{epoch}:{doc_index}")
         ids = encode(self.tokenizer, [text])[0]
-        window = sum(self.max_lens)
-        for start in range(0, len(ids), window):
-            pieces = split_pieces(ids[start:start + window], rng, self.max_lens, self.min_piece)
-            if pieces is None:
-                continue
+        start, window = 0, sum(self.max_lens)
+        while (pieces := split_pieces(ids[start:start + window], rng, self.max_lens, self.min_piece)):
+            start += sum(map(len, pieces))  # the next segment continues where this one ended
             instruction = pieces[0] + pieces[3] if self.four_way else pieces[0]
             yield {"instruction": instruction + [self.eos], "input": pieces[1] + [self.eos],
                    "labels": pieces[2] + [self.eos]}

@@ -1,0 +1,238 @@
+"""LightningDataModules for the three stages; thin wrappers over the Lightning-free data code.
+
+    TeacherDataModule    train: train tasks, input = Tk-Instruct concatenation     (stage 1)
+                         val: held-out instances of the train tasks; test: held-out tasks
+    PretrainDataModule   train: C4 segments a/b/c ([a; d] with four_way)             (stage 2)
+                         val/test: held-out SNI tasks of `eval_data_dir` (else C4 segments)
+    FinetuneDataModule   train: train tasks, instruction → H, input → model          (stage 3)
+                         val/test: held-out tasks
+
+After `setup()` each exposes `tokenizer`, `clusters` (category → id), `eval_tasks` (held-out
+(task, category) pairs) and `val_tasks` (what its val loader covers); the teacher module also
+`cluster_tasks` (category → its train task names). Batch keys: see `collate.py`.
+`data_dir="synthetic"` (or None) generates the embedded task suite into `cache_dir` on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from .c4 import C4Segments
+from .collate import Collator
+from .sampler import TaskBatchSampler
+from .sni import Task
+from .sni_dataset import (SYNTHETIC, Lengths, SNIDataset, cap_instances, holdout_instances, load_tasks,
+                          prepare_data_dir)
+from .tokenization import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def _pairs(tasks: list[Task]) -> list[tuple[str, str]]:
+    return [(t.name, t.category) for t in tasks]
+
+
+class _TaskDataModule(LightningDataModule):
+    """Loaders and bookkeeping shared by all three; subclasses set `self.hparams` in `__init__`."""
+
+    def _init_state(self) -> None:
+        self.tokenizer = None
+        self.clusters: dict[str, int] = {}
+        self.eval_tasks: list[tuple[str, str]] = []
+        self.val_tasks: list[tuple[str, str]] = []
+        self.datasets: dict[str, Dataset] = {}
+
+    def _task_dir(self) -> str | None:
+        """The SNI-layout directory this module reads ("synthetic" for the embedded suite)."""
+        return self.hparams.data_dir or SYNTHETIC
+
+    def prepare_data(self) -> None:  # once per node: generate the synthetic suite if it is asked for
+        if self._task_dir() is not None:
+            prepare_data_dir(self._task_dir(), self.hparams.synthetic_seed, self.hparams.cache_dir)
+
+    def _load(self, data_dir: str | None, split: str, max_train: int | None) -> tuple[list[Task], list[Task]]:
+        h = self.hparams
+        root = prepare_data_dir(data_dir, h.synthetic_seed, h.cache_dir)  # idempotent, race-safe
+        train, test, self.clusters = load_tasks(root, split, max_train, h.max_test_instances_per_task,
+                                                h.on_error, h.seed)
+        self.eval_tasks = _pairs(test)
+        return train, test
+
+    @property
+    def collator(self) -> Collator:
+        return Collator(self.tokenizer.pad_token_id)
+
+    def _train_loader(self, dataset: Dataset, group_of: list[int] | None, per_batch: int | None) -> DataLoader:
+        h = self.hparams
+        common = dict(collate_fn=self.collator, num_workers=h.num_workers, persistent_workers=h.num_workers > 0)
+        if per_batch:  # few tasks (or clusters) per batch: their instructions are encoded once each
+            sampler = TaskBatchSampler(group_of, h.batch_size, per_batch, shuffle=True, seed=h.seed)
+            return DataLoader(dataset, batch_sampler=sampler, **common)
+        generator = torch.Generator().manual_seed(h.seed)
+        return DataLoader(dataset, batch_size=h.batch_size, shuffle=True, generator=generator, **common)
+
+    def _eval_loader(self, name: str) -> DataLoader:
+        """Deterministic, task by task (the dataset's order), no shuffling."""
+        h = self.hparams
+        return DataLoader(self.datasets[name], batch_size=h.eval_batch_size or h.batch_size, shuffle=False,
+                          collate_fn=self.collator, num_workers=h.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def state_dict(self) -> dict:
+        """Saved in checkpoints: the category → cluster id map the model was trained with."""
+        return {"clusters": dict(self.clusters)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.clusters and state.get("clusters") not in (None, self.clusters):
+            log.warning("checkpoint clusters %s differ from the data's %s", state["clusters"], self.clusters)
+
+
+class TeacherDataModule(_TaskDataModule):
+    """Stage 1: batches {input_ids, attention_mask (the concatenation), labels, cluster_ids}."""
+
+    def __init__(self, data_dir: str | None = "synthetic", split: str = "default", tokenizer: str = "byt5",
+                 num_pos: int = 2, batch_size: int = 8, eval_batch_size: int | None = None,
+                 max_concat_length: int = 1024, max_target_length: int = 128,
+                 max_train_instances_per_task: int | None = None, val_instances_per_task: int = 10,
+                 max_test_instances_per_task: int | None = 100, only_clusters: list[str] | None = None,
+                 clusters_per_batch: int | None = None, num_workers: int = 0, seed: int = 0,
+                 on_error: str = "raise", synthetic_seed: int = 0, cache_dir: str = "runs/data"):
+        super().__init__()
+        self.save_hyperparameters()
+        self._init_state()
+        self.cluster_tasks: dict[str, list[str]] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        h = self.hparams
+        self.tokenizer = load_tokenizer(h.tokenizer)
+        max_train = None if h.max_train_instances_per_task is None else (
+            h.max_train_instances_per_task + h.val_instances_per_task)
+        train, test = self._load(self._task_dir(), h.split, max_train)
+        if h.only_clusters is not None:
+            train = [t for t in train if t.category in set(h.only_clusters)]
+        train, val = holdout_instances(train, h.val_instances_per_task)
+        self.cluster_tasks = {}
+        for t in train:
+            self.cluster_tasks.setdefault(t.category, []).append(t.name)
+        self.val_tasks = _pairs(val)
+        lengths = Lengths(target=h.max_target_length, concat=h.max_concat_length)
+        make = partial(SNIDataset, tokenizer=self.tokenizer, clusters=self.clusters, num_pos=h.num_pos,
+                       lengths=lengths, teacher=True)
+        self.datasets = {"train": make(train), "val": make(val, with_meta=True),
+                         "test": make(test, with_meta=True)}
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.datasets["train"]
+        clusters = [ds.clusters[ds.tasks[ti].category] for ti in ds.task_of]
+        return self._train_loader(ds, clusters, self.hparams.clusters_per_batch)
+
+
+class FinetuneDataModule(_TaskDataModule):
+    """Stage 3: batches {instruction_ids, instruction_mask, task_index, input_ids, attention_mask,
+    labels, cluster_ids, concat_input_ids, concat_attention_mask}; val/test over held-out tasks."""
+
+    def __init__(self, data_dir: str | None = "synthetic", split: str = "default", tokenizer: str = "byt5",
+                 num_pos: int = 2, batch_size: int = 8, eval_batch_size: int | None = None,
+                 max_instruction_length: int = 1024, max_input_length: int = 512,
+                 max_target_length: int = 128, max_concat_length: int = 1024,
+                 max_train_instances_per_task: int | None = None, max_val_instances_per_task: int | None = None,
+                 max_test_instances_per_task: int | None = 100, tasks_per_batch: int | None = None,
+                 num_workers: int = 0, seed: int = 0, on_error: str = "raise", synthetic_seed: int = 0,
+                 cache_dir: str = "runs/data"):
+        super().__init__()
+        self.save_hyperparameters()
+        self._init_state()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        h = self.hparams
+        self.tokenizer = load_tokenizer(h.tokenizer)
+        train, test = self._load(self._task_dir(), h.split, h.max_train_instances_per_task)
+        self.val_tasks = self.eval_tasks
+        lengths = Lengths(h.max_instruction_length, h.max_input_length, h.max_target_length, h.max_concat_length)
+        self.datasets = _finetune_datasets(self.tokenizer, self.clusters, h.num_pos, lengths, test,
+                                           h.max_val_instances_per_task, train)
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.datasets["train"]
+        return self._train_loader(ds, ds.task_of, self.hparams.tasks_per_batch)
+
+
+def _finetune_datasets(tokenizer, clusters: dict[str, int], num_pos: int, lengths: Lengths,
+                       test: list[Task], max_val: int | None, train: list[Task] | None = None) -> dict:
+    """Finetune-format datasets: eval ones carry metadata; val is a per-task prefix of test."""
+    make = partial(SNIDataset, tokenizer=tokenizer, clusters=clusters, num_pos=num_pos, lengths=lengths)
+    out = {"test": make(test, with_meta=True)}
+    out["val"] = out["test"] if max_val is None else make(cap_instances(test, max_val), with_meta=True)
+    if train is not None:
+        out["train"] = make(train)
+    return out
+
+
+class PretrainDataModule(_TaskDataModule):
+    """Stage 2: batches {instruction_ids, instruction_mask, task_index, input_ids, attention_mask,
+    labels} from C4 segments; val/test over the held-out tasks of `eval_data_dir` when given
+    (the finetune eval batches), else val over C4 segments of the first `val_documents` documents."""
+
+    def __init__(self, source: str, tokenizer: str = "byt5", four_way: bool = False, batch_size: int = 8,
+                 eval_batch_size: int | None = None, max_instruction_length: int = 256,
+                 max_input_length: int = 256, max_target_length: int = 128, min_piece: int = 8,
+                 num_train_segments: int | None = None, max_documents: int | None = None,
+                 val_documents: int = 16, num_val_segments: int | None = 64,
+                 eval_data_dir: str | None = None, eval_split: str = "default", num_pos: int = 2,
+                 max_concat_length: int = 1024, max_val_instances_per_task: int | None = None,
+                 max_test_instances_per_task: int | None = 100, num_workers: int = 0, seed: int = 0,
+                 on_error: str = "raise", synthetic_seed: int = 0, cache_dir: str = "runs/data"):
+        super().__init__()
+        self.save_hyperparameters()
+        self._init_state()
+
+    def _task_dir(self) -> str | None:
+        return self.hparams.eval_data_dir  # None: no held-out tasks, validate on C4 segments
+
+    def _segments(self, **kwargs) -> C4Segments:
+        h = self.hparams
+        return C4Segments(h.source, self.tokenizer, h.max_instruction_length, h.max_input_length,
+                          h.max_target_length, h.four_way, h.min_piece, h.seed, **kwargs)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        h = self.hparams
+        self.tokenizer = load_tokenizer(h.tokenizer)
+        if h.eval_data_dir is None:  # validate on held-out documents, never trained on
+            self.datasets = {"val": self._segments(num_segments=h.num_val_segments, max_documents=h.val_documents)}
+            skip = h.val_documents
+        else:
+            _, test = self._load(h.eval_data_dir, h.eval_split, max_train=0)
+            self.val_tasks = self.eval_tasks
+            lengths = Lengths(h.max_instruction_length, h.max_input_length, h.max_target_length,
+                              h.max_concat_length)
+            self.datasets = _finetune_datasets(self.tokenizer, self.clusters, h.num_pos, lengths, test,
+                                               h.max_val_instances_per_task)
+            skip = 0
+        self.datasets["train"] = self._segments(num_segments=h.num_train_segments, max_documents=h.max_documents,
+                                                skip_documents=skip)
+
+    def train_dataloader(self) -> DataLoader:
+        h = self.hparams
+        return DataLoader(self.datasets["train"], batch_size=h.batch_size, collate_fn=self.collator,
+                          num_workers=h.num_workers, persistent_workers=h.num_workers > 0)
+
+    def test_dataloader(self) -> DataLoader:
+        if "test" not in self.datasets:
+            raise ValueError("PretrainDataModule has no test set: give eval_data_dir (held-out SNI tasks)")
+        return self._eval_loader("test")

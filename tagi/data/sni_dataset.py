@@ -1,0 +1,148 @@
+"""Tokenised SNI examples (Lightning-free): what the collator pads into the batch contract.
+
+Tokenisation happens once, here; examples are assembled from pre-tokenised parts in
+`__getitem__`. The Tk-Instruct concatenation is `prefix + prompt + EOS`, with the task-level
+prefix (instruction) tokenised once per task; when it is too long the *prefix* is cut, so the
+instance itself is never lost (like Tk-Instruct, which drops demonstrations before the input).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from . import templates
+from .sni import Task, build_clusters, load_split
+from .synthetic import ensure_suite
+from .tokenization import encode
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC = "synthetic"
+
+
+@dataclass(frozen=True)
+class Lengths:
+    """Maximum token counts, EOS included."""
+
+    instruction: int = 1024  # hypernetwork input (Def / Def + kPos)
+    input: int = 512  # model input (the instance input)
+    target: int = 128
+    concat: int = 1024  # Tk-Instruct concatenation (teacher / concat baseline)
+
+
+def _fit(ids: list[int], max_len: int, eos: int, counts: Counter, field: str) -> list[int]:
+    if len(ids) + 1 > max_len:
+        counts[field] += 1
+        ids = ids[:max_len - 1]
+    return ids + [eos]
+
+
+class SNIDataset(Dataset):
+    """One example per (task, instance).
+
+    `teacher=False` (finetune, eval): {instruction, input, labels, concat, cluster_id}
+    `teacher=True`: {input = the concatenation, labels, cluster_id}
+    `with_meta=True` adds {task_name, category, instance_id, references} for evaluation.
+    """
+
+    def __init__(self, tasks: list[Task], tokenizer, clusters: dict[str, int], num_pos: int = 2,
+                 lengths: Lengths = Lengths(), teacher: bool = False, with_meta: bool = False):
+        self.tasks, self.clusters, self.teacher, self.with_meta = tasks, clusters, teacher, with_meta
+        eos, counts = tokenizer.eos_token_id, Counter()
+        instructions = encode(tokenizer, [templates.instruction_text(t, num_pos) for t in tasks])
+        self.instructions = [_fit(ids, lengths.instruction, eos, counts, "instruction") for ids in instructions]
+        self.prefixes = encode(tokenizer, [templates.concat_prefix_text(t, num_pos) for t in tasks])
+        self.rows = [(ti, inst) for ti, t in enumerate(tasks) for inst in t.instances]  # task order
+        inputs = encode(tokenizer, [templates.model_input_text(inst.input) for _, inst in self.rows])
+        self.inputs = [_fit(ids, lengths.input, eos, counts, "input") for ids in inputs]
+        targets = encode(tokenizer, [inst.outputs[0] for _, inst in self.rows])
+        self.labels = [_fit(ids, lengths.target, eos, counts, "target") for ids in targets]
+        self.prompts = encode(tokenizer, [templates.concat_prompt_text(inst.input) for _, inst in self.rows])
+        self.max_concat, self.eos = lengths.concat, eos
+        counts["concat"] = sum(len(self.prefixes[ti]) + len(p) + 1 > lengths.concat
+                               for (ti, _), p in zip(self.rows, self.prompts))
+        _log_truncation(counts, len(tasks), len(self.rows), lengths)
+
+    @property
+    def task_of(self) -> list[int]:
+        """Task index of every example (for `TaskBatchSampler`)."""
+        return [ti for ti, _ in self.rows]
+
+    def concat(self, i: int) -> list[int]:
+        ti, budget = self.rows[i][0], self.max_concat - 1
+        prompt = self.prompts[i][:budget]
+        return self.prefixes[ti][:budget - len(prompt)] + prompt + [self.eos]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        ti, inst = self.rows[i]
+        task = self.tasks[ti]
+        ex = {"labels": self.labels[i], "cluster_id": self.clusters[task.category]}
+        if self.teacher:
+            ex["input"] = self.concat(i)
+        else:
+            ex.update(instruction=self.instructions[ti], input=self.inputs[i], concat=self.concat(i))
+        if self.with_meta:
+            ex.update(task_name=task.name, category=task.category, instance_id=inst.id,
+                      references=list(inst.outputs))
+        return ex
+
+
+def _log_truncation(counts: Counter, num_tasks: int, num_rows: int, lengths: Lengths) -> None:
+    if not any(counts.values()):
+        return
+    parts = [f"instruction {counts['instruction']}/{num_tasks} tasks (max {lengths.instruction})"]
+    parts += [f"{f} {counts[f]}/{num_rows} examples (max {getattr(lengths, f)})"
+              for f in ("input", "target", "concat")]
+    log.warning("truncated to the configured lengths: %s", ", ".join(parts))
+
+
+# ----------------------------------------------------------------------------------- task loading
+def resolve_data_dir(data_dir: str | None, synthetic_seed: int = 0, cache_dir: str = "runs/data") -> Path:
+    """A directory in SNI layout; None / "synthetic" → the embedded suite's cache directory."""
+    if data_dir in (None, SYNTHETIC):
+        return Path(cache_dir) / f"synthetic-seed{synthetic_seed}"
+    return Path(data_dir)
+
+
+def prepare_data_dir(data_dir: str | None, synthetic_seed: int = 0, cache_dir: str = "runs/data") -> Path:
+    """Like `resolve_data_dir`, and writes the synthetic suite when it is the one asked for."""
+    path = resolve_data_dir(data_dir, synthetic_seed, cache_dir)
+    if data_dir in (None, SYNTHETIC):
+        ensure_suite(path, synthetic_seed)
+    return path
+
+
+def load_tasks(root: Path, split: str, max_train: int | None, max_test: int | None, on_error: str,
+               seed: int) -> tuple[list[Task], list[Task], dict[str, int]]:
+    """(train tasks, held-out test tasks, clusters over both); train caps are a seeded sample."""
+    train = load_split(root, split, "train", max_train, on_error, sample_seed=seed)
+    test = load_split(root, split, "test", max_test, on_error)
+    return train, test, build_clusters(train + test)
+
+
+def cap_instances(tasks: list[Task], max_instances: int | None) -> list[Task]:
+    """The first `max_instances` instances of each task (a subset for cheaper validation)."""
+    if max_instances is None:
+        return tasks
+    return [dataclasses.replace(t, instances=t.instances[:max_instances]) for t in tasks]
+
+
+def holdout_instances(tasks: list[Task], n: int) -> tuple[list[Task], list[Task]]:
+    """Split each task's instances: the last `n` (at most all but one) are held out for validation."""
+    train, val = [], []
+    for t in tasks:
+        k = min(n, len(t.instances) - 1)
+        cut = len(t.instances) - k
+        train.append(dataclasses.replace(t, instances=t.instances[:cut]))
+        if k > 0:
+            val.append(dataclasses.replace(t, instances=t.instances[cut:]))
+    return train, val
