@@ -7,8 +7,10 @@
     FinetuneDataModule   train: train tasks, instruction → H, input → model          (stage 3)
                          val/test: held-out tasks
 
-After `setup()` each exposes `tokenizer`, `clusters` (category → id), `eval_tasks` (held-out
-(task, category) pairs) and `val_tasks` (what its val loader covers); the teacher module also
+After `setup()` each exposes `tokenizer`, `clusters` (category → id, over train + held-out
+tasks), `train_clusters` (categories with train tasks: the teacher bank), `eval_tasks` (held-out
+(task, category) pairs: the test loader) and `val_tasks` (what its val loader covers: the train
+tasks' held-out instances for the teacher, else `eval_tasks`); the teacher module also
 `cluster_tasks` (category → its train task names). Batch keys: see `collate.py`.
 `data_dir="synthetic"` (or None) generates the embedded task suite into `cache_dir` on first use.
 """
@@ -45,6 +47,7 @@ class _TaskDataModule(LightningDataModule):
         self.clusters: dict[str, int] = {}
         self.eval_tasks: list[tuple[str, str]] = []
         self.val_tasks: list[tuple[str, str]] = []
+        self.train_clusters: list[str] = []  # categories that have train tasks (= teachers to train/load)
         self.datasets: dict[str, Dataset] = {}
 
     def _task_dir(self) -> str | None:
@@ -61,6 +64,7 @@ class _TaskDataModule(LightningDataModule):
         train, test, self.clusters = load_tasks(root, split, max_train, h.max_test_instances_per_task,
                                                 h.on_error, h.seed)
         self.eval_tasks = _pairs(test)
+        self.train_clusters = sorted({t.category for t in train})
         return train, test
 
     @property
@@ -126,6 +130,7 @@ class TeacherDataModule(_TaskDataModule):
         self.cluster_tasks = {}
         for t in train:
             self.cluster_tasks.setdefault(t.category, []).append(t.name)
+        self.train_clusters = sorted(self.cluster_tasks)
         self.val_tasks = _pairs(val)
         lengths = Lengths(target=h.max_target_length, concat=h.max_concat_length)
         make = partial(SNIDataset, tokenizer=self.tokenizer, clusters=self.clusters, num_pos=h.num_pos,

@@ -1,0 +1,148 @@
+"""SNI-layout reader and templates: the real NI v1 tasks (when ../shared is here) and every bad input."""
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from tagi.data import templates
+from tagi.data.sni import (InvalidTaskError, build_clusters, load_clusters, load_split, read_task, save_clusters,
+                           task_names)
+
+NI_V1 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ni-v1"
+needs_ni_v1 = pytest.mark.skipif(not NI_V1.is_dir(), reason=f"shared NI v1 data not found at {NI_V1}")
+
+
+def good_task(**overrides) -> dict:
+    task = {"Definition": ["Say the word twice."], "Categories": ["Repetition"],
+            "Positive Examples": [{"input": "cat", "output": "cat cat", "explanation": ""},
+                                  {"input": "dog", "output": "dog dog", "explanation": ""}],
+            "Negative Examples": [],
+            "Instances": [{"id": f"t-{i}", "input": w, "output": [f"{w} {w}"]} for i, w in enumerate(["ox", "emu"])]}
+    task.update(overrides)
+    return task
+
+
+def make_root(tmp_path: Path, tasks: dict[str, dict | str], train: list[str], test: list[str] = (),
+              excluded: list[str] | None = None) -> Path:
+    (tmp_path / "tasks").mkdir()
+    split = tmp_path / "splits" / "default"
+    split.mkdir(parents=True)
+    for name, body in tasks.items():
+        text = body if isinstance(body, str) else json.dumps(body)
+        (tmp_path / "tasks" / f"{name}.json").write_text(text)
+    (split / "train_tasks.txt").write_text("\n".join(train) + "\n")
+    (split / "test_tasks.txt").write_text("\n".join(test) + "\n")
+    if excluded is not None:
+        (split / "excluded_tasks.txt").write_text("\n".join(excluded) + "\n")
+    return tmp_path
+
+
+# ------------------------------------------------------------------------------------------ NI v1
+@needs_ni_v1
+def test_ni_v1_splits_and_clusters():
+    train = load_split(NI_V1, "default", "train", max_instances=3)
+    test = load_split(NI_V1, "default", "test", max_instances=100)
+    assert (len(train), len(test)) == (43, 12)
+    clusters = build_clusters(train + test)
+    assert len(clusters) == 6 and sorted(clusters.values()) == list(range(6))
+    assert list(clusters) == sorted(clusters)  # ids in sorted-name order: stable
+    assert all(len(t.instances) <= 100 for t in test) and all(len(t.instances) == 3 for t in train)
+    assert test[0].name == "task002_quoref_answer_generation" and test[0].category == "Answer Generation"
+
+
+@needs_ni_v1
+def test_ni_v1_formatted_inputs_on_a_real_task():
+    task = read_task(NI_V1 / "tasks" / "task002_quoref_answer_generation.json", max_instances=100)
+    assert len(task.instances) == 100 and len(task.positive_examples) == 2
+    definition = templates.instruction_text(task, num_pos=0)
+    # NI v1 definitions already start with "Definition:"; the template must not double it
+    assert definition.startswith("Definition: In this task, you're expected to write answers")
+    assert definition.count("Definition:") == 1 and "Positive Example" not in definition
+    two_pos = templates.instruction_text(task, num_pos=2)
+    ex1, ex2 = task.positive_examples
+    assert two_pos.startswith(definition + "\n\nPositive Example 1 -\nInput: Passage: The premiere")
+    assert f"\nOutput: {ex1.output}\n\nPositive Example 2 -\nInput: {ex2.input}\nOutput: {ex2.output}" in two_pos
+    assert ex1.output == "Émile Paladilhe."
+    x = task.instances[0]
+    concat = templates.concat_input_text(task, x.input, num_pos=2)
+    assert concat == two_pos + f"\n\nNow complete the following example -\nInput: {x.input}\nOutput: "
+    assert templates.model_input_text(x.input) == x.input
+    assert templates.instruction_text(task, num_pos=5) == two_pos  # only 2 exist: use what there is
+
+
+# ---------------------------------------------------------------------------------------- caps etc.
+def test_caps_first_n_or_seeded_sample(tmp_path):
+    body = good_task(Instances=[{"id": str(i), "input": str(i), "output": ["x"]} for i in range(50)])
+    root = make_root(tmp_path, {"a": body}, ["a"])
+    first = load_split(root, max_instances=5)[0]
+    assert [i.id for i in first.instances] == ["0", "1", "2", "3", "4"]
+    sampled = [i.id for i in load_split(root, max_instances=5, sample_seed=1)[0].instances]
+    assert sampled == [i.id for i in load_split(root, max_instances=5, sample_seed=1)[0].instances]
+    assert sampled != ["0", "1", "2", "3", "4"] and sampled == sorted(sampled, key=int)
+
+
+def test_excluded_tasks_are_dropped(tmp_path, caplog):
+    root = make_root(tmp_path, {"a": good_task(), "b": good_task()}, ["a", "b"], excluded=["b"])
+    with caplog.at_level(logging.WARNING):
+        assert [t.name for t in load_split(root)] == ["a"]
+    assert "excluded_tasks.txt" in caplog.text
+    assert task_names(root, subset="train") == ["a"]
+
+
+def test_clusters_round_trip(tmp_path):
+    clusters = {"b": 1, "a": 0}
+    save_clusters(tmp_path / "clusters.json", clusters)
+    assert load_clusters(tmp_path / "clusters.json") == clusters
+
+
+# -------------------------------------------------------------------------------------- bad input
+BAD_CASES = {
+    "malformed_json": ('{"Definition": ["x"], ', "<json>", "malformed JSON"),
+    "missing_definition": ({k: v for k, v in good_task().items() if k != "Definition"}, "Definition", "missing"),
+    "missing_instances": ({k: v for k, v in good_task().items() if k != "Instances"}, "Instances", "missing"),
+    "no_instances": (good_task(Instances=[]), "Instances", "no instances"),
+    "empty_definition": (good_task(Definition=["   "]), "Definition", "empty"),
+    "instance_without_output": (good_task(Instances=[{"id": "1", "input": "x"}]), "Instances[0].output", "missing"),
+    "empty_categories": (good_task(Categories=[]), "Categories", "non-empty"),
+    "bad_positive_example": (good_task(**{"Positive Examples": [{"input": "x"}]}), "Positive Examples[0]", "output"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_task_raises_naming_file_and_field(tmp_path, case):
+    body, field, problem = BAD_CASES[case]
+    root = make_root(tmp_path, {"good": good_task(), "bad": body}, ["good", "bad"])
+    with pytest.raises(InvalidTaskError) as info:
+        load_split(root)
+    message = str(info.value)
+    assert str(root / "tasks" / "bad.json") in message and f"field '{field}'" in message and problem in message
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_task_is_skipped_with_a_warning_when_configured(tmp_path, caplog, case):
+    body, field, _ = BAD_CASES[case]
+    root = make_root(tmp_path, {"good": good_task(), "bad": body}, ["good", "bad"])
+    with caplog.at_level(logging.WARNING):
+        tasks = load_split(root, on_error="skip")
+    assert [t.name for t in tasks] == ["good"]
+    assert "bad.json" in caplog.text and field in caplog.text
+
+
+def test_task_listed_but_absent(tmp_path, caplog):
+    root = make_root(tmp_path, {"good": good_task()}, ["good", "ghost"])
+    with pytest.raises(InvalidTaskError, match=r"ghost\.json.*listed in .*train_tasks\.txt"):
+        load_split(root)
+    with caplog.at_level(logging.WARNING):
+        assert [t.name for t in load_split(root, on_error="skip")] == ["good"]
+    assert "ghost.json" in caplog.text
+
+
+def test_missing_split_file_and_bad_on_error(tmp_path):
+    root = make_root(tmp_path, {"good": good_task()}, ["good"])
+    with pytest.raises(FileNotFoundError, match="nosuch/train_tasks.txt"):
+        load_split(root, split="nosuch")
+    with pytest.raises(ValueError, match="on_error"):
+        load_split(root, on_error="ignore")

@@ -1,0 +1,66 @@
+"""The embedded task suite: deterministic, SNI-readable, small, and only solvable from the instruction."""
+
+import filecmp
+import random
+
+from tagi.data import synthetic
+from tagi.data.sni import build_clusters, load_split
+from tagi.data.sni_dataset import prepare_data_dir
+
+
+def tree_bytes(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_byte_identical_files_and_other_seeds_differ(tmp_path):
+    a = synthetic.write_suite(tmp_path / "a", seed=3, num_instances=20)
+    b = synthetic.write_suite(tmp_path / "b", seed=3, num_instances=20)
+    c = synthetic.write_suite(tmp_path / "c", seed=4, num_instances=20)
+    assert tree_bytes(a) == tree_bytes(b)
+    assert not filecmp.cmp(a / "tasks" / "task001_word_order_reverse_p0.json",
+                           c / "tasks" / "task001_word_order_reverse_p0.json", shallow=False)
+
+
+def test_cli_writes_the_same_suite(tmp_path):
+    synthetic.main(["--out", str(tmp_path / "cli"), "--seed", "3", "--num-instances", "20"])
+    assert tree_bytes(tmp_path / "cli") == tree_bytes(synthetic.write_suite(tmp_path / "api", 3, 20))
+
+
+def test_suite_passes_the_reader_with_required_size(tmp_path):
+    root = synthetic.write_suite(tmp_path, seed=0, num_instances=30)
+    train, test = load_split(root, subset="train"), load_split(root, subset="test")
+    assert len(train) + len(test) >= 30 and len(test) >= 5
+    clusters = build_clusters(train + test)
+    assert len(clusters) >= 5
+    assert {t.category for t in test} <= {t.category for t in train}  # teachers exist for test clusters
+    for task in train + test:
+        assert len(task.instances) == 30 and len(task.positive_examples) == 2
+        assert len(task.definition.encode()) <= 120
+        assert all(len(i.input.encode()) <= 40 and len(i.outputs[0].encode()) <= 40 for i in task.instances)
+        demos = {d.input for d in task.positive_examples}
+        assert not demos & {i.input for i in task.instances}  # demonstrations never leak into instances
+    # paraphrases: several distinct definitions per family
+    for category in clusters:
+        assert len({t.definition for t in train + test if t.category == category}) >= 2
+
+
+def test_held_out_tasks_need_the_instruction():
+    """Every held-out task disagrees with every train task on some input: no single input → output
+    mapping learnt from training solves it; only the definition says what to do."""
+    specs = synthetic.suite()
+    train = [s for s in specs if not s.test]
+    rng = random.Random(0)
+    probes = [synthetic._random_words(rng) for _ in range(200)]
+    for held_out in (s for s in specs if s.test):
+        assert held_out.definition() not in {s.definition() for s in train}
+        for seen in train:
+            assert any(held_out.outputs(list(w))[0] != seen.outputs(list(w))[0] for w in probes), (held_out, seen)
+
+
+def test_prepare_data_dir_generates_once(tmp_path):
+    root = prepare_data_dir("synthetic", synthetic_seed=5, cache_dir=str(tmp_path))
+    assert root == tmp_path / "synthetic-seed5" and (root / "synthetic.json").is_file()
+    stamp = (root / "synthetic.json").stat().st_mtime_ns
+    assert prepare_data_dir(None, synthetic_seed=5, cache_dir=str(tmp_path)) == root
+    assert (root / "synthetic.json").stat().st_mtime_ns == stamp
+    assert not list(tmp_path.glob("*.tmp*"))
