@@ -1,0 +1,170 @@
+"""Each DataModule yields batches that obey the batch contract (ByT5 on the synthetic suite; the
+real T5 vocabulary on NI v1 when ../shared is here)."""
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from tagi.data import templates
+from tagi.data.modules import FinetuneDataModule, PretrainDataModule, TeacherDataModule
+from tagi.data.synthetic import write_suite
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+NI_V1, T5_TOKENIZER = SHARED / "data" / "ni-v1", SHARED / "tokenizers" / "t5"
+
+HYPER = {"instruction_ids", "instruction_mask", "task_index"}
+MODEL = {"input_ids", "attention_mask", "labels"}
+FINETUNE = HYPER | MODEL | {"cluster_ids", "concat_input_ids", "concat_attention_mask"}
+META = {"task_names", "categories", "instance_ids", "references"}
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory) -> str:
+    return str(write_suite(tmp_path_factory.mktemp("suite"), seed=0, num_instances=20))
+
+
+def check_shapes(batch: dict, pad_id: int) -> None:
+    B = batch["input_ids"].shape[0]
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            assert value.dtype == torch.long, key
+        else:
+            assert isinstance(value, list) and len(value) == B, key
+    assert batch["attention_mask"].shape == batch["input_ids"].shape
+    assert batch["labels"].shape[0] == B and (batch["labels"] != pad_id).any()
+    assert ((batch["labels"] == -100) | (batch["labels"] >= 0)).all()
+    if "task_index" in batch:
+        assert batch["task_index"].shape == (B,)
+        assert batch["instruction_mask"].shape == batch["instruction_ids"].shape
+        assert int(batch["task_index"].max()) < batch["instruction_ids"].shape[0]
+        assert len({tuple(r.tolist()) for r in batch["instruction_ids"]}) == batch["instruction_ids"].shape[0]
+    if "concat_input_ids" in batch:
+        assert batch["concat_input_ids"].shape == batch["concat_attention_mask"].shape
+        assert batch["concat_input_ids"].shape[0] == B
+
+
+def decode(tok, ids, mask) -> str:
+    return tok.decode(ids[mask.bool()].tolist(), skip_special_tokens=True)
+
+
+def test_finetune_module(suite):
+    dm = FinetuneDataModule(data_dir=suite, batch_size=6, tasks_per_batch=2, num_pos=2)
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == FINETUNE
+    check_shapes(batch, dm.tokenizer.pad_token_id)
+    assert batch["instruction_ids"].shape[0] <= 2  # few tasks per batch → few instructions to encode
+    assert len(dm.clusters) == 7 and sorted(dm.clusters.values()) == list(range(7))
+    assert set(dm.train_clusters) == set(dm.clusters) and len(dm.eval_tasks) == 9 and dm.val_tasks == dm.eval_tasks
+    assert dm.state_dict() == {"clusters": dm.clusters}
+
+    val = list(dm.val_dataloader())
+    assert [b["task_names"] for b in val] == [b["task_names"] for b in dm.val_dataloader()]  # deterministic
+    names = [n for b in val for n in b["task_names"]]
+    assert list(dict.fromkeys(names)) == [name for name, _ in dm.eval_tasks]  # task by task, in order
+    first = val[0]
+    assert set(first) == FINETUNE | META
+    check_shapes(first, dm.tokenizer.pad_token_id)
+    task = dm.datasets["test"].tasks[0]
+    assert decode(dm.tokenizer, first["instruction_ids"][0], first["instruction_mask"][0]) == \
+        templates.instruction_text(task, 2)
+    assert decode(dm.tokenizer, first["concat_input_ids"][0], first["concat_attention_mask"][0]) == \
+        templates.concat_input_text(task, task.instances[0].input, 2)  # ByT5 decodes exactly
+    assert first["references"][0] == task.instances[0].outputs
+    assert first["cluster_ids"][0] == dm.clusters[first["categories"][0]]
+
+
+def test_finetune_plain_shuffle_and_generated_suite(tmp_path):
+    dm = FinetuneDataModule(data_dir="synthetic", cache_dir=str(tmp_path), batch_size=4, num_pos=0,
+                            max_train_instances_per_task=3, max_test_instances_per_task=2, max_val_instances_per_task=1)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert (tmp_path / "synthetic-seed0" / "synthetic.json").is_file()
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == FINETUNE and batch["input_ids"].shape[0] == 4
+    assert len(dm.datasets["train"]) == 34 * 3 and len(dm.datasets["val"]) == 9 and len(dm.datasets["test"]) == 18
+    text = decode(dm.tokenizer, batch["instruction_ids"][0], batch["instruction_mask"][0])
+    assert text.startswith("Definition: Given a list of words,") and "Positive Example" not in text  # `Def`
+
+
+def test_teacher_module(suite):
+    dm = TeacherDataModule(data_dir=suite, batch_size=5, val_instances_per_task=4, clusters_per_batch=1)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == MODEL | {"cluster_ids"}
+    check_shapes(batch, dm.tokenizer.pad_token_id)
+    assert len(set(batch["cluster_ids"].tolist())) == 1
+    assert "Now complete the following example" in decode(dm.tokenizer, batch["input_ids"][0], batch["attention_mask"][0])
+    assert sum(len(v) for v in dm.cluster_tasks.values()) == 34 and sorted(dm.cluster_tasks) == dm.train_clusters
+    assert len(dm.datasets["train"]) == 34 * 16 and len(dm.datasets["val"]) == 34 * 4
+    train_ids = {inst.id for t in dm.datasets["train"].tasks for inst in t.instances}
+    assert not train_ids & {inst.id for t in dm.datasets["val"].tasks for inst in t.instances}
+    val = next(iter(dm.val_dataloader()))
+    assert set(val) == MODEL | {"cluster_ids"} | META and val["task_names"][0] == dm.val_tasks[0][0]
+    assert set(next(iter(dm.test_dataloader()))) == MODEL | {"cluster_ids"} | META
+
+    only = TeacherDataModule(data_dir=suite, batch_size=4, only_clusters=["Case"])
+    only.setup("fit")
+    assert list(only.cluster_tasks) == ["Case"] and only.clusters == dm.clusters
+
+
+@pytest.mark.parametrize("four_way", [False, True])
+def test_pretrain_module(suite, tmp_path, four_way):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": f"document {i} " + "lorem ipsum dolor " * 20}) + "\n" for i in range(8)))
+    dm = PretrainDataModule(source=str(docs), four_way=four_way, batch_size=4, max_instruction_length=40,
+                            max_input_length=30, max_target_length=20, num_train_segments=10, eval_data_dir=suite,
+                            max_val_instances_per_task=2)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert [b["input_ids"].shape[0] for b in batches] == [4, 4, 2]
+    assert set(batches[0]) == HYPER | MODEL
+    check_shapes(batches[0], dm.tokenizer.pad_token_id)
+    assert batches[0]["instruction_ids"].shape[1] <= 40 and batches[0]["labels"].shape[1] <= 20
+    val = next(iter(dm.val_dataloader()))
+    assert set(val) == FINETUNE | META and len(dm.datasets["val"]) == 9 * 2 and len(dm.eval_tasks) == 9
+    finetune = FinetuneDataModule(data_dir=suite)
+    finetune.setup("fit")
+    assert dm.clusters == finetune.clusters  # one cluster map across stages
+
+    c4_only = PretrainDataModule(source=str(docs), batch_size=4, max_instruction_length=40, max_input_length=30,
+                                 max_target_length=20, val_documents=2, num_val_segments=3)
+    c4_only.setup("fit")
+    assert set(next(iter(c4_only.val_dataloader()))) == HYPER | MODEL
+    with pytest.raises(ValueError, match="eval_data_dir"):
+        c4_only.test_dataloader()
+
+
+def test_truncation_is_counted_and_keeps_the_instance(suite, caplog):
+    dm = FinetuneDataModule(data_dir=suite, batch_size=4, max_instruction_length=30, max_concat_length=80,
+                            max_target_length=4)
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    assert "instruction 34/34 tasks (max 30)" in caplog.text and "concat 680/680 examples (max 80)" in caplog.text
+    assert "target" in caplog.text
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["instruction_ids"].shape[1] == 30 and batch["concat_input_ids"].shape[1] <= 80
+    assert (batch["labels"][:, -1] == dm.tokenizer.eos_token_id).any()  # EOS kept after truncation
+    text = decode(dm.tokenizer, batch["concat_input_ids"][0], batch["concat_attention_mask"][0])
+    x = dm.datasets["test"].tasks[0].instances[0].input
+    assert text.endswith(f"Now complete the following example -\nInput: {x}\nOutput: ")
+
+
+@pytest.mark.skipif(not (NI_V1.is_dir() and T5_TOKENIZER.is_dir()), reason=f"shared data not found under {SHARED}")
+def test_ni_v1_finetune_module_with_t5_vocab(caplog):
+    dm = FinetuneDataModule(data_dir=str(NI_V1), tokenizer=str(T5_TOKENIZER), batch_size=4, tasks_per_batch=2,
+                            max_train_instances_per_task=4, max_test_instances_per_task=3, max_instruction_length=512,
+                            max_input_length=256, max_concat_length=768)
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    assert len(dm.datasets["train"]) == 43 * 4 and len(dm.eval_tasks) == 12 and len(dm.clusters) == 6
+    assert "truncated to the configured lengths" in caplog.text  # NI v1 passages exceed 256 tokens
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == FINETUNE
+    check_shapes(batch, dm.tokenizer.pad_token_id)
+    text = decode(dm.tokenizer, batch["instruction_ids"][0], batch["instruction_mask"][0])
+    assert text.startswith("Definition:") and "Positive Example 1 -" in text
