@@ -99,3 +99,19 @@ def test_shared_c4_sample_offline():
     tok = load_tokenizer(str(C4_SAMPLE.parents[2] / "tokenizers" / "t5"))
     segs = list(C4Segments(str(C4_SAMPLE), tok, 64, 64, 32, num_segments=20, max_documents=5))
     assert len(segs) == 20 and all(len(s["labels"]) <= 32 for s in segs)
+
+
+def test_hub_spec_is_parsed_for_streaming(monkeypatch):
+    """The online path (not run here): `hf:allenai/c4/en` → load_dataset("allenai/c4", "en", streaming)."""
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(repo, config, split, streaming):
+        calls.append((repo, config, split, streaming))
+        return iter([{"text": "streamed"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    assert list(iter_documents("hf:allenai/c4/en")) == ["streamed"]
+    assert list(iter_documents("hf:wikitext", split="validation")) == ["streamed"]
+    assert calls == [("allenai/c4", "en", "train", True), ("wikitext", None, "validation", True)]
