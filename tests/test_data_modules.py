@@ -98,7 +98,8 @@ def test_teacher_module(suite):
     assert set(batch) == MODEL | {"cluster_ids"}
     check_shapes(batch, dm.tokenizer.pad_token_id)
     assert len(set(batch["cluster_ids"].tolist())) == 1
-    assert "Now complete the following example" in decode(dm.tokenizer, batch["input_ids"][0], batch["attention_mask"][0])
+    text = decode(dm.tokenizer, batch["input_ids"][0], batch["attention_mask"][0])
+    assert text.startswith("Definition: ") and "Now complete the following example" in text
     assert sum(len(v) for v in dm.cluster_tasks.values()) == 34 and sorted(dm.cluster_tasks) == dm.train_clusters
     assert len(dm.datasets["train"]) == 34 * 16 and len(dm.datasets["val"]) == 34 * 4
     train_ids = {inst.id for t in dm.datasets["train"].tasks for inst in t.instances}
@@ -115,7 +116,8 @@ def test_teacher_module(suite):
 @pytest.mark.parametrize("four_way", [False, True])
 def test_pretrain_module(suite, tmp_path, four_way):
     docs = tmp_path / "docs.jsonl"
-    docs.write_text("".join(json.dumps({"text": f"document {i} " + "lorem ipsum dolor " * 20}) + "\n" for i in range(8)))
+    lines = [json.dumps({"text": f"document {i} " + "lorem ipsum dolor " * 20}) for i in range(8)]
+    docs.write_text("\n".join(lines) + "\n")
     dm = PretrainDataModule(source=str(docs), four_way=four_way, batch_size=4, max_instruction_length=40,
                             max_input_length=30, max_target_length=20, num_train_segments=10, eval_data_dir=suite,
                             max_val_instances_per_task=2)
@@ -168,3 +170,11 @@ def test_ni_v1_finetune_module_with_t5_vocab(caplog):
     check_shapes(batch, dm.tokenizer.pad_token_id)
     text = decode(dm.tokenizer, batch["instruction_ids"][0], batch["instruction_mask"][0])
     assert text.startswith("Definition:") and "Positive Example 1 -" in text
+
+
+def test_state_dict_records_clusters_and_refuses_a_mismatch(suite):
+    dm = FinetuneDataModule(data_dir=suite)
+    dm.setup("fit")
+    dm.load_state_dict(dm.state_dict())  # same data: fine
+    with pytest.raises(ValueError, match="checkpoint clusters"):
+        dm.load_state_dict({"clusters": {"Other": 0}})

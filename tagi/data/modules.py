@@ -17,7 +17,6 @@ tasks' held-out instances for the teacher, else `eval_tasks`); the teacher modul
 
 from __future__ import annotations
 
-import logging
 from functools import partial
 
 import torch
@@ -32,7 +31,6 @@ from .sni_dataset import (SYNTHETIC, Lengths, SNIDataset, cap_instances, holdout
                           prepare_data_dir)
 from .tokenization import load_tokenizer
 
-log = logging.getLogger(__name__)
 
 
 def _pairs(tasks: list[Task]) -> list[tuple[str, str]]:
@@ -97,8 +95,11 @@ class _TaskDataModule(LightningDataModule):
         return {"clusters": dict(self.clusters)}
 
     def load_state_dict(self, state: dict) -> None:
-        if self.clusters and state.get("clusters") not in (None, self.clusters):
-            log.warning("checkpoint clusters %s differ from the data's %s", state["clusters"], self.clusters)
+        """A checkpoint trained with other cluster ids would route rows to the wrong teachers: refuse."""
+        saved = state.get("clusters")
+        if self.clusters and saved is not None and saved != self.clusters:
+            raise ValueError(f"checkpoint clusters {saved} differ from this data's clusters {self.clusters}; "
+                             "resume on the data (and split) the checkpoint was trained on")
 
 
 class TeacherDataModule(_TaskDataModule):
