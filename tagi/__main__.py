@@ -7,6 +7,7 @@ between them (the tokenizer) are linked, so they are set once, in `data`.
 from __future__ import annotations
 
 import sys
+import warnings
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
@@ -19,6 +20,8 @@ class TAGICLI(LightningCLI):
 
 
 def run_cli(args: list[str] | None = None) -> TAGICLI:
+    # `args` is how `main` and the pipeline pass argv; Lightning warns when sys.argv is also set.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     return TAGICLI(
         L.LightningModule,
         L.LightningDataModule,
@@ -31,6 +34,11 @@ def run_cli(args: list[str] | None = None) -> TAGICLI:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "pipeline":
+        from tagi.pipeline import main as pipeline_main
+
+        pipeline_main(argv[1:])
+        return
     run_cli(argv)
 
 

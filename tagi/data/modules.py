@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from .c4 import C4Segments
 from .collate import Collator
 from .sampler import TaskBatchSampler
+from .synthetic import ensure_corpus
 from .sni import Task
 from .sni_dataset import (SYNTHETIC, Lengths, SNIDataset, cap_instances, holdout_instances, load_tasks,
                           prepare_data_dir)
@@ -209,9 +210,17 @@ class PretrainDataModule(_TaskDataModule):
     def _task_dir(self) -> str | None:
         return self.hparams.eval_data_dir  # None: no held-out tasks, validate on C4 segments
 
+    def _source(self) -> str:
+        """`source: synthetic` → text written from the embedded suite's train tasks (offline demo)."""
+        h = self.hparams
+        if h.source != SYNTHETIC:
+            return h.source
+        suite_dir = prepare_data_dir(SYNTHETIC, h.synthetic_seed, h.cache_dir)
+        return str(ensure_corpus(suite_dir, suite_dir.with_name(f"{suite_dir.name}-corpus.jsonl")))
+
     def _segments(self, **kwargs) -> C4Segments:
         h = self.hparams
-        return C4Segments(h.source, self.tokenizer, h.max_instruction_length, h.max_input_length,
+        return C4Segments(self._source(), self.tokenizer, h.max_instruction_length, h.max_input_length,
                           h.max_target_length, h.four_way, h.min_piece, h.seed, **kwargs)
 
     def setup(self, stage: str | None = None) -> None:

@@ -278,3 +278,25 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def ensure_corpus(suite_dir: Path | str, out_file: Path | str, docs_per_task: int = 10) -> Path:
+    """C4-schema JSONL text from the suite's TRAIN tasks, so the demo's pretraining needs no data.
+
+    Each document is a definition followed by worked examples ("bat cow -> cow bat. ..."); held-out
+    tasks never appear. Written aside, then renamed, like the suite itself.
+    """
+    from .sni import load_split  # local import: sni imports nothing from here, keep it that way
+
+    out = Path(out_file)
+    if out.is_file():
+        return out
+    lines = []
+    for task in load_split(suite_dir, subset="train"):
+        for start in range(0, min(len(task.instances), 10 * docs_per_task), 10):
+            pairs = " ".join(f"{i.input} -> {i.outputs[0]}." for i in task.instances[start : start + 10])
+            lines.append(json.dumps({"text": f"{task.definition} {pairs}", "url": task.name}, sort_keys=True))
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.rename(out)
+    return out

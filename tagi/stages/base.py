@@ -7,8 +7,10 @@ Subclasses implement `training_step` and `generate_texts(batch) -> list[str]`.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -16,10 +18,13 @@ from torch import Tensor
 from transformers import get_linear_schedule_with_warmup
 
 from tagi.data.tokenization import load_tokenizer
+from tagi.io import atomic_write_text
 from tagi.metrics import InstructionMetrics, results_table
 from tagi.model import load_backbone
 
 log = logging.getLogger(__name__)
+
+COMPLETE_NAME = "complete.json"
 
 
 @dataclass
@@ -71,10 +76,10 @@ class GenerativeStage(L.LightningModule):
     # -- evaluation
 
     def setup(self, stage: str) -> None:
+        """Metrics over the tasks this run evaluates: `val_tasks` when fitting/validating, else `eval_tasks`."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        eval_tasks = getattr(datamodule, "eval_tasks", None)
-        if eval_tasks:
-            self.eval_metrics = InstructionMetrics(eval_tasks)
+        tasks = getattr(datamodule, "eval_tasks" if stage == "test" else "val_tasks", None)
+        self.eval_metrics = InstructionMetrics(tasks) if tasks else None
 
     def generate_texts(self, batch: dict) -> list[str]:
         raise NotImplementedError  # each stage decides how its rows get their weights
@@ -111,6 +116,24 @@ class GenerativeStage(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
+
+    # -- completion marker
+
+    def on_train_end(self) -> None:
+        """Mark the run folder finished (the pipeline skips a stage whose marker exists)."""
+        if not self.trainer.is_global_zero or self.trainer.log_dir is None:
+            return
+        checkpoint = self.trainer.checkpoint_callback
+        last = getattr(checkpoint, "last_model_path", "") or getattr(checkpoint, "best_model_path", "")
+        marker = dict(
+            stage=self.hparams.get("stage"),
+            global_step=self.global_step,
+            last_checkpoint=last,
+            interrupted=self.trainer.interrupted,
+            metrics={key: float(value) for key, value in self.trainer.callback_metrics.items() if value.numel() == 1},
+        )
+        if not self.trainer.interrupted:
+            atomic_write_text(Path(self.trainer.log_dir) / COMPLETE_NAME, json.dumps(marker, indent=2, sort_keys=True) + "\n")
 
     # -- optimisation
 

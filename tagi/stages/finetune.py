@@ -45,11 +45,12 @@ class FinetuneModule(HyperStage):
         tokenizer: str = "byt5",
         optimization: Optimization = Optimization(),
         generation: Generation = Generation(),
+        blank_instructions: bool = False,
         distillation: Distillation = Distillation(),
         init_from: str | None = None,
         teachers: str | None = None,
     ):
-        super().__init__(backbone, architecture, tokenizer, optimization, generation)
+        super().__init__(backbone, architecture, tokenizer, optimization, generation, blank_instructions)
         if distillation.param_form not in ("ab", "delta"):
             raise ConfigurationError(f"distillation.param_form must be 'ab' or 'delta', got {distillation.param_form!r}")
         self.distillation = distillation
@@ -98,7 +99,7 @@ class FinetuneModule(HyperStage):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if self.needs_teachers and self.teacher_bank is None:
+        if stage == "fit" and self.needs_teachers and self.teacher_bank is None:
             self.teacher_bank = self._load_teacher_bank(self.trainer.datamodule.clusters, self.trainer.datamodule.train_clusters)
 
     def _load_teacher_bank(self, clusters: dict[str, int], needed: list[str]) -> LoRAWeights:

@@ -35,9 +35,11 @@ class HyperStage(GenerativeStage):
         tokenizer: str,
         optimization: Optimization,
         generation: Generation,
+        blank_instructions: bool = False,
     ):
         super().__init__(backbone, tokenizer, optimization, generation)
         self.architecture = architecture
+        self.blank_instructions = blank_instructions
         self.model = TAGIModel(backbone.load(len(self.tokenizer)), **asdict(architecture))
         self.task_cache = TaskCache(self.model.encode_task)
 
@@ -56,13 +58,20 @@ class HyperStage(GenerativeStage):
         """Rows grouped by task; each task's encoding comes from the cache (hypernetwork once per task)."""
         texts: list[str] = [""] * batch["input_ids"].shape[0]
         for task_row, rows in group_rows(batch["task_index"]):
-            task = self.task_cache.get(batch["instruction_ids"][task_row], batch["instruction_mask"][task_row])
+            task = self.task_cache.get(*self._instruction(batch, task_row))
             sequences = self.model.generate(
                 task, batch["input_ids"][rows], batch["attention_mask"][rows], merge=True, **self.generate_kwargs()
             )
             for row, text in zip(rows.tolist(), self.decode(sequences)):
                 texts[row] = text
         return texts
+
+    def _instruction(self, batch: dict, task_row: int) -> tuple[Tensor, Tensor]:
+        """One task's instruction (L,) ids and mask; only EOS when evaluating with blanked instructions."""
+        if self.blank_instructions:  # ablation: what the student scores without reading the instruction
+            eos = torch.tensor([self.tokenizer.eos_token_id], device=self.device)
+            return eos, torch.ones_like(eos)
+        return batch["instruction_ids"][task_row], batch["instruction_mask"][task_row]
 
     def _clear_cache(self) -> None:
         self.task_cache.clear()  # weights changed since the last evaluation

@@ -19,8 +19,9 @@ class PretrainModule(HyperStage):
         tokenizer: str = "byt5",
         optimization: Optimization = Optimization(),
         generation: Generation = Generation(),
+        blank_instructions: bool = False,
     ):
-        super().__init__(backbone, architecture, tokenizer, optimization, generation)
+        super().__init__(backbone, architecture, tokenizer, optimization, generation, blank_instructions)
         self.save_hyperparameters(self.hparams_dict(tokenizer=tokenizer, stage="pretrain"))
 
     def training_step(self, batch: dict, batch_idx: int):

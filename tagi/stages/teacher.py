@@ -92,6 +92,7 @@ class TeacherModule(GenerativeStage):
     def on_train_end(self) -> None:
         if self.trainer.is_global_zero:
             self.save_teachers()
+        super().on_train_end()
 
     def save_teachers(self) -> list[Path]:
         """One PEFT directory per cluster that has training tasks."""

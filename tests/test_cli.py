@@ -1,0 +1,102 @@
+"""`python -m tagi fit` on the demo configs, a few steps per stage, asserting the artifacts written."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from peft import PeftModel
+
+from tagi.__main__ import run_cli
+from tagi.model import load_backbone
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = [
+    "--trainer.max_steps=4",
+    "--trainer.val_check_interval=2",
+    "--trainer.limit_val_batches=1",
+    "--trainer.enable_progress_bar=false",
+    "--data.init_args.batch_size=4",
+    "--data.init_args.max_test_instances_per_task=2",
+]
+TINY = '--model.init_args.backbone={"name": "tiny", "tiny_config": {"d_model": 32, "num_layers": 2, "num_heads": 2}, "seed": 0}'
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """Runs happen in a scratch folder (relative paths in the configs land there)."""
+    path = tmp_path_factory.mktemp("cli")
+    previous = os.getcwd()
+    os.chdir(path)
+    yield path
+    os.chdir(previous)
+
+
+def fit(stage: str, *extra: str):
+    return run_cli(["fit", "--config", str(ROOT / f"configs/demo/{stage}.yaml"), TINY, *FAST, *extra])
+
+
+@pytest.fixture(scope="module")
+def teachers(workdir):
+    fit("teacher", "--model.init_args.output_dir=teachers/t", "--data.init_args.val_instances_per_task=1")
+    return workdir / "teachers/t"
+
+
+def test_teacher_stage_writes_one_peft_adapter_per_cluster(workdir, teachers):
+    clusters = sorted(path.name for path in teachers.iterdir())
+    assert clusters == ["case", "composition", "counting", "filtering", "selection", "spelling", "word-order"]
+    for cluster in clusters:
+        assert sorted(path.name for path in (teachers / cluster).iterdir()) == [
+            "adapter_config.json", "adapter_model.safetensors", "meta.json"
+        ]
+    meta = json.loads((teachers / "case/meta.json").read_text())
+    assert meta["cluster"] == "Case" and meta["lora_rank"] == 4 and meta["tasks"]
+    backbone = load_backbone("tiny", {"d_model": 32, "num_layers": 2, "num_heads": 2, "vocab_size": 384})
+    PeftModel.from_pretrained(backbone, str(teachers / "case"))  # loads as a standard adapter
+    run = workdir / "checkpoints/demo/teacher"
+    assert {"config.yaml", "metrics.csv", "complete.json", "checkpoints"} <= {path.name for path in run.iterdir()}
+    assert json.loads((run / "complete.json").read_text())["global_step"] == 4
+
+
+def test_pretrain_stage_writes_checkpoint_and_config(workdir):
+    corpus = workdir / "corpus.jsonl"
+    words = "the cat sat on a mat while an old dog slept near the warm fire".split()
+    corpus.write_text("".join(json.dumps({"text": " ".join(words[i:] + words[:i]) * 3}) + "\n" for i in range(12)))
+    fit("pretrain", f"--data.init_args.source={corpus}")
+    run = workdir / "checkpoints/demo/pretrain"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["class_path"] == "tagi.stages.PretrainModule"
+    assert (run / "checkpoints/last.ckpt").is_file()
+    assert json.loads((run / "complete.json").read_text())["global_step"] == 4
+
+
+def test_finetune_stage_warm_starts_and_uses_teachers(workdir, teachers):
+    pretrain = workdir / "checkpoints/demo/pretrain/checkpoints/last.ckpt"
+    if not pretrain.is_file():
+        pytest.skip("needs the pretrain test's checkpoint")
+    cli = fit("finetune", f"--model.init_args.init_from={pretrain}", f"--model.init_args.teachers={teachers}")
+    logged = cli.trainer.callback_metrics
+    assert {"train/ce", "train/kl", "train/param", "train/loss"} <= set(logged)
+    assert float(logged["train/kl"]) > 0 and float(logged["train/param"]) > 0
+    assert "val/rougeL" in logged
+    assert (workdir / "checkpoints/demo/finetune/checkpoints/last.ckpt").is_file()
+
+
+def test_print_config_and_misspelt_key(workdir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["fit", "--config", str(ROOT / "configs/demo/finetune.yaml"), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["init_args"]["distillation"]["param_form"] == "delta"
+    assert printed["data"]["init_args"]["tokenizer"] == "byt5"  # set once; linked into the model
+
+    bad = workdir / "bad.yaml"
+    config = yaml.safe_load((ROOT / "configs/demo/finetune.yaml").read_text())
+    config["model"]["init_args"]["architecture"]["lora_rnk"] = 4
+    bad.write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "tagi", "fit", "--config", str(bad)], capture_output=True, text=True, cwd=workdir)
+    assert result.returncode != 0
+    assert "lora_rnk" in result.stderr and "Traceback" not in result.stderr
