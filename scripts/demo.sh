@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# The main job: sets up .venv if needed, then runs the offline demo on CPU.
+# The main job: sets up .venv if needed, then runs the offline demo pipeline on CPU
+# (teacher → pretrain → finetune → held-out test). Extra arguments go to the pipeline (e.g. --force true).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-env.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-for stage in teacher pretrain finetune; do
-  .venv/bin/python -m tagi fit --config "configs/demo/$stage.yaml" "$@"
-done
+exec .venv/bin/python -m tagi pipeline --config configs/demo/pipeline.yaml "$@"
