@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+from abc import abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from transformers import get_linear_schedule_with_warmup
 
@@ -81,8 +83,9 @@ class GenerativeStage(L.LightningModule):
         tasks = getattr(datamodule, "eval_tasks" if stage == "test" else "val_tasks", None)
         self.eval_metrics = InstructionMetrics(tasks) if tasks else None
 
+    @abstractmethod
     def generate_texts(self, batch: dict) -> list[str]:
-        raise NotImplementedError  # each stage decides how its rows get their weights
+        """One prediction per row; each stage decides how its rows get their weights."""
 
     def decode(self, sequences: Tensor) -> list[str]:
         return self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
@@ -101,8 +104,8 @@ class GenerativeStage(L.LightningModule):
         scores = {key: float(value) for key, value in self.eval_metrics.compute().items()}
         self.eval_metrics.reset()
         self.log_dict({f"{prefix}/{key}": value for key, value in scores.items()}, sync_dist=False)
-        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            log.info("%s scores (epoch %d, step %d):\n%s", prefix, self.current_epoch, self.global_step, results_table(scores))
+        if not self.trainer.sanity_checking:
+            rank_zero_info(f"{prefix} scores at step {self.global_step}:\n{results_table(scores)}")
         return scores
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
