@@ -60,20 +60,31 @@ class GenerativeStage(L.LightningModule):
 
     def __init__(self, backbone: Backbone, tokenizer: str, optimization: Optimization, generation: Generation):
         super().__init__()
+        self.tokenizer_name = tokenizer
         self.tokenizer = load_tokenizer(tokenizer)
         self.backbone_spec = backbone
         self.optimization = optimization
         self.generation = generation
         self.eval_metrics: InstructionMetrics | None = None
 
-    def hparams_dict(self, **extra) -> dict:
-        """Plain-dict hyperparameters (dataclasses flattened) stored in every checkpoint."""
-        values = dict(
+    stage = "stage"  # the method's name for this stage: teacher / pretrain / finetune
+
+    def describe(self) -> dict:
+        """What produced a checkpoint: stored under checkpoint["tagi"] and read by the next stage.
+
+        Kept out of Lightning's `hyper_parameters` on purpose: LightningCLI re-applies those over the
+        command line when `--ckpt_path` is given, which would undo overrides such as blanking.
+        """
+        return dict(
+            stage=self.stage,
+            tokenizer=self.tokenizer_name,
             backbone=asdict(self.backbone_spec),
             optimization=asdict(self.optimization),
             generation=asdict(self.generation),
         )
-        return {**values, **extra}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tagi"] = self.describe()
 
     # -- evaluation
 
@@ -129,7 +140,7 @@ class GenerativeStage(L.LightningModule):
         checkpoint = self.trainer.checkpoint_callback
         last = getattr(checkpoint, "last_model_path", "") or getattr(checkpoint, "best_model_path", "")
         marker = dict(
-            stage=self.hparams.get("stage"),
+            stage=self.stage,
             global_step=self.global_step,
             last_checkpoint=last,
             interrupted=self.trainer.interrupted,

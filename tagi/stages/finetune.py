@@ -38,6 +38,8 @@ class ConfigurationError(ValueError):
 
 
 class FinetuneModule(HyperStage):
+    stage = "finetune"
+
     def __init__(
         self,
         backbone: Backbone = Backbone(),
@@ -60,11 +62,6 @@ class FinetuneModule(HyperStage):
         # HART consistency state: the previous step's batch-mean generator hidden state (resumable).
         self.register_buffer("consistency_mean", torch.zeros(hidden))
         self.register_buffer("consistency_steps", torch.zeros((), dtype=torch.long))
-        self.save_hyperparameters(
-            self.hparams_dict(
-                tokenizer=tokenizer, stage="finetune", distillation=asdict(distillation), init_from=init_from, teachers=teachers
-            )
-        )
         if init_from:
             self._warm_start(init_from)
 
@@ -79,13 +76,16 @@ class FinetuneModule(HyperStage):
         if not Path(path).is_file():
             raise ConfigurationError(f"model.init_args.init_from: {path} is not a file; point it at the stage-2 (pretrain) checkpoint")
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        theirs = checkpoint.get("hyper_parameters", {}).get("backbone")
+        described = checkpoint.get("tagi", {})
+        if described.get("stage") != "pretrain":
+            raise ConfigurationError(f"{path} is not a pretrain-stage checkpoint (it says stage {described.get('stage')!r})")
+        theirs = described.get("backbone")
         if theirs != asdict(self.backbone_spec):
             raise ConfigurationError(
                 f"{path} was trained on backbone {theirs}, but this run uses {asdict(self.backbone_spec)}; "
                 "use the same model.init_args.backbone in both stages"
             )
-        if not checkpoint["hyper_parameters"].get("architecture", {}).get("freeze_backbone", True):
+        if not described.get("architecture", {}).get("freeze_backbone", True):
             raise ConfigurationError(
                 f"{path} trained the backbone; finetuning needs the frozen θ0 the teachers were trained on. "
                 "Pretrain with architecture.freeze_backbone: true"
@@ -128,8 +128,8 @@ class FinetuneModule(HyperStage):
             differences.append(f"backbone {meta.get('backbone')} ≠ {asdict(self.backbone_spec)}")
         if meta.get("lora_rank") != self.architecture.lora_rank and self.distillation.param_form == "ab":
             differences.append(f"rank {meta.get('lora_rank')} ≠ {self.architecture.lora_rank} (param_form 'ab' needs equal ranks)")
-        if meta.get("tokenizer") != self.hparams["tokenizer"]:
-            differences.append(f"tokenizer {meta.get('tokenizer')!r} ≠ {self.hparams['tokenizer']!r}")
+        if meta.get("tokenizer") != self.tokenizer_name:
+            differences.append(f"tokenizer {meta.get('tokenizer')!r} ≠ {self.tokenizer_name!r}")
         if differences:
             raise ConfigurationError(f"teacher {directory} does not match this student: " + "; ".join(differences))
 
@@ -175,3 +175,6 @@ class FinetuneModule(HyperStage):
         self.log_dict({f"train/{name}": value for name, value in terms.items()}, batch_size=size)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         return loss
+
+    def describe(self) -> dict:
+        return {**super().describe(), "distillation": asdict(self.distillation), "init_from": self.init_from, "teachers": self.teachers}

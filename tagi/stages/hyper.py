@@ -43,8 +43,8 @@ class HyperStage(GenerativeStage):
         self.model = TAGIModel(backbone.load(len(self.tokenizer)), **asdict(architecture))
         self.task_cache = TaskCache(self.model.encode_task)
 
-    def hparams_dict(self, **extra) -> dict:
-        return super().hparams_dict(architecture=asdict(self.architecture), **extra)
+    def describe(self) -> dict:
+        return {**super().describe(), "architecture": asdict(self.architecture)}
 
     def student_outputs(self, batch: dict):
         """Encode each distinct instruction of the batch once, then run every row with its task's LoRA."""

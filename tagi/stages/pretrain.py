@@ -12,6 +12,8 @@ from tagi.stages.hyper import Architecture, HyperStage
 
 
 class PretrainModule(HyperStage):
+    stage = "pretrain"
+
     def __init__(
         self,
         backbone: Backbone = Backbone(),
@@ -22,7 +24,6 @@ class PretrainModule(HyperStage):
         blank_instructions: bool = False,
     ):
         super().__init__(backbone, architecture, tokenizer, optimization, generation, blank_instructions)
-        self.save_hyperparameters(self.hparams_dict(tokenizer=tokenizer, stage="pretrain"))
 
     def training_step(self, batch: dict, batch_idx: int):
         _, outputs = self.student_outputs(batch)

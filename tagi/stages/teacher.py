@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 
 class TeacherModule(GenerativeStage):
+    stage = "teacher"
+
     def __init__(
         self,
         backbone: Backbone = Backbone(),
@@ -42,9 +44,6 @@ class TeacherModule(GenerativeStage):
         self.lora_A: nn.Parameter | None = None  # (K, S, r, in), built in setup once the clusters are known
         self.lora_B: nn.Parameter | None = None  # (K, S, out, r)
         self.last_scores: dict[str, float] = {}
-        self.save_hyperparameters(
-            self.hparams_dict(tokenizer=tokenizer, stage="teacher", lora_rank=lora_rank, lora_alpha=lora_alpha, output_dir=output_dir)
-        )
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -105,7 +104,7 @@ class TeacherModule(GenerativeStage):
                 cluster_id=index,
                 tasks=sorted(tasks),
                 backbone=asdict(self.backbone_spec),
-                tokenizer=self.hparams["tokenizer"],
+                tokenizer=self.tokenizer_name,
                 lora_rank=self.lora_rank,
                 lora_alpha=self.lora_alpha,
                 global_step=self.global_step,
@@ -115,3 +114,6 @@ class TeacherModule(GenerativeStage):
             written.append(save_adapter(self.output_dir / cluster_slug(name), one, self.site_names, self.lora_alpha, self.backbone_spec.name, meta))
         log.info("wrote %d teacher adapters to %s", len(written), self.output_dir)
         return written
+
+    def describe(self) -> dict:
+        return {**super().describe(), "lora_rank": self.lora_rank, "lora_alpha": self.lora_alpha, "output_dir": str(self.output_dir)}
