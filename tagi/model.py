@@ -61,7 +61,8 @@ def load_backbone(name_or_path: str = "tiny", tiny_config: dict | None = None, s
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return T5ForConditionalGeneration(tiny_t5_config(**(tiny_config or {})))
-    return T5ForConditionalGeneration.from_pretrained(name_or_path)
+    # from_pretrained returns eval mode; training stages expect train mode (dropout on real T5s).
+    return T5ForConditionalGeneration.from_pretrained(name_or_path).train()
 
 
 # ---------------------------------------------------------------- task encoding

@@ -1,4 +1,4 @@
-"""`python -m tagi pipeline --config configs/<setting>/pipeline.yaml`: teacher → pretrain → finetune → test.
+"""`python -m tagi pipeline --config configs/<setting>/pipeline.yaml`: [backbone →] teacher → pretrain → finetune → test.
 
 Each stage is the same `fit` a user would run by hand, with the previous stages' artifacts passed
 in as overrides; a stage whose run folder holds a completion marker is skipped. At the end the
@@ -18,6 +18,9 @@ from jsonargparse import ArgumentParser, ActionConfigFile
 from tagi.stages.base import COMPLETE_NAME
 
 log = logging.getLogger(__name__)
+
+STAGES = ("backbone", "teacher", "pretrain", "finetune")
+THETA0 = "theta0"  # where stage 0 writes the backbone, under the run's checkpoint folder
 
 
 def _run(args: list[str]):
@@ -72,14 +75,27 @@ def run_pipeline(
     checkpoints_dir: str = "checkpoints",
     blank_check: bool = True,
     force: bool = False,
+    backbone: str | None = None,
+    overrides: list[str] | None = None,
 ) -> dict:
-    """Run the three stages and the held-out test; return (and print) the scores."""
+    """Run the stages and the held-out test; return (and print) the scores.
+
+    `backbone`: the config of an optional stage 0 that trains θ0 in full and saves it to
+    <checkpoints_dir>/<run>/theta0, which every later stage then loads (offline settings only:
+    there is no pretrained T5 to download).
+    `overrides`: command-line arguments given to every stage, e.g. ["--trainer.max_steps=10"];
+    the links between stages are applied after them.
+    """
     start = time.perf_counter()
     run_dir, teacher_out = Path(checkpoints_dir) / run, Path(teachers_dir) / run
-    stages = {}
-    stages["teacher"] = _fit("teacher", teacher, run_dir, [f"--model.init_args.output_dir={teacher_out}"], force)
-    stages["pretrain"] = _fit("pretrain", pretrain, run_dir, [], force)
-    links = [f"--model.init_args.init_from={stages['pretrain']['last_checkpoint']}", f"--model.init_args.teachers={teacher_out}"]
+    stages, shared = {}, list(overrides or [])
+    if backbone is not None:
+        theta0 = run_dir / THETA0
+        stages["backbone"] = _fit("backbone", backbone, run_dir, [*shared, f"--model.init_args.output_dir={theta0}"], force)
+        shared.append(f"--model.init_args.backbone.name={theta0}")
+    stages["teacher"] = _fit("teacher", teacher, run_dir, [*shared, f"--model.init_args.output_dir={teacher_out}"], force)
+    stages["pretrain"] = _fit("pretrain", pretrain, run_dir, shared, force)
+    links = [*shared, f"--model.init_args.init_from={stages['pretrain']['last_checkpoint']}", f"--model.init_args.teachers={teacher_out}"]
     stages["finetune"] = _fit("finetune", finetune, run_dir, links, force)
     student = stages["finetune"]["last_checkpoint"]
     scores = {"student": _test(finetune, run_dir, student, links)}
@@ -109,4 +125,11 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_function_arguments(run_pipeline)
     options = parser.parse_args(argv).as_dict()
-    return run_pipeline(**{key: value for key, value in options.items() if key != "config" and not key.startswith("__")})
+    configs = options.pop("config", None) or []
+    options = {key: value for key, value in options.items() if not key.startswith("__")}
+    if configs:  # stage configs named in a pipeline YAML are relative to that YAML's folder
+        folder = Path(str(configs[-1])).parent
+        for stage in STAGES:
+            if options.get(stage) and not Path(options[stage]).is_absolute():
+                options[stage] = str(folder / options[stage])
+    return run_pipeline(**options)

@@ -11,7 +11,10 @@ import yaml
 from peft import PeftModel
 
 from tagi.__main__ import run_cli
+from tagi.data.tokenization import load_tokenizer
 from tagi.model import load_backbone
+from tagi.pipeline import main as pipeline_main
+from transformers import T5ForConditionalGeneration
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = [
@@ -53,8 +56,8 @@ def test_teacher_stage_writes_one_peft_adapter_per_cluster(workdir, teachers):
             "adapter_config.json", "adapter_model.safetensors", "meta.json"
         ]
     meta = json.loads((teachers / "case/meta.json").read_text())
-    assert meta["cluster"] == "Case" and meta["lora_rank"] == 4 and meta["tasks"]
-    backbone = load_backbone("tiny", {"d_model": 32, "num_layers": 2, "num_heads": 2, "vocab_size": 384})
+    assert meta["cluster"] == "Case" and meta["lora_rank"] == 8 and meta["tasks"]
+    backbone = load_backbone("tiny", {"d_model": 32, "num_layers": 2, "num_heads": 2, "vocab_size": len(load_tokenizer("synthetic"))})
     PeftModel.from_pretrained(backbone, str(teachers / "case"))  # loads as a standard adapter
     run = workdir / "checkpoints/demo/teacher"
     assert {"config.yaml", "metrics.csv", "complete.json", "checkpoints"} <= {path.name for path in run.iterdir()}
@@ -91,7 +94,7 @@ def test_print_config_and_misspelt_key(workdir, capsys):
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["init_args"]["distillation"]["param_form"] == "delta"
-    assert printed["data"]["init_args"]["tokenizer"] == "byt5"  # set once; linked into the model
+    assert printed["data"]["init_args"]["tokenizer"] == "synthetic"  # set once; linked into the model
 
     bad = workdir / "bad.yaml"
     config = yaml.safe_load((ROOT / "configs/demo/finetune.yaml").read_text())
@@ -100,3 +103,30 @@ def test_print_config_and_misspelt_key(workdir, capsys):
     result = subprocess.run([sys.executable, "-m", "tagi", "fit", "--config", str(bad)], capture_output=True, text=True, cwd=workdir)
     assert result.returncode != 0
     assert "lora_rnk" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_backbone_stage_writes_a_from_pretrained_folder(workdir):
+    fit("backbone", "--model.init_args.output_dir=theta0")
+    theta0 = T5ForConditionalGeneration.from_pretrained(workdir / "theta0")
+    assert theta0.config.d_model == 32 and theta0.config.vocab_size == len(load_tokenizer("synthetic"))
+    meta = json.loads((workdir / "theta0/tagi_backbone.json").read_text())
+    assert meta["stage"] == "full" and meta["input"] == "concat" and meta["global_step"] == 4
+    assert json.loads((workdir / "checkpoints/demo/backbone/complete.json").read_text())["global_step"] == 4
+
+
+def test_pipeline_runs_every_stage_then_skips_finished_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    overrides = [TINY, *FAST]
+    config = str(ROOT / "configs/demo/pipeline.yaml")
+    summary = pipeline_main(["--config", config, "--run=t", f"--overrides={json.dumps(overrides)}"])
+    assert set(summary["stages"]) == {"backbone", "teacher", "pretrain", "finetune"}
+    assert set(summary["scores"]) == {"student", "student, instruction blanked"}
+    assert "rougeL" in summary["scores"]["student"] and "exact_match/category/Case" in summary["scores"]["student"]
+    assert (tmp_path / "checkpoints/t/theta0/config.json").is_file() and (tmp_path / "teachers/t/case").is_dir()
+    teacher = json.loads((tmp_path / "teachers/t/case/meta.json").read_text())
+    assert teacher["backbone"]["name"] == "checkpoints/t/theta0"  # every stage adapted the stage-0 backbone
+    assert json.loads((tmp_path / "checkpoints/t/pipeline.json").read_text())["scores"] == summary["scores"]
+
+    again = pipeline_main(["--config", config, "--run=t", f"--overrides={json.dumps(overrides)}"])
+    assert {name: stage["global_step"] for name, stage in again["stages"].items()} == {name: 4 for name in summary["stages"]}
+    assert all("seconds" not in stage for stage in again["stages"].values())  # skipped: nothing re-ran

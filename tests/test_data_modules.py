@@ -83,10 +83,10 @@ def test_finetune_plain_shuffle_and_generated_suite(tmp_path):
                             max_train_instances_per_task=3, max_test_instances_per_task=2, max_val_instances_per_task=1)
     dm.prepare_data()
     dm.setup("fit")
-    assert (tmp_path / "synthetic-seed0" / "synthetic.json").is_file()
+    assert (tmp_path / "synthetic-v2-seed0" / "synthetic.json").is_file()
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == FINETUNE and batch["input_ids"].shape[0] == 4
-    assert len(dm.datasets["train"]) == 34 * 3 and len(dm.datasets["val"]) == 9 and len(dm.datasets["test"]) == 18
+    assert len(dm.datasets["train"]) == 84 * 3 and len(dm.datasets["val"]) == 9 and len(dm.datasets["test"]) == 18
     text = decode(dm.tokenizer, batch["instruction_ids"][0], batch["instruction_mask"][0])
     assert text.startswith("Definition: Given a list of words,") and "Positive Example" not in text  # `Def`
 
@@ -100,8 +100,8 @@ def test_teacher_module(suite):
     assert len(set(batch["cluster_ids"].tolist())) == 1
     text = decode(dm.tokenizer, batch["input_ids"][0], batch["attention_mask"][0])
     assert text.startswith("Definition: ") and "Now complete the following example" in text
-    assert sum(len(v) for v in dm.cluster_tasks.values()) == 34 and sorted(dm.cluster_tasks) == dm.train_clusters
-    assert len(dm.datasets["train"]) == 34 * 16 and len(dm.datasets["val"]) == 34 * 4
+    assert sum(len(v) for v in dm.cluster_tasks.values()) == 84 and sorted(dm.cluster_tasks) == dm.train_clusters
+    assert len(dm.datasets["train"]) == 84 * 16 and len(dm.datasets["val"]) == 84 * 4
     train_ids = {inst.id for t in dm.datasets["train"].tasks for inst in t.instances}
     assert not train_ids & {inst.id for t in dm.datasets["val"].tasks for inst in t.instances}
     val = next(iter(dm.val_dataloader()))
@@ -146,7 +146,7 @@ def test_truncation_is_counted_and_keeps_the_instance(suite, caplog):
                             max_target_length=4)
     with caplog.at_level(logging.WARNING):
         dm.setup("fit")
-    assert "instruction 34/34 tasks (max 30)" in caplog.text and "concat 680/680 examples (max 80)" in caplog.text
+    assert "instruction 84/84 tasks (max 30)" in caplog.text and "concat 1680/1680 examples (max 80)" in caplog.text
     assert "target" in caplog.text
     batch = next(iter(dm.test_dataloader()))
     assert batch["instruction_ids"].shape[1] == 30 and batch["concat_input_ids"].shape[1] <= 80

@@ -59,8 +59,25 @@ def test_held_out_tasks_need_the_instruction():
 
 def test_prepare_data_dir_generates_once(tmp_path):
     root = prepare_data_dir("synthetic", synthetic_seed=5, cache_dir=str(tmp_path))
-    assert root == tmp_path / "synthetic-seed5" and (root / "synthetic.json").is_file()
+    assert root == tmp_path / "synthetic-v2-seed5" and (root / "synthetic.json").is_file()
     stamp = (root / "synthetic.json").stat().st_mtime_ns
     assert prepare_data_dir(None, synthetic_seed=5, cache_dir=str(tmp_path)) == root
     assert (root / "synthetic.json").stat().st_mtime_ns == stamp
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_synthetic_tokenizer_is_deterministic_and_covers_held_out_text():
+    from tagi.data.synthetic import suite
+    from tagi.data.tokenization import load_tokenizer, synthetic_tokenizer
+
+    tokenizer = load_tokenizer("synthetic")
+    synthetic_tokenizer.cache_clear()
+    assert load_tokenizer("synthetic").get_vocab() == tokenizer.get_vocab()  # rebuilt: same vocabulary
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)  # T5's ids
+    words = ["moth", "frog", "ant"]
+    held_out = [spec for spec in suite() if spec.test]
+    texts = [spec.definition() for spec in held_out] + [spec.outputs(list(words))[0] for spec in held_out]
+    for text in texts + ["Definition: x\n\nPositive Example 1 -\nInput: a b\nOutput: B A"]:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert tokenizer.unk_token_id not in ids and tokenizer.decode(ids) == text
+    assert len(tokenizer("Given a list of words, reverse the order of the words.")["input_ids"]) <= 15  # word pieces

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from . import templates
 from .sni import Task, build_clusters, load_split
-from .synthetic import ensure_suite
+from .synthetic import VERSION as SUITE_VERSION, ensure_suite
 from .tokenization import encode
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def _log_truncation(counts: Counter, num_tasks: int, num_rows: int, lengths: Len
 def resolve_data_dir(data_dir: str | None, synthetic_seed: int = 0, cache_dir: str = "runs/data") -> Path:
     """A directory in SNI layout; None / "synthetic" → the embedded suite's cache directory."""
     if data_dir in (None, SYNTHETIC):
-        return Path(cache_dir) / f"synthetic-seed{synthetic_seed}"
+        return Path(cache_dir) / f"synthetic-v{SUITE_VERSION}-seed{synthetic_seed}"
     return Path(data_dir)
 
 

@@ -10,8 +10,9 @@ Composition. Held-out test tasks are unseen *combinations* of seen parts:
     compositions {reverse, sort, mirror}   x {upper, initials, pick first}   3 of 9 held out
 
 so each held-out task's operation and argument both appear in training, never together. Each
-operation has three paraphrased phrasings; definitions are "Given a list of words, <phrase>."
-Sizes suit a byte-level tiny T5 on CPU: inputs <= 24 bytes, definitions <= 120 bytes.
+operation has three paraphrased phrasings; a train cell is a task per phrasing (84 train tasks),
+a held-out cell one task (9 test tasks); definitions are "Given a list of words, <phrase>."
+Sizes suit a tiny T5 on CPU: inputs <= 24 bytes, definitions <= 120 bytes.
 
     python -m tagi.data.synthetic --out DIR [--seed N] [--num-instances N]
 """
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-VERSION = 1
+VERSION = 2  # part of the cache directory name: a new suite never reuses an old cache
 WORDS = ("ant ape bat bee cat cod cow crab deer dog duck eel elk emu fish fly fox frog goat gnu "
          "hen hog jay lion mole moth owl pig ram rat seal slug swan toad wolf yak").split()
 MIN_WORDS, MAX_WORDS = 3, 5
@@ -169,34 +170,37 @@ class TaskSpec:
 
 
 def suite() -> list[TaskSpec]:
-    """34 train + 9 held-out test tasks in 7 categories (order fixes the task numbering)."""
-    def t(category: str, *ops: Op, p: int = 0) -> TaskSpec:  # a train task
-        return TaskSpec(category, ops, p)
+    """84 train + 9 held-out test tasks in 7 categories (order fixes the task numbering).
 
-    def e(category: str, *ops: Op, p: int = 0) -> TaskSpec:  # a held-out test task
-        return TaskSpec(category, ops, p, test=True)
+    A train cell (operation, argument) appears once per phrasing, so a model must read what the
+    words of a definition mean rather than memorise 1 string per operation; a held-out cell
+    appears in one phrasing only, and never in training.
+    """
+    def cell(category: str, *ops: Op, held_out_phrasing: int | None = None) -> list[TaskSpec]:
+        if held_out_phrasing is not None:
+            return [TaskSpec(category, ops, held_out_phrasing, test=True)]
+        return [TaskSpec(category, ops, p) for p in range(len(ops[0].phrasings))]
 
-    return [
-        t("Word Order", reverse()), t("Word Order", reverse(), p=1), t("Word Order", sort()),
-        t("Word Order", sort(), p=2), t("Word Order", rotate()), t("Word Order", swap_ends(), p=1),
-        t("Case", upper()), t("Case", upper(), p=1), t("Case", capitalize(), p=2),
-        t("Case", upper_at("first")), t("Case", upper_at("second"), p=1), e("Case", upper_at("last"), p=2),
-        t("Selection", pick("first")), t("Selection", pick("last"), p=1),
-        t("Selection", pick("first"), p=2), e("Selection", pick("second"), p=1),
-        t("Spelling", initials()), t("Spelling", finals(), p=1), t("Spelling", mirror()),
-        t("Spelling", mirror(), p=2),
-        t("Filtering", keep("a")), t("Filtering", keep("e"), p=1), t("Filtering", drop("e")),
-        t("Filtering", drop("o"), p=2), t("Filtering", drop_at("second")),
-        t("Filtering", drop_at("last"), p=1), e("Filtering", keep("o"), p=2), e("Filtering", drop("a"), p=1),
-        e("Filtering", drop_at("first"), p=2),
-        t("Counting", count_words()), t("Counting", count_words(), p=1), t("Counting", count_with("a")),
-        t("Counting", count_with("o"), p=1), e("Counting", count_with("e"), p=2),
-        t("Composition", reverse(), upper()), t("Composition", reverse(), pick("first"), p=1),
-        t("Composition", sort(), upper(), p=2), t("Composition", sort(), initials()),
-        t("Composition", mirror(), initials(), p=1), t("Composition", mirror(), pick("first"), p=2),
-        e("Composition", reverse(), initials(), p=1), e("Composition", sort(), pick("first")),
-        e("Composition", mirror(), upper(), p=2),
+    cells = [
+        *(cell("Word Order", op()) for op in (reverse, sort, rotate, swap_ends)),
+        cell("Case", upper()), cell("Case", capitalize()),
+        cell("Case", upper_at("first")), cell("Case", upper_at("second")), cell("Case", upper_at("last"), held_out_phrasing=2),
+        cell("Selection", pick("first")), cell("Selection", pick("last")), cell("Selection", pick("second"), held_out_phrasing=1),
+        *(cell("Spelling", op()) for op in (initials, finals, mirror)),
+        cell("Filtering", keep("a")), cell("Filtering", keep("e")), cell("Filtering", keep("o"), held_out_phrasing=2),
+        cell("Filtering", drop("e")), cell("Filtering", drop("o")), cell("Filtering", drop("a"), held_out_phrasing=1),
+        cell("Filtering", drop_at("second")), cell("Filtering", drop_at("last")),
+        cell("Filtering", drop_at("first"), held_out_phrasing=2),
+        cell("Counting", count_words()), cell("Counting", count_with("a")), cell("Counting", count_with("o")),
+        cell("Counting", count_with("e"), held_out_phrasing=2),
+        cell("Composition", reverse(), upper()), cell("Composition", reverse(), pick("first")),
+        cell("Composition", sort(), upper()), cell("Composition", sort(), initials()),
+        cell("Composition", mirror(), initials()), cell("Composition", mirror(), pick("first")),
+        cell("Composition", reverse(), initials(), held_out_phrasing=1),
+        cell("Composition", sort(), pick("first"), held_out_phrasing=0),
+        cell("Composition", mirror(), upper(), held_out_phrasing=2),
     ]
+    return [spec for specs in cells for spec in specs]
 
 
 def task_name(i: int, spec: TaskSpec) -> str:
@@ -224,6 +228,11 @@ def task_json(name: str, spec: TaskSpec, rng: random.Random, num_instances: int,
             "Positive Examples": pos, "Reasoning": [], "Source": ["tagi-synthetic"], "URL": []}
 
 
+def _seeded_task_json(name: str, spec: TaskSpec, seed: int, num_instances: int) -> dict:
+    rng = random.Random(f"tagi-synthetic:{seed}:{name}")  # str seeds are hashed stably (sha512)
+    return task_json(name, spec, rng, num_instances)
+
+
 def _dump(path: Path, obj) -> None:
     # sorted keys, fixed indent, "\n" line ends, no timestamps: same seed → byte-identical files
     text = json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
@@ -238,8 +247,7 @@ def write_suite(out_dir: Path | str, seed: int = 0, num_instances: int = 100) ->
     names = {"train": [], "test": []}
     for i, spec in enumerate(suite(), start=1):
         name = task_name(i, spec)
-        rng = random.Random(f"tagi-synthetic:{seed}:{name}")  # str seeds are hashed stably (sha512)
-        _dump(out / "tasks" / f"{name}.json", task_json(name, spec, rng, num_instances))
+        _dump(out / "tasks" / f"{name}.json", _seeded_task_json(name, spec, seed, num_instances))
         names["test" if spec.test else "train"].append(name)
     for subset, listed in names.items():
         (out / "splits" / "default" / f"{subset}_tasks.txt").write_bytes(("\n".join(listed) + "\n").encode())
@@ -264,6 +272,19 @@ def ensure_suite(out_dir: Path | str, seed: int = 0, num_instances: int = 100) -
             raise
         shutil.rmtree(tmp)
     return out
+
+
+def train_texts(seed: int = 0, num_instances: int = 100) -> list[str]:
+    """Every definition, input and output of the TRAIN tasks, as written to disk (tokenizer corpus)."""
+    texts = []
+    for i, spec in enumerate(suite(), start=1):
+        if spec.test:
+            continue
+        task = _seeded_task_json(task_name(i, spec), spec, seed, num_instances)
+        texts += task["Definition"]
+        for example in task["Positive Examples"] + task["Instances"]:
+            texts += [example["input"], *([example["output"]] if isinstance(example["output"], str) else example["output"])]
+    return texts
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,76 @@
+"""Full finetuning of the backbone, no hypernetwork: the baselines, and the demo's θ0 warm-up.
+
+    input: concat   the instruction concatenated with every input (Tk-Instruct)
+    input: plain    the input alone (the no-instruction baseline)
+
+It reads `FinetuneDataModule` batches (they carry both forms) and validates by generation on the
+held-out tasks like every other stage. With `output_dir` set, the trained backbone is written
+there with `save_pretrained` at the end of training, so later stages can load it by path as their
+`backbone.name`: the offline settings have no pretrained T5 to download, and this is how they get
+a θ0 that has learnt to read instructions at all (DESIGN §1 assumes a pretrained backbone).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from tagi.io import atomic_directory
+from tagi.stages.base import Backbone, Generation, GenerativeStage, Optimization
+
+log = logging.getLogger(__name__)
+
+BACKBONE_META = "tagi_backbone.json"
+
+
+class FullFinetuneModule(GenerativeStage):
+    stage = "full"
+
+    def __init__(
+        self,
+        backbone: Backbone = Backbone(),
+        tokenizer: str = "byt5",
+        input: Literal["concat", "plain"] = "concat",
+        output_dir: str | None = None,
+        optimization: Optimization = Optimization(),
+        generation: Generation = Generation(),
+    ):
+        super().__init__(backbone, tokenizer, optimization, generation)
+        self.backbone = backbone.load(len(self.tokenizer))
+        self.input = input
+        self.output_dir = None if output_dir is None else Path(output_dir)
+
+    def _inputs(self, batch: dict, rows: slice | torch.Tensor = slice(None)) -> dict:
+        if self.input == "concat":
+            return dict(input_ids=batch["concat_input_ids"][rows], attention_mask=batch["concat_attention_mask"][rows])
+        return dict(input_ids=batch["input_ids"][rows], attention_mask=batch["attention_mask"][rows])
+
+    def training_step(self, batch: dict, batch_idx: int):
+        loss = self.backbone(**self._inputs(batch), labels=batch["labels"]).loss
+        self.log("train/ce", loss, prog_bar=True, batch_size=batch["labels"].shape[0])
+        return loss
+
+    def generate_texts(self, batch: dict) -> list[str]:
+        with torch.no_grad():
+            return self.decode(self.backbone.generate(**self._inputs(batch), **self.generate_kwargs()))
+
+    def on_train_end(self) -> None:
+        if self.output_dir is not None and self.trainer.is_global_zero:
+            self.save_backbone(self.output_dir)
+        super().on_train_end()
+
+    def save_backbone(self, out_dir: Path) -> Path:
+        """A standard `from_pretrained` folder (+ what made it), written aside and renamed."""
+        with atomic_directory(out_dir) as tmp:
+            self.backbone.save_pretrained(tmp)
+            meta = {**self.describe(), "global_step": self.global_step}
+            (tmp / BACKBONE_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        log.info("wrote the trained backbone to %s", out_dir)
+        return out_dir
+
+    def describe(self) -> dict:
+        return {**super().describe(), "input": self.input}
