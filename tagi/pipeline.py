@@ -45,14 +45,21 @@ def _stage_folder(run_dir: Path, stage: str) -> list[str]:
     ]
 
 
-def _fit(stage: str, config: str, run_dir: Path, extra: list[str], force: bool) -> dict:
+StageConfig = str | list[str]  # one YAML, or several applied in order (e.g. a shared trainer part first)
+
+
+def _config_args(config: StageConfig) -> list[str]:
+    return [arg for path in ([config] if isinstance(config, str) else config) for arg in ("--config", path)]
+
+
+def _fit(stage: str, config: StageConfig, run_dir: Path, extra: list[str], force: bool) -> dict:
     folder = run_dir / stage
     done = None if force else _complete(folder)
     if done:
         log.info("%s: finished artifacts in %s, skipping", stage, folder)
         return done
     start = time.perf_counter()
-    _run(["fit", "--config", config, *_stage_folder(run_dir, stage), *extra])
+    _run(["fit", *_config_args(config), *_stage_folder(run_dir, stage), *extra])
     done = _complete(folder)
     if done is None:
         raise RuntimeError(f"{stage}: the run ended without writing {folder / COMPLETE_NAME}; see the log above")
@@ -60,22 +67,22 @@ def _fit(stage: str, config: str, run_dir: Path, extra: list[str], force: bool) 
     return done
 
 
-def _test(config: str, run_dir: Path, checkpoint: str, extra: list[str]) -> dict[str, float]:
+def _test(config: StageConfig, run_dir: Path, checkpoint: str, extra: list[str]) -> dict[str, float]:
     overrides = [*_stage_folder(run_dir, "test"), f"--ckpt_path={checkpoint}", *extra]
-    cli = _run(["test", "--config", config, *overrides])
+    cli = _run(["test", *_config_args(config), *overrides])
     return {key.removeprefix("test/"): float(value) for key, value in cli.trainer.callback_metrics.items()}
 
 
 def run_pipeline(
-    teacher: str,
-    pretrain: str,
-    finetune: str,
+    teacher: StageConfig,
+    pretrain: StageConfig,
+    finetune: StageConfig,
     run: str = "demo",
     teachers_dir: str = "teachers",
     checkpoints_dir: str = "checkpoints",
     blank_check: bool = True,
     force: bool = False,
-    backbone: str | None = None,
+    backbone: StageConfig | None = None,
     overrides: list[str] | None = None,
 ) -> dict:
     """Run the stages and the held-out test; return (and print) the scores.
@@ -120,6 +127,12 @@ def summary_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _relative_to(folder: Path, config: StageConfig) -> StageConfig:
+    if isinstance(config, str):
+        return config if Path(config).is_absolute() else str(folder / config)
+    return [_relative_to(folder, path) for path in config]
+
+
 def main(argv: list[str]) -> dict:
     parser = ArgumentParser(prog="python -m tagi pipeline", description=__doc__)
     parser.add_argument("--config", action=ActionConfigFile)
@@ -130,6 +143,6 @@ def main(argv: list[str]) -> dict:
     if configs:  # stage configs named in a pipeline YAML are relative to that YAML's folder
         folder = Path(str(configs[-1])).parent
         for stage in STAGES:
-            if options.get(stage) and not Path(options[stage]).is_absolute():
-                options[stage] = str(folder / options[stage])
+            if options.get(stage):
+                options[stage] = _relative_to(folder, options[stage])
     return run_pipeline(**options)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,13 +95,14 @@ def test_print_config_and_misspelt_key(workdir, capsys):
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["init_args"]["distillation"]["param_form"] == "delta"
+    assert printed["model"]["init_args"]["architecture"]["lora_rank"] == 8  # read from parts/architecture.yaml
     assert printed["data"]["init_args"]["tokenizer"] == "synthetic"  # set once; linked into the model
 
-    bad = workdir / "bad.yaml"
-    config = yaml.safe_load((ROOT / "configs/demo/finetune.yaml").read_text())
-    config["model"]["init_args"]["architecture"]["lora_rnk"] = 4
-    bad.write_text(yaml.safe_dump(config))
-    result = subprocess.run([sys.executable, "-m", "tagi", "fit", "--config", str(bad)], capture_output=True, text=True, cwd=workdir)
+    bad = shutil.copytree(ROOT / "configs/demo", workdir / "bad-configs")  # parts/ resolve beside it
+    architecture = yaml.safe_load((bad / "parts/architecture.yaml").read_text())
+    (bad / "parts/architecture.yaml").write_text(yaml.safe_dump({**architecture, "lora_rnk": 4}))
+    result = subprocess.run([sys.executable, "-m", "tagi", "fit", "--config", str(bad / "finetune.yaml")],
+                            capture_output=True, text=True, cwd=workdir)
     assert result.returncode != 0
     assert "lora_rnk" in result.stderr and "Traceback" not in result.stderr
 
