@@ -1,4 +1,4 @@
-"""`python -m tagi`: the LightningCLI (fit / validate / test / predict).
+"""`python -m tagi`: the LightningCLI (fit / validate / test / predict), plus `pipeline` and `adapter`.
 
 Model and data classes are chosen in YAML with `class_path`/`init_args`; values that must agree
 between them (the tokenizer) are linked, so they are set once, in `data`.
@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> None:
         from tagi.pipeline import main as pipeline_main
 
         pipeline_main(argv[1:])
+        return
+    if argv and argv[0] == "adapter":
+        from tagi.export import main as adapter_main
+
+        adapter_main(argv[1:])
         return
     run_cli(argv)
 

@@ -210,21 +210,24 @@ class TAGIModel(nn.Module):
         with (merged_lora if merge else apply_lora)(self.sites(), task.lora):
             yield
 
-    def encode_inputs(self, task: TaskEncoding, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    def encode_inputs(
+        self, task: TaskEncoding, input_ids: Tensor, attention_mask: Tensor, lora_only: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """Encoder pass (call inside `adapted`): states the decoder attends to, and their mask.
 
         Returns [I ; F] and [mask_I ; mask] with FiD on, else F and mask. Shapes (B, L+T, d), (B, L+T).
+        `lora_only` skips fusion and FiD: what the backbone + an exported PEFT adapter computes.
         """
         batch = input_ids.shape[0]
         instruction = task.instruction.expand(batch, -1, -1) if len(task) == 1 else task.instruction
         instruction_mask = task.instruction_mask.expand(batch, -1) if len(task) == 1 else task.instruction_mask
         with ExitStack() as hooks:
-            if self.fusion is not None:
+            if self.fusion is not None and not lora_only:
                 for block, fusion in zip(self.backbone.encoder.block, self.fusion):
                     hook = _fusion_hook(fusion, instruction, instruction_mask)
                     hooks.callback(block.layer[-1].register_forward_pre_hook(hook).remove)
             states = self.backbone.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        if not self.use_fid:
+        if not self.use_fid or lora_only:
             return states, attention_mask
         return torch.cat([instruction, states], 1), torch.cat([instruction_mask.to(attention_mask.dtype), attention_mask], 1)
 
@@ -236,12 +239,13 @@ class TAGIModel(nn.Module):
         labels: Tensor | None = None,
         task_index: Tensor | None = None,
         merge: bool | None = None,
+        lora_only: bool = False,
         **decoder_kwargs: Any,
     ) -> Seq2SeqLMOutput:
         """Logits (and CE loss when `labels` are given) for inputs of the encoded task(s)."""
         rows = self._rows(task, task_index)
         with self.adapted(rows, merge):
-            states, mask = self.encode_inputs(rows, input_ids, attention_mask)
+            states, mask = self.encode_inputs(rows, input_ids, attention_mask, lora_only)
             return self.backbone(
                 encoder_outputs=BaseModelOutput(last_hidden_state=states), attention_mask=mask, labels=labels, **decoder_kwargs
             )
@@ -254,12 +258,13 @@ class TAGIModel(nn.Module):
         attention_mask: Tensor,
         task_index: Tensor | None = None,
         merge: bool | None = None,
+        lora_only: bool = False,
         **generate_kwargs: Any,
     ) -> Tensor:
         """`backbone.generate` for inputs of the encoded task(s); beams keep their row's weights."""
         rows = self._rows(task, task_index)
         with self.adapted(rows, merge):
-            states, mask = self.encode_inputs(rows, input_ids, attention_mask)
+            states, mask = self.encode_inputs(rows, input_ids, attention_mask, lora_only)
             return self.backbone.generate(
                 encoder_outputs=BaseModelOutput(last_hidden_state=states), attention_mask=mask, **generate_kwargs
             )

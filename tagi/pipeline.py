@@ -67,8 +67,9 @@ def _fit(stage: str, config: StageConfig, run_dir: Path, extra: list[str], force
     return done
 
 
-def _test(config: StageConfig, run_dir: Path, checkpoint: str, extra: list[str]) -> dict[str, float]:
-    overrides = [*_stage_folder(run_dir, "test"), f"--ckpt_path={checkpoint}", *extra]
+def _test(config: StageConfig, run_dir: Path, checkpoint: str, extra: list[str], folder: str = "test") -> dict[str, float]:
+    """Held-out test of `checkpoint`; results.json, results.md, predictions.jsonl land in <run_dir>/<folder>/."""
+    overrides = [*_stage_folder(run_dir, folder), f"--ckpt_path={checkpoint}", *extra]
     cli = _run(["test", *_config_args(config), *overrides])
     return {key.removeprefix("test/"): float(value) for key, value in cli.trainer.callback_metrics.items()}
 
@@ -81,6 +82,7 @@ def run_pipeline(
     teachers_dir: str = "teachers",
     checkpoints_dir: str = "checkpoints",
     blank_check: bool = True,
+    adapter_check: bool = True,
     force: bool = False,
     backbone: StageConfig | None = None,
     overrides: list[str] | None = None,
@@ -107,7 +109,9 @@ def run_pipeline(
     student = stages["finetune"]["last_checkpoint"]
     scores = {"student": _test(finetune, run_dir, student, links)}
     if blank_check:
-        scores["student, instruction blanked"] = _test(finetune, run_dir, student, [*links, "--model.init_args.blank_instructions=true"])
+        scores["student, instruction blanked"] = _test(finetune, run_dir, student, [*links, "--model.init_args.blank_instructions=true"], "test-blanked")
+    if adapter_check:
+        scores["backbone + exported adapter only"] = _test(finetune, run_dir, student, [*links, "--model.init_args.adapter_only=true"], "test-adapter-only")
     summary = dict(run=run, stages=stages, scores=scores, seconds=round(time.perf_counter() - start, 1))
     (run_dir / "pipeline.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     print(summary_table(summary))

@@ -11,7 +11,8 @@ import pytest
 import yaml
 from peft import PeftModel
 
-from tagi.__main__ import run_cli
+from tagi.__main__ import main as tagi_main, run_cli
+from tagi.reports import read_predictions
 from tagi.data.tokenization import load_tokenizer
 from tagi.model import load_backbone
 from tagi.pipeline import main as pipeline_main
@@ -122,7 +123,9 @@ def test_pipeline_runs_every_stage_then_skips_finished_ones(tmp_path, monkeypatc
     config = str(ROOT / "configs/demo/pipeline.yaml")
     summary = pipeline_main(["--config", config, "--run=t", f"--overrides={json.dumps(overrides)}"])
     assert set(summary["stages"]) == {"backbone", "teacher", "pretrain", "finetune"}
-    assert set(summary["scores"]) == {"student", "student, instruction blanked"}
+    assert set(summary["scores"]) == {"student", "student, instruction blanked", "backbone + exported adapter only"}
+    for folder in ("test", "test-blanked", "test-adapter-only"):
+        assert {"results.json", "results.md", "predictions.jsonl"} <= {p.name for p in (tmp_path / "checkpoints/t" / folder).iterdir()}
     assert "rougeL" in summary["scores"]["student"] and "exact_match/category/Case" in summary["scores"]["student"]
     assert (tmp_path / "checkpoints/t/theta0/config.json").is_file() and (tmp_path / "teachers/t/case").is_dir()
     teacher = json.loads((tmp_path / "teachers/t/case/meta.json").read_text())
@@ -132,3 +135,62 @@ def test_pipeline_runs_every_stage_then_skips_finished_ones(tmp_path, monkeypatc
     again = pipeline_main(["--config", config, "--run=t", f"--overrides={json.dumps(overrides)}"])
     assert {name: stage["global_step"] for name, stage in again["stages"].items()} == {name: 4 for name in summary["stages"]}
     assert all("seconds" not in stage for stage in again["stages"].values())  # skipped: nothing re-ran
+
+
+@pytest.fixture(scope="module")
+def student_checkpoint(workdir, teachers):
+    pretrain = workdir / "checkpoints/demo/pretrain/checkpoints/last.ckpt"
+    if not pretrain.is_file():
+        pytest.skip("needs the pretrain test's checkpoint")
+    links = [f"--model.init_args.init_from={pretrain}", f"--model.init_args.teachers={teachers}"]
+    checkpoint = workdir / "checkpoints/demo/finetune/checkpoints/last.ckpt"
+    if not checkpoint.is_file():
+        fit("finetune", *links)
+    return checkpoint, links
+
+
+def test_test_writes_results_and_streams_predictions(workdir, student_checkpoint):
+    checkpoint, links = student_checkpoint
+    out = "--trainer.logger.init_args.name=report"
+    run_cli(["test", "--config", str(ROOT / "configs/demo/finetune.yaml"), TINY, *FAST, *links, out, f"--ckpt_path={checkpoint}"])
+    folder = workdir / "checkpoints/demo/report"
+    results = json.loads((folder / "results.json").read_text())
+    assert results["checkpoint"] == str(checkpoint) and results["model"] == "FinetuneModule"
+    assert len(results["tasks"]) == 9 and results["overall"]["count"] == 9 * 2  # 2 test instances per held-out task
+    for category, scores in results["categories"].items():
+        members = [task for task in results["tasks"].values() if task["category"] == category]
+        assert scores["count"] == sum(task["count"] for task in members)
+        assert scores["rougeL"] == pytest.approx(sum(t["rougeL"] * t["count"] for t in members) / scores["count"], abs=1e-4)
+    assert results["task_cache"]["hypernetwork_runs"] == 9  # once per held-out task
+    assert "| overall | all | 18 |" in (folder / "results.md").read_text()
+    predictions = read_predictions(folder / "predictions.jsonl")
+    assert len(predictions) == 18 and set(predictions[0]) == {"task", "id", "input", "prediction", "references"}
+    assert {row["task"] for row in predictions} == set(results["tasks"])
+
+    run_cli(["predict", "--config", str(ROOT / "configs/demo/finetune.yaml"), TINY, *FAST, *links,
+             "--trainer.logger.init_args.name=predict", f"--ckpt_path={checkpoint}"])
+    predicted = read_predictions(workdir / "checkpoints/demo/predict/predictions.jsonl")
+    assert [row["prediction"] for row in predicted] == [row["prediction"] for row in predictions]  # same model, greedy
+
+
+def test_adapter_subcommand_writes_a_peft_adapter(workdir, student_checkpoint, capsys):
+    checkpoint, _ = student_checkpoint
+    (workdir / "definition.txt").write_text("Given a list of words, sort the words alphabetically.\n")
+    (workdir / "pos.jsonl").write_text('{"input": "cow ape", "output": "ape cow"}\n')
+    tagi_main(["adapter", "--ckpt", str(checkpoint), "--instruction", "@definition.txt", "--positive-examples", "pos.jsonl",
+               "--out", "adapters/sort"])
+    meta = json.loads((workdir / "adapters/sort/meta.json").read_text())
+    assert meta["instruction"].startswith("Definition: Given a list of words, sort") and "Output: ape cow" in meta["instruction"]
+    base = json.loads((workdir / "adapters/sort/adapter_config.json").read_text())["base_model_name_or_path"]
+    PeftModel.from_pretrained(T5ForConditionalGeneration.from_pretrained(base), str(workdir / "adapters/sort"))
+
+    for bad, message in [
+        (["--ckpt", "missing.ckpt", "--instruction", "x", "--out", "a"], "--ckpt missing.ckpt: no such checkpoint file"),
+        (["--ckpt", str(checkpoint), "--instruction", "@nope.txt", "--out", "a"], "file nope.txt does not exist"),
+        (["--ckpt", str(workdir / "checkpoints/demo/teacher/checkpoints/last.ckpt"), "--instruction", "x", "--out", "a"],
+         "is not a TAGI student checkpoint"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            tagi_main(["adapter", *bad])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (workdir / "a").exists()  # nothing written on error

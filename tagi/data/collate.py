@@ -7,7 +7,7 @@ Example dict (any subset of)              →  batch keys
     labels: list[int]                     →  labels (B, Ly), padded with -100
     concat: list[int]                     →  concat_input_ids (B, Lc), concat_attention_mask (B, Lc)
     cluster_id: int                       →  cluster_ids (B,)
-    task_name, category, instance_id, references  →  task_names, categories, instance_ids, references
+    task_name, category, instance_id, input_text, references  →  task_names, categories, instance_ids, inputs, references
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 IGNORE_INDEX = -100  # label padding: ignored by cross-entropy
 META_KEYS = {"task_name": "task_names", "category": "categories", "instance_id": "instance_ids",
-             "references": "references"}
+             "input_text": "inputs", "references": "references"}
 
 
 def pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -91,6 +91,10 @@ class _TaskDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
 
+    def predict_dataloader(self) -> DataLoader:
+        """The held-out test set (`predict` writes predictions.jsonl; `test` also scores them)."""
+        return self.test_dataloader()
+
     def state_dict(self) -> dict:
         """Saved in checkpoints: the category → cluster id map the model was trained with."""
         return {"clusters": dict(self.clusters)}

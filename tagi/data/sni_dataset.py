@@ -48,7 +48,7 @@ class SNIDataset(Dataset):
 
     `teacher=False` (finetune, eval): {instruction, input, labels, concat, cluster_id}
     `teacher=True`: {input = the concatenation, labels, cluster_id}
-    `with_meta=True` adds {task_name, category, instance_id, references} for evaluation.
+    `with_meta=True` adds {task_name, category, instance_id, input_text, references} for evaluation.
     """
 
     def __init__(self, tasks: list[Task], tokenizer, clusters: dict[str, int], num_pos: int = 2,
@@ -92,7 +92,7 @@ class SNIDataset(Dataset):
             ex.update(instruction=self.instructions[ti], input=self.inputs[i], concat=self.concat(i))
         if self.with_meta:
             ex.update(task_name=task.name, category=task.category, instance_id=inst.id,
-                      references=list(inst.outputs))
+                      input_text=inst.input, references=list(inst.outputs))
         return ex
 
 

@@ -22,6 +22,7 @@ from transformers import get_linear_schedule_with_warmup
 from tagi.data.tokenization import load_tokenizer
 from tagi.io import atomic_write_text
 from tagi.metrics import InstructionMetrics, results_table
+from tagi.reports import PREDICTIONS, RESULTS_MD, PredictionWriter, write_results
 from tagi.model import load_backbone
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class GenerativeStage(L.LightningModule):
         self.optimization = optimization
         self.generation = generation
         self.eval_metrics: InstructionMetrics | None = None
+        self._predictions: PredictionWriter | None = None  # open during test / predict epochs
 
     stage = "stage"  # the method's name for this stage: teacher / pretrain / finetune
 
@@ -92,7 +94,7 @@ class GenerativeStage(L.LightningModule):
         """Metrics over the tasks this run evaluates: `val_tasks` when fitting/validating, else `eval_tasks`."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         tasks = getattr(datamodule, "eval_tasks" if stage == "test" else "val_tasks", None)
-        self.eval_metrics = InstructionMetrics(tasks) if tasks else None
+        self.eval_metrics = InstructionMetrics(tasks) if tasks and stage != "predict" else None
 
     @abstractmethod
     def generate_texts(self, batch: dict) -> list[str]:
@@ -105,9 +107,13 @@ class GenerativeStage(L.LightningModule):
         return dict(max_new_tokens=self.generation.max_new_tokens, num_beams=self.generation.num_beams, do_sample=False)
 
     def _eval_step(self, batch: dict) -> None:
-        if self.eval_metrics is None:
+        if self.eval_metrics is None and self._predictions is None:
             return
-        self.eval_metrics.update(self.generate_texts(batch), batch["references"], batch["task_names"])
+        texts = self.generate_texts(batch)
+        if self.eval_metrics is not None:
+            self.eval_metrics.update(texts, batch["references"], batch["task_names"])
+        if self._predictions is not None:
+            self._predictions.write(batch["task_names"], batch["instance_ids"], batch["inputs"], texts, batch["references"])
 
     def _eval_epoch_end(self, prefix: str) -> dict[str, float]:
         if self.eval_metrics is None:
@@ -125,11 +131,48 @@ class GenerativeStage(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
 
+    # -- test: scores + results.json/.md + predictions.jsonl; predict: predictions.jsonl only
+
+    def _open_predictions(self) -> None:
+        if self.trainer.log_dir is None:
+            return
+        rank = f".rank{self.global_rank}" if self.trainer.world_size > 1 else ""  # each rank writes its share
+        self._predictions = PredictionWriter(Path(self.trainer.log_dir) / PREDICTIONS.replace(".jsonl", f"{rank}.jsonl"))
+
+    def _close_predictions(self) -> Path | None:
+        writer, self._predictions = self._predictions, None
+        if writer is None:
+            return None
+        path = writer.close()
+        rank_zero_info(f"wrote {writer.count} predictions to {path}")
+        return path
+
+    def on_test_epoch_start(self) -> None:
+        self._open_predictions()
+
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch)
 
     def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
+        scores = self._eval_epoch_end("test")
+        self._close_predictions()
+        if scores and self.trainer.is_global_zero and self.trainer.log_dir is not None:
+            path = write_results(self.trainer.log_dir, scores, self.eval_metrics.task_category, self.results_meta())
+            rank_zero_info(f"wrote {path} and {RESULTS_MD}")
+
+    def results_meta(self) -> dict:
+        """What the results describe: the model and its provenance (extended by subclasses)."""
+        return {"model": type(self).__name__, "checkpoint": self.trainer.ckpt_path, "global_step": self.global_step,
+                "describe": self.describe()}
+
+    def on_predict_epoch_start(self) -> None:
+        self._open_predictions()
+
+    def predict_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch)  # streamed to predictions.jsonl; nothing is kept in memory
+
+    def on_predict_epoch_end(self) -> None:
+        self._close_predictions()
 
     # -- completion marker
 

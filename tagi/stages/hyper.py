@@ -36,15 +36,22 @@ class HyperStage(GenerativeStage):
         optimization: Optimization,
         generation: Generation,
         blank_instructions: bool = False,
+        adapter_only: bool = False,
     ):
+        """`blank_instructions`, `adapter_only`: evaluation ablations — the student without reading its
+        instruction, and the student reduced to backbone + generated LoRA (what `tagi adapter` exports)."""
         super().__init__(backbone, tokenizer, optimization, generation)
         self.architecture = architecture
-        self.blank_instructions = blank_instructions
+        self.blank_instructions, self.adapter_only = blank_instructions, adapter_only
         self.model = TAGIModel(backbone.load(len(self.tokenizer)), **asdict(architecture))
         self.task_cache = TaskCache(self.model.encode_task)
 
     def describe(self) -> dict:
         return {**super().describe(), "architecture": asdict(self.architecture)}
+
+    def results_meta(self) -> dict:
+        return {**super().results_meta(), "blank_instructions": self.blank_instructions, "adapter_only": self.adapter_only,
+                "task_cache": {"hypernetwork_runs": self.task_cache.misses, "reuses": self.task_cache.hits}}
 
     def student_outputs(self, batch: dict):
         """Encode each distinct instruction of the batch once, then run every row with its task's LoRA."""
@@ -60,7 +67,8 @@ class HyperStage(GenerativeStage):
         for task_row, rows in group_rows(batch["task_index"]):
             task = self.task_cache.get(*self._instruction(batch, task_row))
             sequences = self.model.generate(
-                task, batch["input_ids"][rows], batch["attention_mask"][rows], merge=True, **self.generate_kwargs()
+                task, batch["input_ids"][rows], batch["attention_mask"][rows], merge=True, lora_only=self.adapter_only,
+                **self.generate_kwargs()
             )
             for row, text in zip(rows.tolist(), self.decode(sequences)):
                 texts[row] = text
@@ -80,6 +88,11 @@ class HyperStage(GenerativeStage):
         self._clear_cache()
 
     def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
+        self._clear_cache()
+
+    def on_predict_epoch_start(self) -> None:
+        super().on_predict_epoch_start()
         self._clear_cache()
 
     def on_validation_epoch_end(self) -> None:

@@ -1,0 +1,73 @@
+"""`python -m tagi adapter`: a student checkpoint + an instruction → a standard PEFT adapter directory.
+
+    python -m tagi adapter --ckpt checkpoints/demo/finetune/checkpoints/last.ckpt \\
+        --instruction "Given a list of words, sort the words alphabetically." --out adapters/sort
+    python -m tagi adapter --ckpt ... --instruction @definition.txt --positive-examples pos.jsonl --out ...
+
+`--positive-examples`: JSON lines with "input" and "output" (the Def+kPos template of training).
+The adapter holds the generated LoRA only; load it with
+`PeftModel.from_pretrained(T5ForConditionalGeneration.from_pretrained(<base>), <out>)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+class InputError(ValueError):
+    """Bad command-line input: the message says which argument or file and how to fix it."""
+
+
+def read_instruction(value: str) -> str:
+    if not value.startswith("@"):
+        return value
+    path = Path(value[1:])
+    if not path.is_file():
+        raise InputError(f"--instruction {value}: file {path} does not exist")
+    return path.read_text(encoding="utf-8").strip()
+
+
+def read_examples(path: str | None) -> list[tuple[str, str]]:
+    if path is None:
+        return []
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"--positive-examples: file {file} does not exist")
+    examples = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            examples.append((str(row["input"]), str(row["output"])))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise InputError(f"{file}:{number}: expected a JSON object with \"input\" and \"output\"") from None
+    return examples
+
+
+def main(argv: list[str]) -> Path:
+    parser = argparse.ArgumentParser(prog="python -m tagi adapter", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="student checkpoint (finetune stage)")
+    parser.add_argument("--instruction", required=True, help="the task definition, or @file to read it from")
+    parser.add_argument("--positive-examples", help="JSONL file of {\"input\", \"output\"} demonstrations")
+    parser.add_argument("--out", required=True, help="adapter directory to write (replaced atomically)")
+    args = parser.parse_args(argv)
+    from tagi.student import CheckpointError, Student, format_instruction  # heavy imports after --help
+
+    try:
+        if not Path(args.ckpt).is_file():
+            raise InputError(f"--ckpt {args.ckpt}: no such checkpoint file")
+        instruction = format_instruction(read_instruction(args.instruction), read_examples(args.positive_examples))
+        out = Student.from_checkpoint(args.ckpt).export_adapter(instruction, args.out)
+    except (InputError, CheckpointError) as error:
+        parser.exit(2, f"error: {error}\n")
+    print(f"wrote a PEFT adapter to {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

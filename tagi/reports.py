@@ -1,0 +1,81 @@
+"""What `test` and `predict` leave behind: `results.json` + `results.md`, and `predictions.jsonl`.
+
+Lightning-free. Predictions stream to a hidden temporary file, one JSON line per example, and are
+renamed into place only when the epoch ends: a large test set never sits in memory, and a killed
+run never leaves a partial file under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from tagi.io import atomic_write_text
+from tagi.metrics import results_table
+
+RESULTS_JSON, RESULTS_MD, PREDICTIONS = "results.json", "results.md", "predictions.jsonl"
+METRICS = ("rougeL", "exact_match", "count")
+
+
+def _group(scores: Mapping[str, float], suffix: str) -> dict[str, float]:
+    values = {name: float(scores[f"{name}{suffix}"]) for name in METRICS}
+    values["count"] = int(values["count"])
+    return values
+
+
+def results_document(scores: Mapping[str, float], task_category: Mapping[str, str], meta: Mapping) -> dict:
+    """Nested form of an `InstructionMetrics.compute()` dict: overall, per category, per task."""
+    tasks = {name: {"category": category, **_group(scores, f"/task/{name}")}
+             for name, category in task_category.items() if f"count/task/{name}" in scores}
+    categories = {category: _group(scores, f"/category/{category}")
+                  for category in dict.fromkeys(task_category.values()) if f"count/category/{category}" in scores}
+    return {**meta, "overall": _group(scores, ""), "categories": categories, "tasks": tasks}
+
+
+def write_results(out_dir: str | os.PathLike, scores: Mapping[str, float], task_category: Mapping[str, str],
+                  meta: Mapping, extra_markdown: str = "") -> Path:
+    """`results.json` and `results.md` in `out_dir`, each written atomically; returns the JSON path."""
+    out = Path(out_dir)
+    document = results_document(scores, task_category, meta)
+    atomic_write_text(out / RESULTS_JSON, json.dumps(document, indent=2, sort_keys=True) + "\n")
+    header = f"# Held-out results — {meta.get('model', 'model')}\n\n"
+    atomic_write_text(out / RESULTS_MD, header + results_table(scores) + "\n" + extra_markdown)
+    return out / RESULTS_JSON
+
+
+class PredictionWriter:
+    """Streams {task, id, input, prediction, references} lines; `close()` publishes the file."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(prefix=f".tmp-{self.path.name}-", dir=self.path.parent)
+        self._file = os.fdopen(fd, "w", encoding="utf-8")
+        self.count = 0
+
+    def write(self, tasks: Sequence[str], ids: Sequence[str], inputs: Sequence[str], predictions: Sequence[str],
+              references: Sequence[Sequence[str]]) -> None:
+        for row in zip(tasks, ids, inputs, predictions, references):
+            line = dict(zip(("task", "id", "input", "prediction", "references"), row))
+            self._file.write(json.dumps(line, ensure_ascii=False) + "\n")
+        self.count += len(predictions)
+
+    def close(self) -> Path:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self._file.close()
+        if os.path.exists(self._tmp):
+            os.remove(self._tmp)
+
+
+def read_predictions(path: str | os.PathLike) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]

@@ -1,0 +1,115 @@
+"""A trained student for inference: instruction text → (cached) task encoding → outputs or a PEFT adapter.
+
+    student = Student.from_checkpoint("checkpoints/demo/finetune/checkpoints/last.ckpt")
+    student.generate("Given a list of words, sort the words alphabetically.", ["cow ape"])
+    student.export_adapter("Given a list of words, ...", "adapters/sort")
+
+The hypernetwork runs once per distinct instruction: encodings are cached (LRU) by the
+instruction's token ids, i.e. by its text under the student's tokenizer, and a call for one task
+runs the backbone with the LoRA merged into its weights. Lightning-free.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from tagi.adapters import save_adapter
+from tagi.cache import TaskCache
+from tagi.data.sni import Demonstration, Task
+from tagi.data.templates import instruction_text, model_input_text
+from tagi.data.tokenization import encode, load_tokenizer
+from tagi.model import TAGIModel, TaskEncoding, load_backbone
+
+log = logging.getLogger(__name__)
+
+BACKBONE_FOLDER = "backbone"  # beside an exported adapter when θ0 was built in code (no folder to name)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is not a student (pretrain or finetune stage) checkpoint."""
+
+
+def format_instruction(definition: str, positive_examples: Sequence[tuple[str, str]] = ()) -> str:
+    """The hypernetwork's input for a definition and k positive examples (the training template)."""
+    task = Task("instruction", definition, [Demonstration(x, y) for x, y in positive_examples], [], ["user"], Path("."))
+    return instruction_text(task, num_pos=len(positive_examples))
+
+
+class Student:
+    def __init__(self, model: TAGIModel, tokenizer, backbone: dict, max_instruction_length: int = 1024, cache_size: int = 1024):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.backbone = backbone  # the Backbone spec the model was trained on (name, tiny_config, seed)
+        self.max_instruction_length = max_instruction_length
+        self.cache = TaskCache(model.encode_task, cache_size)
+        self.truncated_instructions = 0
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **kwargs) -> "Student":
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        described = checkpoint.get("tagi", {})
+        if described.get("stage") not in ("pretrain", "finetune") or "architecture" not in described:
+            raise CheckpointError(f"{path} is not a TAGI student checkpoint (stage {described.get('stage')!r}); "
+                                  "give a finetune-stage checkpoint such as checkpoints/<run>/finetune/checkpoints/last.ckpt")
+        tokenizer = load_tokenizer(described["tokenizer"])
+        spec = described["backbone"]
+        tiny = {"vocab_size": len(tokenizer), **(spec.get("tiny_config") or {})}
+        model = TAGIModel(load_backbone(spec["name"], tiny, spec.get("seed", 0)), **described["architecture"])
+        state = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items() if key.startswith("model.")}
+        model.load_state_dict(state)
+        return cls(model, tokenizer, spec, **kwargs)
+
+    # -- per task, once
+
+    @torch.no_grad()
+    def encode(self, instruction: str) -> TaskEncoding:
+        """The task's generated LoRA and encoded instruction; the hypernetwork runs on a cache miss only."""
+        ids = encode(self.tokenizer, [instruction])[0]
+        if len(ids) + 1 > self.max_instruction_length:
+            self.truncated_instructions += 1
+            log.warning("instruction of %d tokens truncated to %d", len(ids) + 1, self.max_instruction_length)
+            ids = ids[: self.max_instruction_length - 1]
+        ids = torch.tensor(ids + [self.tokenizer.eos_token_id])
+        return self.cache.get(ids, torch.ones_like(ids))
+
+    # -- per input
+
+    @torch.no_grad()
+    def generate(self, instruction: str, inputs: Sequence[str], max_new_tokens: int = 64, num_beams: int = 1,
+                 batch_size: int = 32, lora_only: bool = False) -> list[str]:
+        task = self.encode(instruction)
+        outputs = []
+        for start in range(0, len(inputs), batch_size):
+            texts = [model_input_text(x) for x in inputs[start : start + batch_size]]
+            batch = self.tokenizer(texts, return_tensors="pt", padding=True)
+            sequences = self.model.generate(task, batch["input_ids"], batch["attention_mask"], merge=True, lora_only=lora_only,
+                                            max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
+            outputs += self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+        return outputs
+
+    # -- export
+
+    def export_adapter(self, instruction: str, out_dir: str | Path) -> Path:
+        """A standard PEFT adapter directory for the backbone: the generated LoRA only (no fusion, no FiD).
+
+        Its adapter_config.json names a backbone that loads offline: θ0's folder (absolute), or, for a
+        θ0 built in code ("tiny"), a copy written beside the adapter in `<out_dir>/backbone/`.
+        """
+        out = Path(out_dir)
+        base = self._offline_backbone(out)
+        meta = {"instruction": instruction, "backbone": self.backbone,
+                "note": "backbone + this LoRA only; the student's instruction fusion and FiD are not part of a PEFT adapter"}
+        return save_adapter(out, self.encode(instruction).lora, self.model.site_names, self.model.lora_alpha, base, meta)
+
+    def _offline_backbone(self, out: Path) -> str:
+        name = self.backbone["name"]
+        if name != "tiny":
+            local = Path(name)
+            return str(local.resolve()) if local.exists() else name  # a hub id stays a hub id
+        folder = out.with_name(f"{out.name}-{BACKBONE_FOLDER}")
+        self.model.backbone.save_pretrained(folder)
+        return str(folder.resolve())

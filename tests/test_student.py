@@ -1,0 +1,65 @@
+"""Serving a student: per-task cache, generation, and `tagi adapter`'s PEFT export."""
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import ByT5Tokenizer, T5ForConditionalGeneration
+
+from tagi.model import TAGIModel, load_backbone
+from tagi.student import Student, format_instruction
+
+INSTRUCTION = format_instruction("Reverse the words.", [("a b", "b a")])
+
+
+@pytest.fixture()
+def student() -> Student:
+    torch.manual_seed(0)
+    backbone = load_backbone("tiny", dict(d_model=32, num_heads=2))
+    model = TAGIModel(backbone, lora_rank=4, lora_alpha=8.0, generator_hidden_dim=16, site_embed_dim=8, b_init_std=0.3)
+    return Student(model, ByT5Tokenizer(), {"name": "tiny", "tiny_config": {"d_model": 32, "num_heads": 2}, "seed": 0})
+
+
+def test_instruction_template_matches_training():
+    assert INSTRUCTION == "Definition: Reverse the words.\n\nPositive Example 1 -\nInput: a b\nOutput: b a"
+
+
+def test_cache_returns_the_same_encoding_and_skips_the_hypernetwork(student):
+    calls = []
+    student.model.hypernet.register_forward_hook(lambda *_: calls.append(1))
+    first = student.encode(INSTRUCTION)
+    outputs = student.generate(INSTRUCTION, ["cow fox", "ape"], max_new_tokens=4)
+    assert student.encode(INSTRUCTION) is first and len(calls) == 1  # hypernetwork ran once for 3 calls
+    assert (student.cache.misses, student.cache.hits) == (1, 2) and len(outputs) == 2
+    student.encode("Sort the words.")
+    assert len(calls) == 2 and len(student.cache) == 2
+
+
+def test_long_instruction_is_truncated_and_counted(student, caplog):
+    student.max_instruction_length = 16
+    task = student.encode("x" * 100)
+    assert task.instruction.shape[1] == 16 and student.truncated_instructions == 1
+    assert "truncated to 16" in caplog.text
+
+
+def test_exported_adapter_reproduces_the_student_without_fusion_and_fid(student, tmp_path):
+    out = student.export_adapter(INSTRUCTION, tmp_path / "reverse")
+    config = json.loads((out / "adapter_config.json").read_text())
+    base = T5ForConditionalGeneration.from_pretrained(config["base_model_name_or_path"]).eval()  # offline folder
+    assert config["base_model_name_or_path"] == str((tmp_path / "reverse-backbone").resolve())
+    assert json.loads((out / "meta.json").read_text())["instruction"] == INSTRUCTION
+
+    batch = student.tokenizer(["cow fox", "ape"], return_tensors="pt", padding=True)
+    decoder_input_ids = torch.tensor([[0, 99, 104], [0, 101, 1]])
+    with torch.no_grad():
+        plain = base(**batch, decoder_input_ids=decoder_input_ids).logits
+        peft = PeftModel.from_pretrained(base, str(out)).eval()
+        exported = peft(**batch, decoder_input_ids=decoder_input_ids).logits
+        ours = student.model(student.encode(INSTRUCTION), batch["input_ids"], batch["attention_mask"],
+                             decoder_input_ids=decoder_input_ids, lora_only=True).logits
+        full = student.model(student.encode(INSTRUCTION), batch["input_ids"], batch["attention_mask"],
+                             decoder_input_ids=decoder_input_ids).logits
+    assert (exported - plain).abs().max() > 1e-3  # the adapter changes the model
+    assert torch.allclose(exported, ours, atol=1e-5)
+    assert (full - ours).abs().max() > 1e-4  # fusion + FiD are what the adapter leaves out
