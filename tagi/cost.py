@@ -93,3 +93,41 @@ def task_cost(
 
 def _batches(n: int, size: int) -> list[slice]:
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+class CostTally:
+    """Sums `TaskCost`s over a test set; a task split across batches pays its instruction once."""
+
+    def __init__(self):
+        self.examples = 0
+        self.totals = {"tagi_instruction": Cost(0, 0.0), "tagi_inputs": Cost(0, 0.0), "baseline": Cost(0, 0.0)}
+        self.tasks: set[str] = set()
+
+    def add(self, task_name: str, cost: TaskCost) -> None:
+        parts = {"tagi_inputs": cost.tagi_inputs, "baseline": cost.baseline}
+        if task_name not in self.tasks:
+            parts["tagi_instruction"] = cost.tagi_instruction
+            self.tasks.add(task_name)
+        for key, part in parts.items():
+            total = self.totals[key]
+            self.totals[key] = Cost(total.flops + part.flops, total.seconds + part.seconds)
+        self.examples += cost.examples
+
+    def summary(self) -> dict:
+        instruction, inputs, baseline = (self.totals[key] for key in ("tagi_instruction", "tagi_inputs", "baseline"))
+        tagi = Cost(instruction.flops + inputs.flops, instruction.seconds + inputs.seconds)
+        return {
+            "tasks": len(self.tasks), "examples": self.examples,
+            "tagi": asdict(tagi), "tagi_instruction": asdict(instruction), "tagi_inputs": asdict(inputs), "baseline": asdict(baseline),
+            "ratio_tagi_over_baseline": {"flops": tagi.flops / max(baseline.flops, 1), "seconds": tagi.seconds / max(baseline.seconds, 1e-12)},
+        }
+
+    def markdown(self) -> str:
+        s = self.summary()
+        ratio = s["ratio_tagi_over_baseline"]
+        return ("\n## Inference cost (teacher-forced scoring of the references, same backbone)\n\n"
+                "| | GFLOPs | seconds |\n|---|---:|---:|\n"
+                f"| TAGI: instructions once ({s['tasks']} tasks) | {s['tagi_instruction']['flops'] / 1e9:.3f} | {s['tagi_instruction']['seconds']:.2f} |\n"
+                f"| TAGI: {s['examples']} inputs | {s['tagi_inputs']['flops'] / 1e9:.3f} | {s['tagi_inputs']['seconds']:.2f} |\n"
+                f"| instruction concatenated to every input | {s['baseline']['flops'] / 1e9:.3f} | {s['baseline']['seconds']:.2f} |\n"
+                f"| **ratio TAGI / concatenation** | **{ratio['flops']:.3f}** | **{ratio['seconds']:.3f}** |\n")

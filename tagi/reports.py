@@ -32,7 +32,10 @@ def results_document(scores: Mapping[str, float], task_category: Mapping[str, st
              for name, category in task_category.items() if f"count/task/{name}" in scores}
     categories = {category: _group(scores, f"/category/{category}")
                   for category in dict.fromkeys(task_category.values()) if f"count/category/{category}" in scores}
-    return {**meta, "overall": _group(scores, ""), "categories": categories, "tasks": tasks}
+    overall = _group(scores, "")
+    if "rank_accuracy" in scores:  # multiple-choice rows scored by rank classification
+        overall.update(rank_accuracy=float(scores["rank_accuracy"]), rank_count=int(scores["rank_count"]))
+    return {**meta, "overall": overall, "categories": categories, "tasks": tasks}
 
 
 def write_results(out_dir: str | os.PathLike, scores: Mapping[str, float], task_category: Mapping[str, str],

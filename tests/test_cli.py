@@ -163,6 +163,10 @@ def test_test_writes_results_and_streams_predictions(workdir, student_checkpoint
         assert scores["rougeL"] == pytest.approx(sum(t["rougeL"] * t["count"] for t in members) / scores["count"], abs=1e-4)
     assert results["task_cache"]["hypernetwork_runs"] == 9  # once per held-out task
     assert "| overall | all | 18 |" in (folder / "results.md").read_text()
+    cost = results["inference_cost"]
+    assert cost["tasks"] == 9 and cost["examples"] == 18 and cost["tagi_instruction"]["flops"] > 0
+    assert 0 < cost["ratio_tagi_over_baseline"]["flops"] < 1  # instructions encoded once, not with every input
+    assert "ratio TAGI / concatenation" in (folder / "results.md").read_text()
     predictions = read_predictions(folder / "predictions.jsonl")
     assert len(predictions) == 18 and set(predictions[0]) == {"task", "id", "input", "prediction", "references"}
     assert {row["task"] for row in predictions} == set(results["tasks"])

@@ -18,7 +18,7 @@ NI_V1, T5_TOKENIZER = SHARED / "data" / "ni-v1", SHARED / "tokenizers" / "t5"
 HYPER = {"instruction_ids", "instruction_mask", "task_index"}
 MODEL = {"input_ids", "attention_mask", "labels"}
 FINETUNE = HYPER | MODEL | {"cluster_ids", "concat_input_ids", "concat_attention_mask"}
-META = {"task_names", "categories", "instance_ids", "inputs", "references"}
+META = {"task_names", "categories", "instance_ids", "inputs", "references", "options"}
 
 
 @pytest.fixture(scope="module")

@@ -107,6 +107,8 @@ BAD_CASES = {
     "instance_without_output": (good_task(Instances=[{"id": "1", "input": "x"}]), "Instances[0].output", "missing"),
     "empty_categories": (good_task(Categories=[]), "Categories", "non-empty"),
     "bad_positive_example": (good_task(**{"Positive Examples": [{"input": "x"}]}), "Positive Examples[0]", "output"),
+    "one_option": (good_task(Instances=[{"id": "1", "input": "x", "output": ["a"], "options": ["a"]}]),
+                   "Instances[0].options", "at least two"),
 }
 
 

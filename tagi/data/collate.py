@@ -7,7 +7,8 @@ Example dict (any subset of)              →  batch keys
     labels: list[int]                     →  labels (B, Ly), padded with -100
     concat: list[int]                     →  concat_input_ids (B, Lc), concat_attention_mask (B, Lc)
     cluster_id: int                       →  cluster_ids (B,)
-    task_name, category, instance_id, input_text, references  →  task_names, categories, instance_ids, inputs, references
+    task_name, category, instance_id, input_text, references, options  →  task_names, categories, instance_ids, inputs,
+    references, options (per row: option token ids, or None)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 IGNORE_INDEX = -100  # label padding: ignored by cross-entropy
 META_KEYS = {"task_name": "task_names", "category": "categories", "instance_id": "instance_ids",
-             "input_text": "inputs", "references": "references"}
+             "input_text": "inputs", "references": "references", "options": "options"}
 
 
 def pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,6 +36,7 @@ class Instance:
     id: str
     input: str
     outputs: list[str]  # every acceptable reference; training uses outputs[0]
+    options: list[str] | None = None  # answer options of a multiple-choice instance (P3 style): rank classification
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,11 @@ def _instance(ex, i: int, task_name: str, path: Path) -> Instance:
     if not outputs or not all(isinstance(o, str) for o in outputs):
         raise InvalidTaskError(path, f"{field}.output", "expected a non-empty list of strings")
     text = _text(ex["input"], path, f"{field}.input")
-    return Instance(str(ex.get("id", f"{task_name}-{i}")), text.strip(), [o.strip() for o in outputs])
+    options = ex.get("options")
+    if options is not None and (not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) for o in options)):
+        raise InvalidTaskError(path, f"{field}.options", "expected a list of at least two answer strings")
+    return Instance(str(ex.get("id", f"{task_name}-{i}")), text.strip(), [o.strip() for o in outputs],
+                    None if options is None else [o.strip() for o in options])
 
 
 def _categories(raw: dict, path: Path) -> list[str]:

@@ -48,12 +48,14 @@ class SNIDataset(Dataset):
 
     `teacher=False` (finetune, eval): {instruction, input, labels, concat, cluster_id}
     `teacher=True`: {input = the concatenation, labels, cluster_id}
-    `with_meta=True` adds {task_name, category, instance_id, input_text, references} for evaluation.
+    `with_meta=True` adds {task_name, category, instance_id, input_text, references, options} for evaluation
+    (`options`: token ids of each answer option of a multiple-choice instance, else None).
     """
 
     def __init__(self, tasks: list[Task], tokenizer, clusters: dict[str, int], num_pos: int = 2,
                  lengths: Lengths = Lengths(), teacher: bool = False, with_meta: bool = False):
         self.tasks, self.clusters, self.teacher, self.with_meta = tasks, clusters, teacher, with_meta
+        self.tokenizer = tokenizer
         eos, counts = tokenizer.eos_token_id, Counter()
         instructions = encode(tokenizer, [templates.instruction_text(t, num_pos) for t in tasks])
         self.instructions = [_fit(ids, lengths.instruction, eos, counts, "instruction") for ids in instructions]
@@ -82,6 +84,12 @@ class SNIDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _options(self, inst) -> list[list[int]] | None:
+        """Token ids (+ EOS) of a multiple-choice instance's options, for rank classification."""
+        if inst.options is None:
+            return None
+        return [ids + [self.eos] for ids in encode(self.tokenizer, inst.options)]
+
     def __getitem__(self, i: int) -> dict:
         ti, inst = self.rows[i]
         task = self.tasks[ti]
@@ -92,7 +100,7 @@ class SNIDataset(Dataset):
             ex.update(instruction=self.instructions[ti], input=self.inputs[i], concat=self.concat(i))
         if self.with_meta:
             ex.update(task_name=task.name, category=task.category, instance_id=inst.id,
-                      input_text=inst.input, references=list(inst.outputs))
+                      input_text=inst.input, references=list(inst.outputs), options=self._options(inst))
         return ex
 
 

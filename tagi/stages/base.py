@@ -22,6 +22,7 @@ from transformers import get_linear_schedule_with_warmup
 from tagi.data.tokenization import load_tokenizer
 from tagi.io import atomic_write_text
 from tagi.metrics import InstructionMetrics, results_table
+from tagi.rank import RankAccuracy, rank_classify
 from tagi.reports import PREDICTIONS, RESULTS_MD, PredictionWriter, write_results
 from tagi.model import load_backbone
 
@@ -68,6 +69,8 @@ class GenerativeStage(L.LightningModule):
         self.generation = generation
         self.eval_metrics: InstructionMetrics | None = None
         self._predictions: PredictionWriter | None = None  # open during test / predict epochs
+        self.rank_accuracy = RankAccuracy()  # multiple-choice rows only (instances with "options")
+        self._ranked = 0
 
     stage = "stage"  # the method's name for this stage: teacher / pretrain / finetune
 
@@ -112,14 +115,42 @@ class GenerativeStage(L.LightningModule):
         texts = self.generate_texts(batch)
         if self.eval_metrics is not None:
             self.eval_metrics.update(texts, batch["references"], batch["task_names"])
+            self._rank_step(batch)
         if self._predictions is not None:
             self._predictions.write(batch["task_names"], batch["instance_ids"], batch["inputs"], texts, batch["references"])
+
+    def _rank_step(self, batch: dict) -> None:
+        """Rank classification for the rows that carry answer options (multiple-choice instances)."""
+        rows = [i for i, options in enumerate(batch.get("options") or []) if options]
+        if not rows:
+            return
+        index = torch.tensor(rows, device=self.device)
+
+        def scorer(option_rows: Tensor, labels: Tensor) -> Tensor:
+            return self.option_logits(batch, index[option_rows.to(self.device)], labels.to(self.device))
+
+        chosen = rank_classify(scorer, [batch["options"][i] for i in rows], self.tokenizer.pad_token_id)
+        correct = [[k for k, text in enumerate(self._option_texts(batch["options"][i])) if text in batch["references"][i]]
+                   for i in rows]
+        self.rank_accuracy.update(chosen, correct)
+        self._ranked += len(rows)
+
+    def _option_texts(self, options: list[list[int]]) -> list[str]:
+        return self.tokenizer.batch_decode(options, skip_special_tokens=True)
+
+    def option_logits(self, batch: dict, rows: Tensor, labels: Tensor) -> Tensor:
+        """Logits (len(rows), Y, V) of `labels` for the given batch rows, as this stage predicts them."""
+        raise NotImplementedError(f"{type(self).__name__} does not score answer options")
 
     def _eval_epoch_end(self, prefix: str) -> dict[str, float]:
         if self.eval_metrics is None:
             return {}
         scores = {key: float(value) for key, value in self.eval_metrics.compute().items()}
         self.eval_metrics.reset()
+        if self._ranked:
+            scores["rank_accuracy"], scores["rank_count"] = 100 * float(self.rank_accuracy.compute()), float(self._ranked)
+        self.rank_accuracy.reset()
+        self._ranked = 0
         self.log_dict({f"{prefix}/{key}": value for key, value in scores.items()}, sync_dist=False)
         if not self.trainer.sanity_checking:
             rank_zero_info(f"{prefix} scores at step {self.global_step}:\n{results_table(scores)}")
@@ -157,13 +188,18 @@ class GenerativeStage(L.LightningModule):
         scores = self._eval_epoch_end("test")
         self._close_predictions()
         if scores and self.trainer.is_global_zero and self.trainer.log_dir is not None:
-            path = write_results(self.trainer.log_dir, scores, self.eval_metrics.task_category, self.results_meta())
+            path = write_results(self.trainer.log_dir, scores, self.eval_metrics.task_category, self.results_meta(),
+                                 self.results_markdown())
             rank_zero_info(f"wrote {path} and {RESULTS_MD}")
 
     def results_meta(self) -> dict:
         """What the results describe: the model and its provenance (extended by subclasses)."""
         return {"model": type(self).__name__, "checkpoint": self.trainer.ckpt_path, "global_step": self.global_step,
                 "describe": self.describe()}
+
+    def results_markdown(self) -> str:
+        """Extra Markdown appended to results.md (subclasses: inference cost)."""
+        return ""
 
     def on_predict_epoch_start(self) -> None:
         self._open_predictions()

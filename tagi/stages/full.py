@@ -58,6 +58,9 @@ class FullFinetuneModule(GenerativeStage):
         with torch.no_grad():
             return self.decode(self.backbone.generate(**self._inputs(batch), **self.generate_kwargs()))
 
+    def option_logits(self, batch: dict, rows: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.backbone(**self._inputs(batch, rows), labels=labels).logits
+
     def on_train_end(self) -> None:
         if self.output_dir is not None and self.trainer.is_global_zero:
             self.save_backbone(self.output_dir)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from tagi.cache import TaskCache
+from tagi.cost import CostTally, task_cost
 from tagi.model import TAGIModel
 from tagi.stages.base import Backbone, Generation, GenerativeStage, Optimization, group_rows
 
@@ -37,12 +38,15 @@ class HyperStage(GenerativeStage):
         generation: Generation,
         blank_instructions: bool = False,
         adapter_only: bool = False,
+        report_cost: bool = True,
     ):
         """`blank_instructions`, `adapter_only`: evaluation ablations — the student without reading its
         instruction, and the student reduced to backbone + generated LoRA (what `tagi adapter` exports)."""
         super().__init__(backbone, tokenizer, optimization, generation)
         self.architecture = architecture
         self.blank_instructions, self.adapter_only = blank_instructions, adapter_only
+        self.report_cost = report_cost  # test: inference FLOPs/time vs instruction concatenation (tagi.cost)
+        self.cost_tally: CostTally | None = None
         self.model = TAGIModel(backbone.load(len(self.tokenizer)), **asdict(architecture))
         self.task_cache = TaskCache(self.model.encode_task)
 
@@ -50,8 +54,31 @@ class HyperStage(GenerativeStage):
         return {**super().describe(), "architecture": asdict(self.architecture)}
 
     def results_meta(self) -> dict:
-        return {**super().results_meta(), "blank_instructions": self.blank_instructions, "adapter_only": self.adapter_only,
+        meta = {**super().results_meta(), "blank_instructions": self.blank_instructions, "adapter_only": self.adapter_only,
                 "task_cache": {"hypernetwork_runs": self.task_cache.misses, "reuses": self.task_cache.hits}}
+        if self.cost_tally is not None and self.cost_tally.examples:
+            meta["inference_cost"] = self.cost_tally.summary()
+        return meta
+
+    def results_markdown(self) -> str:
+        return self.cost_tally.markdown() if self.cost_tally is not None and self.cost_tally.examples else ""
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        super().test_step(batch, batch_idx)
+        if self.report_cost and "concat_input_ids" in batch:
+            self._tally_cost(batch)
+
+    def _tally_cost(self, batch: dict) -> None:
+        """Per task in the batch: TAGI (instruction once + these inputs) vs the concatenated inputs."""
+        if self.cost_tally is None:
+            self.cost_tally = CostTally()
+        for task_row, rows in group_rows(batch["task_index"]):
+            ids, mask = self._instruction(batch, task_row)
+            cost = task_cost(self.model, (ids[mask.bool()][None], mask[mask.bool()][None]),
+                             (batch["input_ids"][rows], batch["attention_mask"][rows]),
+                             (batch["concat_input_ids"][rows], batch["concat_attention_mask"][rows]), batch["labels"][rows],
+                             batch_size=len(rows))
+            self.cost_tally.add(batch["task_names"][int(rows[0])], cost)
 
     def student_outputs(self, batch: dict):
         """Encode each distinct instruction of the batch once, then run every row with its task's LoRA."""
@@ -74,6 +101,15 @@ class HyperStage(GenerativeStage):
                 texts[row] = text
         return texts
 
+    def option_logits(self, batch: dict, rows: Tensor, labels: Tensor) -> Tensor:
+        tasks = [self.task_cache.get(*self._instruction(batch, t)) for t in range(batch["instruction_ids"].shape[0])]
+        logits = torch.empty(len(rows), labels.shape[1], self.model.backbone.config.vocab_size, device=self.device)
+        for task_row, members in group_rows(batch["task_index"][rows]):  # one task at a time: its cached encoding
+            picked = rows[members]
+            logits[members] = self.model(tasks[task_row], batch["input_ids"][picked], batch["attention_mask"][picked],
+                                         labels=labels[members], merge=True, lora_only=self.adapter_only).logits
+        return logits
+
     def _instruction(self, batch: dict, task_row: int) -> tuple[Tensor, Tensor]:
         """One task's instruction (L,) ids and mask; only EOS when evaluating with blanked instructions."""
         if self.blank_instructions:  # ablation: what the student scores without reading the instruction
@@ -90,6 +126,7 @@ class HyperStage(GenerativeStage):
     def on_test_epoch_start(self) -> None:
         super().on_test_epoch_start()
         self._clear_cache()
+        self.cost_tally = None
 
     def on_predict_epoch_start(self) -> None:
         super().on_predict_epoch_start()

@@ -83,6 +83,10 @@ class TeacherModule(GenerativeStage):
                 texts[row] = text
         return texts
 
+    def option_logits(self, batch: dict, rows: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with apply_lora(lora_sites(self.backbone), self.bank().select(batch["cluster_ids"][rows])):
+            return self.backbone(input_ids=batch["input_ids"][rows], attention_mask=batch["attention_mask"][rows], labels=labels).logits
+
     def on_validation_epoch_end(self) -> None:
         scores = self._eval_epoch_end("val")
         if scores and not self.trainer.sanity_checking:

@@ -1,0 +1,41 @@
+"""Rank classification inside `test`: multiple-choice instances (with "options") are also ranked."""
+
+import json
+from pathlib import Path
+
+from tagi.__main__ import run_cli
+from tagi.data.sni import read_task
+from tagi.data.synthetic import write_suite
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = '--model.init_args.backbone={"name": "tiny", "tiny_config": {"d_model": 32, "num_layers": 2, "num_heads": 2}, "seed": 0}'
+
+
+def with_options(suite: Path) -> int:
+    """Give every held-out Selection instance two options: its answer and another input word."""
+    added = 0
+    for path in (suite / "tasks").glob("*selection_pick_second*.json"):
+        raw = json.loads(path.read_text())
+        for instance in raw["Instances"]:
+            words = instance["input"].split()
+            answer = instance["output"][0]
+            instance["options"] = [answer, next(w for w in words if w != answer)]
+            added += 1
+        path.write_text(json.dumps(raw))
+    return added
+
+
+def test_test_reports_rank_accuracy_for_instances_with_options(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    suite = write_suite(tmp_path / "suite", num_instances=6)
+    assert with_options(suite) == 6
+    assert read_task(next((suite / "tasks").glob("*pick_second*.json"))).instances[0].options
+    run_cli(["fit", "--config", str(ROOT / "configs/demo/backbone.yaml"), TINY, f"--data.init_args.data_dir={suite}",
+             "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1",
+             "--trainer.enable_progress_bar=false", "--data.init_args.batch_size=4", "--model.init_args.output_dir=theta0"])
+    checkpoint = tmp_path / "checkpoints/demo/backbone/checkpoints/last.ckpt"
+    run_cli(["test", "--config", str(ROOT / "configs/demo/backbone.yaml"), TINY, f"--data.init_args.data_dir={suite}",
+             "--trainer.enable_progress_bar=false", "--trainer.logger.init_args.name=report", f"--ckpt_path={checkpoint}"])
+    overall = json.loads((tmp_path / "checkpoints/demo/report/results.json").read_text())["overall"]
+    assert overall["rank_count"] == 6 and 0 <= overall["rank_accuracy"] <= 100
+    assert overall["count"] == 9 * 6  # generation is still scored on every held-out instance
