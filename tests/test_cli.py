@@ -165,7 +165,9 @@ def test_test_writes_results_and_streams_predictions(workdir, student_checkpoint
     assert "| overall | all | 18 |" in (folder / "results.md").read_text()
     cost = results["inference_cost"]
     assert cost["tasks"] == 9 and cost["examples"] == 18 and cost["tagi_instruction"]["flops"] > 0
-    assert 0 < cost["ratio_tagi_over_baseline"]["flops"] < 1  # instructions encoded once, not with every input
+    assert cost["tagi"]["flops"] == cost["tagi_instruction"]["flops"] + cost["tagi_inputs"]["flops"]
+    assert cost["tagi_inputs"]["flops"] < cost["baseline"]["flops"]  # per input, cheaper than re-reading the instruction
+    assert cost["ratio_tagi_over_baseline"]["flops"] == pytest.approx(cost["tagi"]["flops"] / cost["baseline"]["flops"])
     assert "ratio TAGI / concatenation" in (folder / "results.md").read_text()
     predictions = read_predictions(folder / "predictions.jsonl")
     assert len(predictions) == 18 and set(predictions[0]) == {"task", "id", "input", "prediction", "references"}
