@@ -112,21 +112,36 @@ class FusionCrossAttention(nn.Module):
     def _heads(self, x: Tensor) -> Tensor:
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.d_kv).transpose(1, 2)  # (N, h, T, dk)
 
-    def forward(self, states: Tensor, instruction: Tensor, instruction_mask: Tensor) -> Tensor:
+    def project(self, instruction: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of N tasks' instructions: (N, h, L, dk) each. Once per task, not per input."""
+        return self._heads(self.key(instruction)), self._heads(self.value(instruction))
+
+    def forward(self, states: Tensor, keys: Tensor, values: Tensor, instruction_mask: Tensor) -> Tensor:
+        """`keys`/`values` (B, h, L, dk) and mask (B, L) per input row (expanded views are fine)."""
         n, t, _ = states.shape
-        q = self._heads(self.query(self.norm(states)))  # (N, h, T, dk)
-        k = self._heads(self.key(instruction))  # (N, h, L, dk)
-        v = self._heads(self.value(instruction))  # (N, h, L, dk)
-        keep = instruction_mask.bool()[:, None, None, :]  # (N, 1, 1, L)
-        attended = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # (N, h, T, dk)
-        return states + self.out(attended.transpose(1, 2).reshape(n, t, -1))  # (N, T, d)
+        q = self._heads(self.query(self.norm(states)))  # (B, h, T, dk)
+        keep = instruction_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
+        attended = nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=keep)  # (B, h, T, dk)
+        return states + self.out(attended.transpose(1, 2).reshape(n, t, -1))  # (B, T, d)
 
 
-def _fusion_hook(fusion: FusionCrossAttention, instruction: Tensor, instruction_mask: Tensor):
-    """Forward pre-hook on an encoder block's feed-forward sublayer: fuse right after self-attention."""
+def _per_row(x: Tensor, batch: int, task_index: Tensor | None) -> Tensor:
+    """Task rows → input rows: a view for one task, a gather for several (no recomputation either way)."""
+    if task_index is None:
+        return x.expand(batch, *x.shape[1:]) if x.shape[0] == 1 else x
+    return x.index_select(0, task_index)
+
+
+def _fusion_hook(fusion: FusionCrossAttention, task: TaskEncoding, task_index: Tensor | None, batch: int):
+    """Forward pre-hook on an encoder block's feed-forward sublayer: fuse right after self-attention.
+
+    The instruction's keys/values are projected for the distinct tasks only, then shared by rows.
+    """
+    keys, values = (_per_row(x, batch, task_index) for x in fusion.project(task.instruction))  # (B, h, L, dk)
+    mask = _per_row(task.instruction_mask, batch, task_index)  # (B, L)
 
     def hook(module: nn.Module, args: tuple) -> tuple:
-        return (fusion(args[0], instruction, instruction_mask), *args[1:])  # args[0]: (N, T, d)
+        return (fusion(args[0], keys, values, mask), *args[1:])  # args[0]: (B, T, d)
 
     return hook
 
@@ -211,25 +226,28 @@ class TAGIModel(nn.Module):
             yield
 
     def encode_inputs(
-        self, task: TaskEncoding, input_ids: Tensor, attention_mask: Tensor, lora_only: bool = False
+        self, task: TaskEncoding, input_ids: Tensor, attention_mask: Tensor, task_index: Tensor | None = None,
+        lora_only: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """Encoder pass (call inside `adapted`): states the decoder attends to, and their mask.
 
-        Returns [I ; F] and [mask_I ; mask] with FiD on, else F and mask. Shapes (B, L+T, d), (B, L+T).
-        `lora_only` skips fusion and FiD: what the backbone + an exported PEFT adapter computes.
+        `task` holds N tasks; row i of the inputs belongs to task `task_index[i]` (None: one task for
+        all rows, or already one task row per input). Returns [I ; F] and [mask_I ; mask] with FiD
+        on, else F and mask. Shapes (B, L+T, d), (B, L+T). `lora_only` skips fusion and FiD: what
+        the backbone + an exported PEFT adapter computes.
         """
         batch = input_ids.shape[0]
-        instruction = task.instruction.expand(batch, -1, -1) if len(task) == 1 else task.instruction
-        instruction_mask = task.instruction_mask.expand(batch, -1) if len(task) == 1 else task.instruction_mask
         with ExitStack() as hooks:
             if self.fusion is not None and not lora_only:
                 for block, fusion in zip(self.backbone.encoder.block, self.fusion):
-                    hook = _fusion_hook(fusion, instruction, instruction_mask)
+                    hook = _fusion_hook(fusion, task, task_index, batch)
                     hooks.callback(block.layer[-1].register_forward_pre_hook(hook).remove)
             states = self.backbone.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if not self.use_fid or lora_only:
             return states, attention_mask
-        return torch.cat([instruction, states], 1), torch.cat([instruction_mask.to(attention_mask.dtype), attention_mask], 1)
+        instruction = _per_row(task.instruction, batch, task_index)  # (B, L, d)
+        instruction_mask = _per_row(task.instruction_mask, batch, task_index).to(attention_mask.dtype)
+        return torch.cat([instruction, states], 1), torch.cat([instruction_mask, attention_mask], 1)
 
     def forward(
         self,
@@ -243,9 +261,8 @@ class TAGIModel(nn.Module):
         **decoder_kwargs: Any,
     ) -> Seq2SeqLMOutput:
         """Logits (and CE loss when `labels` are given) for inputs of the encoded task(s)."""
-        rows = self._rows(task, task_index)
-        with self.adapted(rows, merge):
-            states, mask = self.encode_inputs(rows, input_ids, attention_mask, lora_only)
+        with self.adapted(self._rows(task, task_index), merge):
+            states, mask = self.encode_inputs(task, input_ids, attention_mask, task_index, lora_only)
             return self.backbone(
                 encoder_outputs=BaseModelOutput(last_hidden_state=states), attention_mask=mask, labels=labels, **decoder_kwargs
             )
@@ -262,9 +279,8 @@ class TAGIModel(nn.Module):
         **generate_kwargs: Any,
     ) -> Tensor:
         """`backbone.generate` for inputs of the encoded task(s); beams keep their row's weights."""
-        rows = self._rows(task, task_index)
-        with self.adapted(rows, merge):
-            states, mask = self.encode_inputs(rows, input_ids, attention_mask, lora_only)
+        with self.adapted(self._rows(task, task_index), merge):
+            states, mask = self.encode_inputs(task, input_ids, attention_mask, task_index, lora_only)
             return self.backbone.generate(
                 encoder_outputs=BaseModelOutput(last_hidden_state=states), attention_mask=mask, **generate_kwargs
             )
