@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 from transformers import T5Config, T5ForConditionalGeneration
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 from tagi.hypernet import HyperNetwork, LoRAGenerator
@@ -263,8 +264,10 @@ class TAGIModel(nn.Module):
         """Logits (and CE loss when `labels` are given) for inputs of the encoded task(s)."""
         with self.adapted(self._rows(task, task_index), merge):
             states, mask = self.encode_inputs(task, input_ids, attention_mask, task_index, lora_only)
+            cache = self._fid_cache(task, task_index, states, lora_only)
             return self.backbone(
-                encoder_outputs=BaseModelOutput(last_hidden_state=states), attention_mask=mask, labels=labels, **decoder_kwargs
+                encoder_outputs=BaseModelOutput(last_hidden_state=states), attention_mask=mask, labels=labels,
+                past_key_values=cache, use_cache=cache is not None, **decoder_kwargs
             )
 
     @torch.no_grad()
@@ -281,6 +284,31 @@ class TAGIModel(nn.Module):
         """`backbone.generate` for inputs of the encoded task(s); beams keep their row's weights."""
         with self.adapted(self._rows(task, task_index), merge):
             states, mask = self.encode_inputs(task, input_ids, attention_mask, task_index, lora_only)
+            if generate_kwargs.get("num_beams", 1) == 1:  # beams would need the cache expanded per beam
+                generate_kwargs["past_key_values"] = self._fid_cache(task, task_index, states, lora_only)
             return self.backbone.generate(
                 encoder_outputs=BaseModelOutput(last_hidden_state=states), attention_mask=mask, **generate_kwargs
             )
+
+    def _fid_cache(self, task: TaskEncoding, task_index: Tensor | None, states: Tensor, lora_only: bool) -> EncoderDecoderCache | None:
+        """Decoder cross-attention keys/values over [I ; F], the instruction's part projected once per task.
+
+        Without this, every input row re-projects the same instruction states in every decoder layer,
+        which makes per-input cost grow with instruction length. One task per call only (the serving
+        and evaluation path); a mixed-task batch leaves it to the backbone. Call inside `adapted`.
+        """
+        if not self.use_fid or lora_only or len(task) != 1 or task_index is not None:
+            return None
+        batch, length = states.shape[0], task.instruction.shape[1]
+        inputs = states[:, length:]  # (B, T, d): F
+        layers = []
+        for block in self.backbone.decoder.block:
+            attention = block.layer[1].EncDecAttention
+
+            def heads(x: Tensor) -> Tensor:  # (N, S, h·dk) → (N, h, S, dk)
+                return x.view(x.shape[0], x.shape[1], -1, attention.key_value_proj_dim).transpose(1, 2)
+
+            keys = torch.cat([heads(attention.k(task.instruction)).expand(batch, -1, -1, -1), heads(attention.k(inputs))], 2)
+            values = torch.cat([heads(attention.v(task.instruction)).expand(batch, -1, -1, -1), heads(attention.v(inputs))], 2)
+            layers.append((keys, values))  # (B, h, L+T, dk) each
+        return EncoderDecoderCache(DynamicCache(config=self.backbone.config), DynamicCache(layers))

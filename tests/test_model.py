@@ -92,6 +92,29 @@ def test_fused_mixed_task_batch_matches_each_row_alone(instructions, inputs):
     assert (mixed - unfused).abs().max() > 1e-3  # fusion + FiD are in play
 
 
+def test_one_task_projects_the_instruction_once_for_the_decoder(instructions, inputs):
+    """Single-task calls give the decoder precomputed instruction keys/values: same outputs, fewer FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = make_model(fusion=True, fid=True)
+    ids, mask, dec = inputs
+    with torch.no_grad():
+        task = model.encode_task(*instructions).select(torch.tensor([0]))
+        per_row = task.select(torch.zeros(4, dtype=torch.long))  # 4 task rows: the backbone's own projection
+        flops = []
+        for encoding in (task, per_row):
+            counter = FlopCounterMode(display=False)
+            with counter:
+                logits = model(encoding, ids, mask, decoder_input_ids=dec, merge=False).logits
+            flops.append((counter.get_total_flops(), logits))
+        shared = model.generate(task, ids, mask, max_new_tokens=5, do_sample=False)
+        separate = model.generate(per_row, ids, mask, max_new_tokens=5, do_sample=False)
+        beams = model.generate(task, ids, mask, max_new_tokens=5, do_sample=False, num_beams=2)
+    (cached_flops, cached), (plain_flops, plain) = flops
+    assert (cached - plain).abs().max() <= 1e-5 and cached_flops < plain_flops
+    assert torch.equal(shared, separate) and beams.shape[0] == 4
+
+
 def test_exported_generated_lora_reproduces_our_logits_in_peft(instructions, inputs, tmp_path):
     model = make_model(fusion=False, fid=False)
     ids, mask, dec = inputs
