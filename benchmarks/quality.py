@@ -51,7 +51,8 @@ def links(run_dir: Path, teachers: Path) -> list[str]:
 def run_variant(setting: str, name: str, seed: int, run_dir: Path, pipeline_links: list[str]) -> dict:
     config, overrides, linked = VARIANTS[name]
     config = str(ROOT / "configs" / setting / config)
-    extra = [f"--seed_everything={seed}", f"--model.init_args.backbone.name={run_dir / THETA0}",
+    # The seed must reach the data order too: a warm-started hypernetwork has no random init to vary.
+    extra = [f"--seed_everything={seed}", f"--data.init_args.seed={seed}", f"--model.init_args.backbone.name={run_dir / THETA0}",
              *(pipeline_links if linked else []), *overrides]
     folder = run_dir / "quality"
     done = _fit(f"{name}-seed{seed}", config, folder, extra, force=False)

@@ -73,11 +73,6 @@ class PredictionWriter:
         os.replace(self._tmp, self.path)
         return self.path
 
-    def abort(self) -> None:
-        self._file.close()
-        if os.path.exists(self._tmp):
-            os.remove(self._tmp)
-
 
 def read_predictions(path: str | os.PathLike) -> list[dict]:
     with open(path, encoding="utf-8") as handle:
