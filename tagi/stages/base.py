@@ -138,9 +138,10 @@ class GenerativeStage(L.LightningModule):
     def _option_texts(self, options: list[list[int]]) -> list[str]:
         return self.tokenizer.batch_decode(options, skip_special_tokens=True)
 
+    @abstractmethod
     def option_logits(self, batch: dict, rows: Tensor, labels: Tensor) -> Tensor:
-        """Logits (len(rows), Y, V) of `labels` for the given batch rows, as this stage predicts them."""
-        raise NotImplementedError(f"{type(self).__name__} does not score answer options")
+        """Logits (len(rows), Y, V) of `labels` for the given batch rows, as this stage predicts them
+        (rank classification); every stage implements it with its own weights."""
 
     def _eval_epoch_end(self, prefix: str) -> dict[str, float]:
         if self.eval_metrics is None:
