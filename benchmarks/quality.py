@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from tagi.pipeline import THETA0, _fit, _test  # noqa: E402  (the pipeline's own stage runner)
 
 # name → (config relative to configs/<setting>/, overrides, needs the pipeline's stage-2/teacher links)
+NO_FUSION = ["--model.init_args.architecture.fusion=false", "--model.init_args.architecture.fid=false"]
 VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     "no-instruction": ("baselines/no-instruction.yaml", [], False),
     "concat": ("baselines/concat.yaml", [], False),
@@ -35,7 +36,11 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     "tagi-ab": ("finetune.yaml", ["--model.init_args.distillation.param_form=ab"], True),
     "tagi-hart": ("finetune.yaml", ["--model.init_args.distillation.consistency_weight=0.1"], True),
     "tagi-no-pretrain": ("finetune.yaml", ["--model.init_args.init_from=null"], True),
+    # The instruction reaches the model only through the generated LoRA: no encoder fusion, no FiD.
+    # It needs a stage-2 checkpoint of the same architecture, pretrained here (seed 0, same steps).
+    "tagi-no-fusion": ("finetune.yaml", NO_FUSION, True),
 }
+OWN_PRETRAIN = {"tagi-no-fusion": ("pretrain.yaml", NO_FUSION)}
 BASELINES = ["no-instruction", "concat", "hint", "tagi"]
 
 
@@ -51,6 +56,8 @@ def links(run_dir: Path, teachers: Path) -> list[str]:
 def run_variant(setting: str, name: str, seed: int, run_dir: Path, pipeline_links: list[str]) -> dict:
     config, overrides, linked = VARIANTS[name]
     config = str(ROOT / "configs" / setting / config)
+    if name in OWN_PRETRAIN:
+        overrides = [*overrides, f"--model.init_args.init_from={own_pretrain(setting, name, run_dir)}"]
     # The seed must reach the data order too: a warm-started hypernetwork has no random init to vary.
     extra = [f"--seed_everything={seed}", f"--data.init_args.seed={seed}", f"--model.init_args.backbone.name={run_dir / THETA0}",
              *(pipeline_links if linked else []), *overrides]
@@ -58,6 +65,13 @@ def run_variant(setting: str, name: str, seed: int, run_dir: Path, pipeline_link
     done = _fit(f"{name}-seed{seed}", config, folder, extra, force=False)
     scores = _test(config, folder, done["last_checkpoint"], extra, f"{name}-seed{seed}-test")
     return {"rougeL": scores["rougeL"], "exact_match": scores["exact_match"], "train_seconds": done.get("seconds")}
+
+
+def own_pretrain(setting: str, name: str, run_dir: Path) -> str:
+    """Stage 2 for a variant whose architecture differs from the pipeline's (seed 0, the pipeline's step budget)."""
+    config, overrides = OWN_PRETRAIN[name]
+    extra = ["--seed_everything=0", f"--model.init_args.backbone.name={run_dir / THETA0}", *overrides]
+    return _fit(f"{name}-pretrain", str(ROOT / "configs" / setting / config), run_dir / "quality", extra, force=False)["last_checkpoint"]
 
 
 def summarise(raw: dict[str, list[dict]]) -> list[dict]:
