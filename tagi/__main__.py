@@ -1,7 +1,9 @@
 """`python -m tagi`: the LightningCLI (fit / validate / test / predict), plus `pipeline` and `adapter`.
 
 Model and data classes are chosen in YAML with `class_path`/`init_args`; values that must agree
-between them (the tokenizer) are linked, so they are set once, in `data`.
+between them (the tokenizer) are linked, so they are set once, in `data`. Bad input is caught
+before anything is written (`tagi.preflight` on the parsed config, then the stage's `prepare`
+once model and data exist) and reported as one paragraph with exit status 2.
 """
 
 from __future__ import annotations
@@ -10,18 +12,57 @@ import sys
 import warnings
 
 import lightning as L
+import torch
 from lightning.pytorch.cli import LightningCLI
+
+from tagi.errors import ConfigurationError, TagiError
+from tagi.preflight import CKPT_ALIASES, check_config
 
 
 class TAGICLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # The model must build its vocabulary from the same tokenizer the data is encoded with.
         parser.link_arguments("data.init_args.tokenizer", "model.init_args.tokenizer")
+        # Our loaders shard across ranks themselves (tagi.data.sampler, _eval_loader); Lightning's
+        # injection cannot re-instantiate a custom batch sampler.
+        parser.set_defaults({"trainer.use_distributed_sampler": False})
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        check_config(config.as_dict())
+
+    def before_fit(self) -> None:
+        self._check_ckpt_path()
+        self.datamodule.prepare_data()
+        self.datamodule.setup("fit")  # idempotent: Lightning's own setup call reuses the datasets
+        if hasattr(self.model, "prepare"):
+            self.model.prepare(self.datamodule)
+
+    def before_test(self) -> None:
+        self._check_ckpt_path()
+
+    before_validate = before_predict = before_test
+
+    def _check_ckpt_path(self) -> None:
+        """A checkpoint of another stage or backbone would fail deep in load_state_dict: say so first."""
+        path = self.config[self.subcommand].get("ckpt_path")
+        if not path or path in CKPT_ALIASES or not hasattr(self.model, "describe"):
+            return
+        saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("tagi") or {}
+        stage = self.model.describe()["stage"]
+        if saved.get("stage") != stage or not self.model.backbone_spec.matches(saved.get("backbone")):
+            raise ConfigurationError(
+                f"--ckpt_path {path}: it was written by the {saved.get('stage')!r} stage on backbone "
+                f"{saved.get('backbone')}, but this config is the {stage!r} stage on {self.model.describe()['backbone']}. "
+                "Give this stage's config (the config.yaml saved beside the checkpoint), or a checkpoint of this stage.")
 
 
 def run_cli(args: list[str] | None = None) -> TAGICLI:
     # `args` is how `main` and the pipeline pass argv; Lightning warns when sys.argv is also set.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    # The data modules save and restore their position themselves (tagi.data.sampler), so a
+    # mid-epoch resume is exact; Lightning cannot see that and warns otherwise.
+    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
     return TAGICLI(
         L.LightningModule,
         L.LightningDataModule,
@@ -34,17 +75,20 @@ def run_cli(args: list[str] | None = None) -> TAGICLI:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "pipeline":
-        from tagi.pipeline import main as pipeline_main
+    try:
+        if argv and argv[0] == "pipeline":
+            from tagi.pipeline import main as pipeline_main
 
-        pipeline_main(argv[1:])
-        return
-    if argv and argv[0] == "adapter":
-        from tagi.export import main as adapter_main
+            pipeline_main(argv[1:])
+        elif argv and argv[0] == "adapter":
+            from tagi.export import main as adapter_main
 
-        adapter_main(argv[1:])
-        return
-    run_cli(argv)
+            adapter_main(argv[1:])
+        else:
+            run_cli(argv)
+    except TagiError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import torch
 from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 
+from tagi.errors import TagiError
 from tagi.io import atomic_directory
 from tagi.lora import LORA_TARGETS, LoRAWeights
 
@@ -25,7 +26,7 @@ CONFIG_NAME = "adapter_config.json"
 META_NAME = "meta.json"
 
 
-class AdapterError(ValueError):
+class AdapterError(TagiError, ValueError):
     """A PEFT adapter directory that cannot be used here; the message says which file and why."""
 
 

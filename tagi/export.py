@@ -16,9 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-
-class InputError(ValueError):
-    """Bad command-line input: the message says which argument or file and how to fix it."""
+from tagi.errors import InputError
 
 
 def read_instruction(value: str) -> str:

@@ -21,6 +21,7 @@ from tagi.adapters import save_adapter
 from tagi.cache import TaskCache
 from tagi.data.sni import Demonstration, Task
 from tagi.data.templates import instruction_text, model_input_text
+from tagi.errors import TagiError
 from tagi.data.tokenization import encode, load_tokenizer
 from tagi.model import TAGIModel, TaskEncoding, load_backbone
 
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 BACKBONE_FOLDER = "backbone"  # beside an exported adapter when θ0 was built in code (no folder to name)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(TagiError, ValueError):
     """A checkpoint that is not a student (pretrain or finetune stage) checkpoint."""
 
 

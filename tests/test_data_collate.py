@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tagi.data.collate import IGNORE_INDEX, Collator
-from tagi.data.sampler import TaskBatchSampler
+from tagi.data.sampler import ShuffledBatchSampler, TaskBatchSampler
 
 PAD = 0
 
@@ -63,3 +63,26 @@ def test_task_batch_sampler_shards_ranks():
     shards = [list(TaskBatchSampler(task_of, 4, 2, seed=1, num_replicas=2, rank=r)) for r in range(2)]
     assert len(shards[0]) == len(shards[1])
     assert not {i for b in shards[0] for i in b} & {i for b in shards[1] for i in b}
+
+
+def test_shuffled_batch_sampler_reproduces_dataloader_shuffle_per_epoch():
+    """Same order as DataLoader(shuffle=True, generator=seeded), any epoch computed on its own."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(list(range(23)), batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(7))
+    expected = [[batch.tolist() for batch in loader] for _ in range(3)]
+    sampler = ShuffledBatchSampler(23, 5, seed=7)
+    assert [list(sampler) for _ in range(3)] == expected
+    assert ShuffledBatchSampler(23, 5, seed=7).batches_for(2) == expected[2] and len(sampler) == 5
+
+
+@pytest.mark.parametrize("make", [lambda: ShuffledBatchSampler(23, 5, seed=1),
+                                  lambda: TaskBatchSampler([i % 3 for i in range(30)], 6, 2, seed=1)])
+def test_resume_starts_mid_epoch_then_continues_with_the_next_epoch(make):
+    uninterrupted = make()
+    epochs = [list(uninterrupted) for _ in range(3)]
+    resumed = make()
+    resumed.resume(epoch=1, position=2)  # killed after 2 batches of the second epoch
+    assert list(resumed) == epochs[1][2:]
+    assert list(resumed) == epochs[2]

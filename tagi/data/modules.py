@@ -21,11 +21,12 @@ from functools import partial
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from .c4 import C4Segments
 from .collate import Collator
-from .sampler import TaskBatchSampler
+from .sampler import ShuffledBatchSampler, TaskBatchSampler
 from .synthetic import ensure_corpus
 from .sni import Task
 from .sni_dataset import (SYNTHETIC, Lengths, SNIDataset, cap_instances, holdout_instances, load_tasks,
@@ -48,6 +49,7 @@ class _TaskDataModule(LightningDataModule):
         self.val_tasks: list[tuple[str, str]] = []
         self.train_clusters: list[str] = []  # categories that have train tasks (= teachers to train/load)
         self.datasets: dict[str, Dataset] = {}
+        self._resume: dict | None = None  # the train position a restored checkpoint asks for
 
     def _task_dir(self) -> str | None:
         """The SNI-layout directory this module reads ("synthetic" for the embedded suite)."""
@@ -72,17 +74,24 @@ class _TaskDataModule(LightningDataModule):
 
     def _train_loader(self, dataset: Dataset, group_of: list[int] | None, per_batch: int | None) -> DataLoader:
         h = self.hparams
-        common = dict(collate_fn=self.collator, num_workers=h.num_workers, persistent_workers=h.num_workers > 0)
         if per_batch:  # few tasks (or clusters) per batch: their instructions are encoded once each
             sampler = TaskBatchSampler(group_of, h.batch_size, per_batch, shuffle=True, seed=h.seed)
-            return DataLoader(dataset, batch_sampler=sampler, **common)
-        generator = torch.Generator().manual_seed(h.seed)
-        return DataLoader(dataset, batch_size=h.batch_size, shuffle=True, generator=generator, **common)
+        else:
+            sampler = ShuffledBatchSampler(len(dataset), h.batch_size, seed=h.seed)
+        sampler.resume(**self._take_resume())
+        # Its own generator: the loader's per-pass base seed must not draw from the global RNG, or a
+        # resumed run (which creates its iterator at a different point) would shift dropout's stream.
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.collator, num_workers=h.num_workers,
+                          persistent_workers=h.num_workers > 0, generator=torch.Generator().manual_seed(h.seed))
 
     def _eval_loader(self, name: str) -> DataLoader:
         """Deterministic, task by task (the dataset's order), no shuffling."""
         h = self.hparams
-        return DataLoader(self.datasets[name], batch_size=h.eval_batch_size or h.batch_size, shuffle=False,
+        dataset = self.datasets[name]
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        # Under DDP each rank evaluates its own examples (no padding repeats); metrics sync across ranks.
+        sampler = UnrepeatedDistributedSampler(dataset, shuffle=False) if distributed else None
+        return DataLoader(dataset, batch_size=h.eval_batch_size or h.batch_size, shuffle=False, sampler=sampler,
                           collate_fn=self.collator, num_workers=h.num_workers)
 
     def val_dataloader(self) -> DataLoader:
@@ -96,8 +105,25 @@ class _TaskDataModule(LightningDataModule):
         return self.test_dataloader()
 
     def state_dict(self) -> dict:
-        """Saved in checkpoints: the category → cluster id map the model was trained with."""
-        return {"clusters": dict(self.clusters)}
+        """Saved in checkpoints: the category → cluster id map the model was trained with, and where
+        in the training data the run is (so `--ckpt_path` resumes on the next unseen batch)."""
+        return {"clusters": dict(self.clusters), "train_position": self._train_position()}
+
+    def _take_resume(self) -> dict:
+        """Where the train loader starts: a restored checkpoint's position, else the trainer's epoch."""
+        resume, self._resume = self._resume, None
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        return resume or {"epoch": epoch, "position": 0}
+
+    def _train_position(self) -> dict | None:
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return None
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        epoch = trainer.current_epoch
+        if progress.is_last_batch:  # the epoch is over: resume at the start of the next one
+            return {"epoch": epoch + 1, "position": 0}
+        return {"epoch": epoch, "position": progress.current.processed}
 
     def load_state_dict(self, state: dict) -> None:
         """A checkpoint trained with other cluster ids would route rows to the wrong teachers: refuse."""
@@ -105,6 +131,7 @@ class _TaskDataModule(LightningDataModule):
         if self.clusters and saved is not None and saved != self.clusters:
             raise ValueError(f"checkpoint clusters {saved} differ from this data's clusters {self.clusters}; "
                              "resume on the data (and split) the checkpoint was trained on")
+        self._resume = state.get("train_position")
 
 
 class TeacherDataModule(_TaskDataModule):
@@ -248,8 +275,25 @@ class PretrainDataModule(_TaskDataModule):
 
     def train_dataloader(self) -> DataLoader:
         h = self.hparams
-        return DataLoader(self.datasets["train"], batch_size=h.batch_size, collate_fn=self.collator,
-                          num_workers=h.num_workers, persistent_workers=h.num_workers > 0)
+        loader = SkippingLoader(self.datasets["train"], batch_size=h.batch_size, collate_fn=self.collator,
+                                num_workers=h.num_workers, persistent_workers=h.num_workers > 0,
+                                generator=torch.Generator().manual_seed(h.seed))
+        # Every pass over the stream yields the same segments, so resuming = skipping what was trained on.
+        loader.skip = self._take_resume()["position"]
+        return loader
+
+
+class SkippingLoader(DataLoader):
+    """A loader over a stream whose next pass first drops `skip` batches (mid-epoch resume)."""
+
+    skip = 0
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        skip, self.skip = self.skip, 0
+        for _ in range(skip):
+            next(iterator, None)
+        return iterator
 
     def test_dataloader(self) -> DataLoader:
         if "test" not in self.datasets:

@@ -1,12 +1,19 @@
-"""A batch sampler that draws each batch from few tasks, so its instructions are encoded few times.
+"""Batch samplers whose order is a function of (seed, epoch), so a killed run resumes mid-epoch.
 
+`ResumableBatchSampler` is the contract: `batches_for(epoch)` is the epoch's order, and
+`resume(epoch, position)` makes the next pass start at that batch. Lightning never calls
+`set_epoch` on a batch sampler, so the epoch counts the sampler's own passes. The data modules
+save (epoch, position) in checkpoints and call `resume` when Lightning restores them.
+
+Under DDP each rank takes every world-size-th batch of the epoch (all ranks the same number), so
+the CLI turns Lightning's sampler injection off (`trainer.use_distributed_sampler: false`): it
+cannot re-instantiate a custom batch sampler.
+
+`TaskBatchSampler` draws each batch from few tasks, so its instructions are encoded few times.
 Per epoch: shuffle each task's examples, cut them into chunks of `batch_size // tasks_per_batch`,
 shuffle the chunks, and join every `tasks_per_batch` consecutive chunks into a batch. Every
 example appears exactly once per epoch and a batch holds at most `tasks_per_batch` tasks (fewer
 rows when a task's last chunk is short).
-
-Lightning cannot re-instantiate a custom batch sampler for distributed training; under DDP set
-`Trainer(use_distributed_sampler=False)` -- this sampler already gives each rank its own share.
 """
 
 from __future__ import annotations
@@ -18,26 +25,76 @@ import torch
 from torch.utils.data import Sampler
 
 
-class TaskBatchSampler(Sampler[list[int]]):
+class ResumableBatchSampler(Sampler[list[int]]):
+    def __init__(self, num_replicas: int | None = None, rank: int | None = None) -> None:
+        self.epoch, self._start = 0, 0
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.num_replicas = num_replicas or (torch.distributed.get_world_size() if dist else 1)
+        self.rank = rank if rank is not None else (torch.distributed.get_rank() if dist else 0)
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """Every batch of the epoch, in order (all ranks compute the same list)."""
+        raise NotImplementedError
+
+    def batches_for(self, epoch: int) -> list[list[int]]:
+        """This rank's share of the epoch's batches (every rank gets the same number)."""
+        batches = self.epoch_batches(epoch)
+        per_rank = len(batches) // self.num_replicas
+        return batches[self.rank::self.num_replicas][:per_rank]
+
+    def resume(self, epoch: int, position: int) -> None:
+        """The next pass is `epoch`, from its batch `position` on (batches before it were trained on)."""
+        self.epoch, self._start = epoch, position
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.batches_for(self.epoch)  # runs at the first next(), like any generator
+        start, self._start = self._start, 0
+        self.epoch += 1
+        yield from batches[start:]
+
+    def __len__(self) -> int:
+        return len(self.batches_for(0))
+
+
+class ShuffledBatchSampler(ResumableBatchSampler):
+    """`DataLoader(shuffle=True, generator=torch.Generator().manual_seed(seed))`'s order, epoch by epoch.
+
+    Per pass that generator gives the loader's base seed (one int64), then RandomSampler's
+    permutation, then a second, empty-sliced one; replaying those draws makes any epoch's order
+    reproducible without saving generator state.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int = 0, num_replicas: int | None = None, rank: int | None = None):
+        super().__init__(num_replicas, rank)
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed)
+        for _ in range(epoch + 1):
+            torch.empty((), dtype=torch.int64).random_(generator=generator)  # the loader's base seed
+            order = torch.randperm(self.size, generator=generator).tolist()
+            torch.randperm(self.size, generator=generator)  # RandomSampler's empty tail
+        return [order[i:i + self.batch_size] for i in range(0, self.size, self.batch_size)]
+
+    def __len__(self) -> int:
+        return -(-self.size // self.batch_size) // self.num_replicas
+
+
+class TaskBatchSampler(ResumableBatchSampler):
     def __init__(self, task_of: Sequence[int], batch_size: int, tasks_per_batch: int,
                  shuffle: bool = True, seed: int = 0, num_replicas: int | None = None,
                  rank: int | None = None):
         if not 1 <= tasks_per_batch <= batch_size:
             raise ValueError(f"need 1 <= tasks_per_batch <= batch_size, got {tasks_per_batch}, {batch_size}")
+        super().__init__(num_replicas, rank)
         self.groups: dict[int, list[int]] = {}
         for i, task in enumerate(task_of):
             self.groups.setdefault(int(task), []).append(i)
         self.chunk = batch_size // tasks_per_batch
-        self.tasks_per_batch, self.shuffle, self.seed, self.epoch = tasks_per_batch, shuffle, seed, 0
-        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-        self.num_replicas = num_replicas or (torch.distributed.get_world_size() if dist else 1)
-        self.rank = rank if rank is not None else (torch.distributed.get_rank() if dist else 0)
+        self.tasks_per_batch, self.shuffle, self.seed = tasks_per_batch, shuffle, seed
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _batches(self) -> list[list[int]]:
-        rng = random.Random(f"{self.seed}:{self.epoch}")
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        rng = random.Random(f"{self.seed}:{epoch if self.shuffle else 0}")
         chunks = []
         for task in sorted(self.groups):
             idx = list(self.groups[task])
@@ -49,14 +106,6 @@ class TaskBatchSampler(Sampler[list[int]]):
         k = self.tasks_per_batch
         return [sum(chunks[i:i + k], []) for i in range(0, len(chunks), k)]
 
-    def __iter__(self) -> Iterator[list[int]]:
-        batches = self._batches()
-        if self.shuffle:
-            self.epoch += 1  # a fresh order next epoch even when nobody calls set_epoch
-        per_rank = len(batches) // self.num_replicas if self.num_replicas > 1 else len(batches)
-        yield from batches[self.rank::self.num_replicas][:per_rank]
-
     def __len__(self) -> int:
         n = sum(-(-len(g) // self.chunk) for g in self.groups.values())
-        batches = -(-n // self.tasks_per_batch)
-        return batches // self.num_replicas if self.num_replicas > 1 else batches
+        return -(-n // self.tasks_per_batch) // self.num_replicas

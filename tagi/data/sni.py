@@ -17,13 +17,15 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from tagi.errors import TagiError
+
 log = logging.getLogger(__name__)
 
 REQUIRED_FIELDS = ("Definition", "Positive Examples", "Instances", "Categories")
 ON_ERROR = ("raise", "skip")
 
 
-class InvalidTaskError(ValueError):
+class InvalidTaskError(TagiError, ValueError):
     """A task file (or a split file entry) that cannot be used; the message names file and field."""
 
     def __init__(self, path: Path | str, field: str, problem: str, fix: str = ""):

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from transformers import get_linear_schedule_with_warmup
 
 from tagi.data.tokenization import load_tokenizer
+from tagi.errors import NonFiniteLossError
 from tagi.io import atomic_write_text
 from tagi.metrics import InstructionMetrics, results_table
 from tagi.rank import RankAccuracy, rank_classify
@@ -42,6 +44,30 @@ class Backbone:
     def load(self, vocab_size: int):
         tiny = {"vocab_size": vocab_size, **(self.tiny_config or {})}
         return load_backbone(self.name, tiny, self.seed)
+
+    def matches(self, saved: dict | None) -> bool:
+        """Is `saved` (a checkpoint's or teacher's record of its backbone) this backbone? Local
+        folders compare by resolved path, so a relative and an absolute spelling agree."""
+        if not saved:
+            return False
+        if self.name == "tiny" or saved.get("name") == "tiny":
+            return asdict(self) == {**asdict(Backbone()), **saved}
+        return _resolved(self.name) == _resolved(saved.get("name", ""))
+
+
+def _rng_states_to_tensors(states: dict) -> dict:
+    """numpy's state holds an ndarray, which `torch.load(weights_only=True)` refuses: store it as a tensor."""
+    name, keys, *rest = states["numpy"]
+    return {**states, "numpy": (name, torch.from_numpy(keys.astype("int64")), *rest)}
+
+
+def _rng_states_from_tensors(states: dict) -> dict:
+    name, keys, *rest = states["numpy"]
+    return {**states, "numpy": (name, keys.numpy().astype("uint32"), *rest)}
+
+
+def _resolved(name: str) -> str:
+    return str(Path(name).resolve()) if Path(name).exists() else name
 
 
 @dataclass
@@ -90,6 +116,36 @@ class GenerativeStage(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tagi"] = self.describe()
+        # Lightning does not save RNG states; dropout after a resume must draw what it would have drawn.
+        checkpoint["rng_states"] = _rng_states_to_tensors(_collect_rng_states(include_cuda=torch.cuda.is_available()))
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng_states" in checkpoint:
+            _set_rng_states(_rng_states_from_tensors(checkpoint["rng_states"]))
+
+    def training_loss(self, terms: dict[str, Tensor], batch_size: int, weights: dict[str, float] | None = None) -> Tensor:
+        """Σ weight·term, each term logged as train/<name> (and the sum as train/loss when there are
+        several). A NaN/inf stops the run on every rank before the optimizer step, so the last
+        checkpoint on disk stays the last good one."""
+        weights = weights or {}
+        loss = sum(weights.get(name, 1.0) * value for name, value in terms.items())
+        finite = bool(torch.isfinite(loss.detach()))
+        if self._trainer is not None:  # every rank must stop together, or the others hang in all-reduce
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            values = ", ".join(f"{name}={float(value):.4g}" for name, value in terms.items())
+            raise NonFiniteLossError(
+                f"step {self.global_step}: the training loss is not finite ({values}). The run stopped before the "
+                "optimizer step, so the last checkpoint written is the last good one. Lower "
+                "optimization.learning_rate or set trainer.gradient_clip_val, check the data, then resume with --ckpt_path last.")
+        self.log_dict({f"train/{name}": value for name, value in terms.items()}, prog_bar=len(terms) == 1, batch_size=batch_size)
+        if len(terms) > 1:
+            self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        return loss
+
+    def prepare(self, datamodule) -> None:
+        """Load and check what this stage reads from earlier stages; raise `TagiError` on a mismatch.
+        Called before training writes anything; the data module is already set up."""
 
     # -- evaluation
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from tagi.adapters import cluster_slug, load_adapter, read_meta
+from tagi.errors import ConfigurationError
 from tagi.lora import LoRAWeights, apply_lora
 from tagi.losses import consistency_loss, kl_distillation, lora_param_distance
 from tagi.stages.base import Backbone, Generation, Optimization
@@ -31,10 +32,6 @@ class Distillation:
     param_weight: float = 1.0
     param_form: str = "delta"  # "ab": MSE on A and B (paper eq. 4); "delta": MSE on ΔW = s·B·A
     consistency_weight: float = 0.0  # HART local consistency; off by default
-
-
-class ConfigurationError(ValueError):
-    """Stages that do not fit together (teacher vs student, checkpoint vs backbone)."""
 
 
 class FinetuneModule(HyperStage):
@@ -63,8 +60,7 @@ class FinetuneModule(HyperStage):
         # HART consistency state: the previous step's batch-mean generator hidden state (resumable).
         self.register_buffer("consistency_mean", torch.zeros(hidden))
         self.register_buffer("consistency_steps", torch.zeros((), dtype=torch.long))
-        if init_from:
-            self._warm_start(init_from)
+        self._warm_started = False
 
     @property
     def needs_teachers(self) -> bool:
@@ -79,29 +75,40 @@ class FinetuneModule(HyperStage):
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         described = checkpoint.get("tagi", {})
         if described.get("stage") != "pretrain":
-            raise ConfigurationError(f"{path} is not a pretrain-stage checkpoint (it says stage {described.get('stage')!r})")
+            raise ConfigurationError(f"model.init_args.init_from: {path} is not a pretrain-stage checkpoint (it says stage {described.get('stage')!r})")
         theirs = described.get("backbone")
-        if theirs != asdict(self.backbone_spec):
+        if not self.backbone_spec.matches(theirs):
             raise ConfigurationError(
-                f"{path} was trained on backbone {theirs}, but this run uses {asdict(self.backbone_spec)}; "
-                "use the same model.init_args.backbone in both stages"
+                f"model.init_args.init_from: {path} was trained on backbone {theirs}, but this run uses "
+                f"{asdict(self.backbone_spec)}; use the same model.init_args.backbone in both stages, or the stage-2 "
+                "checkpoint trained on this backbone"
             )
         if not described.get("architecture", {}).get("freeze_backbone", True):
             raise ConfigurationError(
-                f"{path} trained the backbone; finetuning needs the frozen θ0 the teachers were trained on. "
+                f"model.init_args.init_from: {path} trained the backbone; finetuning needs the frozen θ0 the teachers were trained on. "
                 "Pretrain with architecture.freeze_backbone: true"
             )
         state = {key[len("model."):]: value for key, value in checkpoint["state_dict"].items() if key.startswith("model.")}
         try:
             self.model.load_state_dict(state)
         except RuntimeError as error:
-            raise ConfigurationError(f"{path} does not fit this architecture ({error}); use the pretrain stage's architecture") from None
+            raise ConfigurationError(f"model.init_args.init_from: {path} does not fit this architecture ({error}); "
+                                     "use the pretrain stage's model.init_args.architecture") from None
         log.info("warm-started from %s", path)
+
+    def prepare(self, datamodule) -> None:
+        """Warm start from stage 2 and load the teacher bank: every check of the previous stages'
+        artifacts, run by the CLI before anything is written (and by `setup` for plain Trainer use)."""
+        if self.init_from and not self._warm_started:
+            self._warm_start(self.init_from)
+            self._warm_started = True
+        if self.needs_teachers and self.teacher_bank is None:
+            self.teacher_bank = self._load_teacher_bank(datamodule.clusters, datamodule.train_clusters)
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if stage == "fit" and self.needs_teachers and self.teacher_bank is None:
-            self.teacher_bank = self._load_teacher_bank(self.trainer.datamodule.clusters, self.trainer.datamodule.train_clusters)
+        if stage == "fit":
+            self.prepare(self.trainer.datamodule)
 
     def _load_teacher_bank(self, clusters: dict[str, int], needed: list[str]) -> LoRAWeights:
         if not self.teachers:
@@ -125,14 +132,17 @@ class FinetuneModule(HyperStage):
 
     def _check_teacher(self, directory: Path, meta: dict) -> None:
         differences = []
-        if meta.get("backbone") != asdict(self.backbone_spec):
+        if not self.backbone_spec.matches(meta.get("backbone")):
             differences.append(f"backbone {meta.get('backbone')} ≠ {asdict(self.backbone_spec)}")
-        if meta.get("lora_rank") != self.architecture.lora_rank and self.distillation.param_form == "ab":
-            differences.append(f"rank {meta.get('lora_rank')} ≠ {self.architecture.lora_rank} (param_form 'ab' needs equal ranks)")
+        if meta.get("lora_rank") != self.architecture.lora_rank:
+            differences.append(f"LoRA rank {meta.get('lora_rank')} ≠ the hypernetwork's {self.architecture.lora_rank}")
         if meta.get("tokenizer") != self.tokenizer_name:
             differences.append(f"tokenizer {meta.get('tokenizer')!r} ≠ {self.tokenizer_name!r}")
         if differences:
-            raise ConfigurationError(f"teacher {directory} does not match this student: " + "; ".join(differences))
+            raise ConfigurationError(
+                f"teacher {directory} does not match this student: " + "; ".join(differences) + ". Retrain the "
+                "teachers with this backbone, tokenizer and lora_rank (teacher.yaml), or point "
+                "model.init_args.teachers at the folder the matching teacher stage wrote.")
 
     # -- training
 
@@ -171,11 +181,7 @@ class FinetuneModule(HyperStage):
         if d.consistency_weight > 0:
             terms["cst"] = self._consistency(task)
         weights = {"ce": 1.0, "kl": d.kl_weight, "param": d.param_weight, "cst": d.consistency_weight}
-        loss = sum(weights[name] * value for name, value in terms.items())
-        size = batch["input_ids"].shape[0]
-        self.log_dict({f"train/{name}": value for name, value in terms.items()}, batch_size=size)
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
-        return loss
+        return self.training_loss(terms, batch["input_ids"].shape[0], weights)
 
     def describe(self) -> dict:
         return {**super().describe(), "distillation": asdict(self.distillation), "init_from": self.init_from, "teachers": self.teachers}

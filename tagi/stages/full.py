@@ -51,8 +51,7 @@ class FullFinetuneModule(GenerativeStage):
 
     def training_step(self, batch: dict, batch_idx: int):
         loss = self.backbone(**self._inputs(batch), labels=batch["labels"]).loss
-        self.log("train/ce", loss, prog_bar=True, batch_size=batch["labels"].shape[0])
-        return loss
+        return self.training_loss({"ce": loss}, batch["labels"].shape[0])
 
     def generate_texts(self, batch: dict) -> list[str]:
         with torch.no_grad():

@@ -28,5 +28,4 @@ class PretrainModule(HyperStage):
 
     def training_step(self, batch: dict, batch_idx: int):
         _, outputs = self.student_outputs(batch)
-        self.log("train/ce", outputs.loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        return outputs.loss
+        return self.training_loss({"ce": outputs.loss}, batch["input_ids"].shape[0])

@@ -67,8 +67,7 @@ class TeacherModule(GenerativeStage):
     def training_step(self, batch: dict, batch_idx: int):
         with apply_lora(lora_sites(self.backbone), self.bank().select(batch["cluster_ids"])):
             loss = self.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
-        self.log("train/ce", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        return loss
+        return self.training_loss({"ce": loss}, batch["input_ids"].shape[0])
 
     def generate_texts(self, batch: dict) -> list[str]:
         texts: list[str] = [""] * batch["input_ids"].shape[0]

@@ -1,0 +1,261 @@
+"""Training cost of one finetune step (CE + KL + parameter loss) and its parts, against a plain peft-LoRA step.
+
+    python benchmarks/training_cost.py [--shapes demo t5-small] [--steps 5] [--device cpu|cuda]
+
+Each measurement runs in its own subprocess, so peak memory is that part's alone: on CPU the peak
+resident set above the one right before the timed steps (/proc/self/status VmHWM after resetting it
+through /proc/self/clear_refs), on CUDA `torch.cuda.max_memory_allocated` above the allocation
+before the steps. Time is the median over `--steps` steps after one warm-up step. Random weights at
+the given shape; the batch has the finetune collate's layout (a few tasks, several rows each).
+
+Parts:
+  full step     FinetuneModule.training_step (hypernetwork, teacher forward, student, KL, param loss)
+                + backward + AdamW step: what `tagi fit` does per optimizer step
+  hypernetwork  encode the batch's distinct instructions → LoRA (forward + backward)
+  teacher       θ0 + the rows' cluster LoRA on the instruction-concatenated input (forward, no grad)
+  student       the TAGI model on the inputs with the generated LoRA (forward + backward of CE)
+  peft LoRA     peft LoRA (same rank and targets) on θ0, concatenated input, forward + backward + AdamW
+Prints a table with ratios to the peft step and writes runs/training-cost/training_cost.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHAPES = {  # backbone shape, and a batch typical of its setting
+    "demo": dict(model=dict(d_model=128, num_layers=3, num_heads=4, d_kv=32, d_ff=256, vocab_size=1024),
+                 rank=8, hidden=128, batch=32, tasks=4, instruction=32, input=12, target=8),
+    "t5-small": dict(model=dict(d_model=512, num_layers=8, num_heads=6, d_kv=64, d_ff=1024, vocab_size=32128),
+                     rank=32, hidden=512, batch=8, tasks=4, instruction=60, input=100, target=10),
+}
+PARTS = ["full step", "hypernetwork", "teacher", "student", "peft LoRA"]
+CLUSTERS = 8
+
+
+# ------------------------------------------------------------------ one part, in a child process
+
+def build_module(shape: dict, device: str):
+    from tagi.lora import LoRAWeights
+    from tagi.stages import Architecture, Backbone, Distillation, FinetuneModule, Generation, Optimization
+
+    torch.manual_seed(0)
+    module = FinetuneModule(
+        backbone=Backbone("tiny", tiny_config=shape["model"]),
+        architecture=Architecture(lora_rank=shape["rank"], lora_alpha=2.0 * shape["rank"], generator_hidden_dim=shape["hidden"]),
+        tokenizer="synthetic", optimization=Optimization(), generation=Generation(),
+        distillation=Distillation(kl_weight=1.0, param_weight=1.0, param_form="delta"),
+    ).to(device)
+    # The teacher bank as the finetune stage holds it: one (A, B) per cluster, same sites and rank.
+    probe = module.model.encode_task(torch.ones(1, 4, dtype=torch.long, device=device), torch.ones(1, 4, dtype=torch.long, device=device)).lora
+    module.teacher_bank = LoRAWeights(0.01 * torch.randn(CLUSTERS, *probe.A.shape[1:], device=device),
+                                      0.01 * torch.randn(CLUSTERS, *probe.B.shape[1:], device=device), probe.scale)
+    return module
+
+
+def make_batch(shape: dict, device: str) -> dict:
+    """The finetune collate's layout: U distinct instructions, B rows, each with its task and cluster."""
+    g = torch.Generator().manual_seed(0)
+    vocab, rows, tasks = shape["model"]["vocab_size"], shape["batch"], shape["tasks"]
+    ids = lambda n, length: torch.randint(3, vocab, (n, length), generator=g)  # noqa: E731
+    instruction, inputs = ids(tasks, shape["instruction"]), ids(rows, shape["input"])
+    task_index = torch.arange(rows) % tasks
+    concat = torch.cat([instruction[task_index], inputs], 1)  # (B, L+T)
+    batch = {
+        "instruction_ids": instruction, "instruction_mask": torch.ones_like(instruction),
+        "task_index": task_index, "cluster_ids": task_index % CLUSTERS,
+        "input_ids": inputs, "attention_mask": torch.ones_like(inputs),
+        "concat_input_ids": concat, "concat_attention_mask": torch.ones_like(concat),
+        "labels": ids(rows, shape["target"]),
+    }
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def part_step(part: str, module, batch: dict, device: str):
+    """A closure running one step of `part`."""
+    if part == "peft LoRA":
+        return peft_step(module, batch)
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+    if part == "full step":
+        def step():
+            loss = module.training_step(batch, 0)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    elif part == "hypernetwork":
+        def step():
+            lora = module.model.encode_task(batch["instruction_ids"], batch["instruction_mask"]).lora
+            (lora.A.square().mean() + lora.B.square().mean()).backward()
+            optimizer.zero_grad(set_to_none=True)
+    elif part == "teacher":
+        def step():
+            module.teacher_logits(batch)
+    elif part == "student":
+        from tagi.lora import LoRAWeights
+        from tagi.model import TaskEncoding
+
+        with torch.no_grad():  # the hypernetwork's output as a constant: only the student's own work is timed
+            task = module.model.encode_task(batch["instruction_ids"], batch["instruction_mask"])
+        lora = LoRAWeights(task.lora.A.requires_grad_(), task.lora.B.requires_grad_(), task.lora.scale)
+        task = TaskEncoding(lora, task.instruction, task.instruction_mask, task.generator_hidden)
+
+        def step():
+            outputs = module.model(task, batch["input_ids"], batch["attention_mask"], labels=batch["labels"],
+                                   task_index=batch["task_index"])
+            outputs.loss.backward()
+            optimizer.zero_grad(set_to_none=True)
+    else:
+        raise ValueError(part)
+    return step
+
+
+def peft_step(module, batch: dict):
+    """Plain peft LoRA on a copy of θ0, same rank/alpha and target modules, on the concatenated input."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    architecture = module.architecture
+    config = LoraConfig(r=architecture.lora_rank, lora_alpha=architecture.lora_alpha, target_modules=["q", "v"], lora_dropout=0.0)
+    model = get_peft_model(copy.deepcopy(module.model.backbone), config)
+    module.model = None  # only the peft copy stays in memory
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step():
+        loss = model(input_ids=batch["concat_input_ids"], attention_mask=batch["concat_attention_mask"], labels=batch["labels"]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def _proc_status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def memory_mark(device: str) -> int:
+    """Start a peak-memory window; return the current level."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (peak RSS) to the current RSS
+    return _proc_status("VmRSS")
+
+
+def memory_peak(device: str) -> int:
+    if device == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
+    return _proc_status("VmHWM")
+
+
+def measure_part(shape_name: str, part: str, steps: int, device: str) -> dict:
+    warnings.filterwarnings("ignore")  # self.log outside a Trainer; peft's notices
+    shape = SHAPES[shape_name]
+    module = build_module(shape, device).train()
+    batch = make_batch(shape, device)
+    step = part_step(part, module, batch, device)
+    step()  # warm-up: allocator pools, optimizer state
+    before = memory_mark(device)
+    times = []
+    for _ in range(steps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    peak = memory_peak(device)
+    return {"shape": shape_name, "part": part, "seconds": statistics.median(times), "peak_bytes_above_start": max(0, peak - before),
+            "peak_bytes": peak}
+
+
+# ------------------------------------------------------------------ the driver
+
+def run_child(shape: str, part: str, steps: int, device: str) -> dict:
+    # A fixed mmap threshold makes glibc hand freed large blocks back, so RSS follows what torch holds.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    command = [sys.executable, __file__, "--child", shape, part, "--steps", str(steps), "--device", device]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{shape} / {part} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| shape | part | s / step | × peft step | peak MiB above start | × peft |", "|---|---|---:|---:|---:|---:|"]
+    for shape in dict.fromkeys(row["shape"] for row in rows):
+        mine = [row for row in rows if row["shape"] == shape]
+        peft = next(row for row in mine if row["part"] == "peft LoRA")
+        for row in mine:
+            memory = row["peak_bytes_above_start"] / 2**20
+            lines.append(f"| {shape} | {row['part']} | {row['seconds']:.3f} | {row['seconds'] / peft['seconds']:.2f} | "
+                         f"{memory:.1f} | {row['peak_bytes_above_start'] / max(peft['peak_bytes_above_start'], 1):.2f} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = list(dict.fromkeys(row["shape"] for row in rows))
+    fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 3.5), squeeze=False)
+    for ax, shape in zip(axes[0], shapes):
+        mine = {row["part"]: row for row in rows if row["shape"] == shape}
+        ax.barh(PARTS[::-1], [mine[part]["seconds"] for part in PARTS[::-1]], color="#4c72b0")
+        ax.set_xlabel("seconds per step")
+        ax.set_title(f"finetune step parts — {shape}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--child", nargs=2, metavar=("SHAPE", "PART"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(measure_part(*args.child, args.steps, args.device)))
+        return []
+    start, rows = time.perf_counter(), []
+    for shape in args.shapes:
+        for part in PARTS:
+            rows.append(run_child(shape, part, args.steps, args.device))
+            print(f"  {shape} / {part}: {rows[-1]['seconds']:.3f} s", file=sys.stderr)
+    out = ROOT / "runs" / "training-cost"
+    out.mkdir(parents=True, exist_ok=True)
+    text = (f"## Finetune step cost ({args.device}, {torch.get_num_threads()} threads, median of {args.steps} steps)\n\n"
+            f"{table(rows)}\n")
+    (out / "training_cost.md").write_text(text)
+    (out / "training_cost.json").write_text(json.dumps(rows, indent=2) + "\n")
+    plot(rows, out / "training_cost.png")
+    print(text)
+    print(f"({time.perf_counter() - start:.0f} s; plot: {out / 'training_cost.png'})")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Checks on a parsed `python -m tagi` config, run before any class is built or anything is written.
+
+Each failure raises a `TagiError` that names the option, says what is wrong and how to fix it.
+Checks that need the built model and data (teacher bank vs student, cluster coverage) live in the
+stages' `prepare`, which the CLI calls before `trainer.fit` starts writing. Lightning-free.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from pathlib import Path
+
+import torch
+
+from tagi.errors import ConfigurationError, InputError
+
+SYNTHETIC = "synthetic"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "t5-base", "google/t5-base-lm-adapt"
+CKPT_ALIASES = {"last", "best", "hpc", "registry"}
+
+
+def check_config(config: dict) -> None:
+    """`config`: one subcommand's config as a plain dict (trainer / model / data / ckpt_path)."""
+    check_strategy(config.get("trainer") or {})
+    model = (config.get("model") or {}).get("init_args") or {}
+    data = (config.get("data") or {}).get("init_args") or {}
+    check_backbone((model.get("backbone") or {}).get("name"))
+    for key in ("data_dir", "eval_data_dir"):
+        check_data_dir(f"data.init_args.{key}", data.get(key))
+    if "source" in data:
+        check_source(data["source"])
+    if model.get("init_from"):
+        check_file("model.init_args.init_from", model["init_from"], "the stage-2 (pretrain) checkpoint")
+    ckpt_path = config.get("ckpt_path")
+    if ckpt_path and ckpt_path not in CKPT_ALIASES and "://" not in str(ckpt_path):
+        check_file("--ckpt_path", ckpt_path, "a checkpoint of this stage, or `last` to resume the latest")
+
+
+def check_strategy(trainer: dict) -> None:
+    strategy, accelerator = str(trainer.get("strategy", "auto")), str(trainer.get("accelerator", "auto"))
+    if torch.cuda.is_available():
+        return
+    if "deepspeed" in strategy.lower():
+        raise ConfigurationError(
+            f"trainer.strategy: DeepSpeed ({strategy}) runs only on CUDA GPUs and this machine has none. "
+            "On CPU use --trainer.strategy=auto (one process) or --trainer.strategy=ddp with "
+            "--trainer.accelerator=cpu --trainer.devices=N (gloo); keep DeepSpeed for GPU machines.")
+    if accelerator in ("gpu", "cuda"):
+        raise ConfigurationError(
+            f"trainer.accelerator: {accelerator!r} but this machine has no CUDA GPU; use --trainer.accelerator=cpu "
+            "(and --trainer.precision=32-true: bf16 mixed precision is a GPU setting).")
+
+
+def check_backbone(name: str | None) -> None:
+    """A local folder must exist; anything else must look like a hub id."""
+    if name in (None, "tiny") or Path(name).is_dir():
+        return
+    if Path(name).exists() or not HUB_ID.match(name) or name.startswith((".", "/", "~")):
+        raise InputError(
+            f"model.init_args.backbone.name: {name} is not a folder with a saved T5 (config.json + weights). "
+            "Give the folder stage 0 wrote (checkpoints/<run>/theta0; run the pipeline's backbone stage first), "
+            "a Hugging Face hub id such as google/t5-base-lm-adapt, or `tiny`.")
+
+
+def check_data_dir(option: str, value: str | None) -> None:
+    if value in (None, SYNTHETIC):
+        return
+    root = Path(value)
+    if not root.is_dir():
+        raise InputError(f"{option}: {value} is not a directory. Give a folder in the Super-NaturalInstructions "
+                         "layout (splits/<split>/{train,test}_tasks.txt and tasks/<name>.json), or `synthetic`.")
+    if not (root / "splits").is_dir() or not (root / "tasks").is_dir():
+        raise InputError(f"{option}: {value} has no splits/ and tasks/ folders; it must be in the "
+                         "Super-NaturalInstructions layout (splits/<split>/{train,test}_tasks.txt, tasks/<name>.json).")
+
+
+def check_source(source: str) -> None:
+    """The pretraining corpus: `synthetic`, `hf:<repo>/<config>`, or local JSONL/text files."""
+    if source == SYNTHETIC or source.startswith("hf:"):
+        return
+    if not (Path(source).exists() or glob.glob(source)):
+        raise InputError(f"data.init_args.source: {source} matches no file or folder. Give C4-style JSONL "
+                         "(a file, folder or glob of .jsonl/.json/.txt[.gz]), hf:allenai/c4/en, or `synthetic`.")
+
+
+def check_file(option: str, value: str, what: str) -> None:
+    if not Path(value).is_file():
+        raise InputError(f"{option}: {value} is not a file; point it at {what}.")
