@@ -63,7 +63,11 @@ def run_variant(setting: str, name: str, seed: int, run_dir: Path, pipeline_link
              *(pipeline_links if linked else []), *overrides]
     folder = run_dir / "quality"
     done = _fit(f"{name}-seed{seed}", config, folder, extra, force=False)
-    scores = _test(config, folder, done["last_checkpoint"], extra, f"{name}-seed{seed}-test")
+    results = folder / f"{name}-seed{seed}-test" / "results.json"
+    if results.is_file() and json.loads(results.read_text())["checkpoint"] == done["last_checkpoint"]:
+        scores = json.loads(results.read_text())["overall"]  # tested already (a rerun adds variants or seeds)
+    else:
+        scores = _test(config, folder, done["last_checkpoint"], extra, f"{name}-seed{seed}-test")
     return {"rougeL": scores["rougeL"], "exact_match": scores["exact_match"], "train_seconds": done.get("seconds")}
 
 

@@ -1,7 +1,6 @@
 """`python -m tagi fit` on the demo configs, a few steps per stage, asserting the artifacts written."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import pytest
 import yaml
 from peft import PeftModel
 
+from helpers import FAST, ROOT, TINY, chdir_scratch, fit
 from tagi.__main__ import main as tagi_main, run_cli
 from tagi.reports import read_predictions
 from tagi.data.tokenization import load_tokenizer
@@ -18,30 +18,11 @@ from tagi.model import load_backbone
 from tagi.pipeline import main as pipeline_main
 from transformers import T5ForConditionalGeneration
 
-ROOT = Path(__file__).resolve().parents[1]
-FAST = [
-    "--trainer.max_steps=4",
-    "--trainer.val_check_interval=2",
-    "--trainer.limit_val_batches=1",
-    "--trainer.enable_progress_bar=false",
-    "--data.init_args.batch_size=4",
-    "--data.init_args.max_test_instances_per_task=2",
-]
-TINY = '--model.init_args.backbone={"name": "tiny", "tiny_config": {"d_model": 32, "num_layers": 2, "num_heads": 2}, "seed": 0}'
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """Runs happen in a scratch folder (relative paths in the configs land there)."""
-    path = tmp_path_factory.mktemp("cli")
-    previous = os.getcwd()
-    os.chdir(path)
-    yield path
-    os.chdir(previous)
-
-
-def fit(stage: str, *extra: str):
-    return run_cli(["fit", "--config", str(ROOT / f"configs/demo/{stage}.yaml"), TINY, *FAST, *extra])
+    yield from chdir_scratch(tmp_path_factory, "cli")
 
 
 @pytest.fixture(scope="module")

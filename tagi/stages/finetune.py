@@ -164,7 +164,8 @@ class FinetuneModule(HyperStage):
         return lora_param_distance(self.distillation.param_form, lora.A, lora.B, lora.scale, A_t, B_t, bank.scale)
 
     def _consistency(self, task) -> Tensor:
-        previous = self.consistency_mean if self.consistency_steps > 0 else None
+        # A copy: the loss keeps its target for backward, and the buffer is overwritten just below.
+        previous = self.consistency_mean.clone() if self.consistency_steps > 0 else None
         loss, mean = consistency_loss(task.generator_hidden, previous)
         self.consistency_mean.copy_(mean)
         self.consistency_steps += 1

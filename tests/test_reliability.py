@@ -1,0 +1,218 @@
+"""Crash and resume, atomic artifacts, bad input (a clear error and nothing written), NaN/inf stop."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import FAST, TINY, chdir_scratch, config, fit
+from tagi.__main__ import main as tagi_main
+from tagi.adapters import load_adapter, save_adapter
+from tagi.data.modules import FinetuneDataModule
+from tagi.lora import LoRAWeights
+
+CHECKPOINT_EVERY = """
+trainer:
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {save_last: true, every_n_train_steps: %d}
+"""
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    yield from chdir_scratch(tmp_path_factory, "reliability")
+
+
+@pytest.fixture(scope="module")
+def stages(workdir):
+    """Teachers and a stage-2 checkpoint of the tiny backbone: what the finetune stage reads."""
+    fit("teacher", "--model.init_args.output_dir=teachers/t", "--data.init_args.val_instances_per_task=1")
+    fit("pretrain")
+    return {"teachers": workdir / "teachers/t", "pretrain": workdir / "checkpoints/demo/pretrain/checkpoints/last.ckpt"}
+
+
+def finetune_args(stages, *extra: str) -> list[str]:
+    return ["fit", "--config", config("finetune"), TINY, *FAST, f"--model.init_args.init_from={stages['pretrain']}",
+            f"--model.init_args.teachers={stages['teachers']}", *extra]
+
+
+def tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under root with its size and mtime: 'nothing on disk changed' is equality of two trees."""
+    return {str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def run_fails_cleanly(args: list[str], capsys, *expected: str) -> str:
+    """`python -m tagi ARGS` exits 2 with a one-paragraph message containing `expected`, writing nothing."""
+    root = Path.cwd()
+    before = tree(root)
+    with pytest.raises(SystemExit) as exit_info:
+        tagi_main(args)
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("error: ") and "Traceback" not in message
+    for text in expected:
+        assert text in message, message
+    assert tree(root) == before, "a failed run changed files on disk"
+    return message
+
+
+# ---------------------------------------------------------------- crash and resume
+
+def _run_stage(args: list[str], run_dir: str, wait: bool = True) -> subprocess.Popen:
+    command = [sys.executable, "-m", "tagi", *args, "--trainer.logger.save_dir=.", f"--trainer.logger.name={run_dir}",
+               "--trainer.logger.version="]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if wait:
+        _, err = process.communicate()
+        assert process.returncode == 0, err[-3000:]
+    return process
+
+
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(workdir, stages):
+    (workdir / "ckpt-every-4.yaml").write_text(CHECKPOINT_EVERY % 4)  # step 40 is saved
+    args = [*finetune_args(stages), "--config", "ckpt-every-4.yaml", "--trainer.max_steps=40",
+            "--trainer.val_check_interval=20", "--trainer.deterministic=true",
+            "--model.init_args.distillation.consistency_weight=0.1"]  # the HART state must resume too
+    _run_stage(args, "uninterrupted")
+
+    victim = _run_stage(args, "resumed", wait=False)
+    last = workdir / "resumed/checkpoints/last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    assert victim.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (workdir / "resumed/complete.json").exists()
+    killed_at = torch.load(last, weights_only=False)["global_step"]
+    assert 0 < killed_at < 40
+
+    _run_stage([*args, "--ckpt_path=last"], "resumed")
+    expected, resumed = (torch.load(workdir / f"{run}/checkpoints/last.ckpt", weights_only=False)
+                         for run in ("uninterrupted", "resumed"))
+    assert resumed["global_step"] == expected["global_step"] == 40
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    metrics = [json.loads((workdir / f"{run}/complete.json").read_text())["metrics"] for run in ("uninterrupted", "resumed")]
+    assert metrics[0]["val/rougeL"] == metrics[1]["val/rougeL"]
+    assert metrics[0]["train/loss"] == metrics[1]["train/loss"]
+
+
+def test_a_killed_adapter_write_leaves_no_partial_artifact(tmp_path):
+    """SIGKILL in the middle of writing an adapter: the old adapter stays whole, no half file appears."""
+    lora = LoRAWeights(torch.randn(1, 2, 4, 8), torch.randn(1, 2, 8, 4), 2.0)
+    sites = ["encoder.block.0.layer.0.SelfAttention.q", "encoder.block.0.layer.0.SelfAttention.v"]
+    target = tmp_path / "adapter"
+    save_adapter(target, lora, sites, 8.0, "tiny")
+    script = f"""
+import os, signal, torch, safetensors.torch as st
+from tagi import adapters
+real = st.save_file
+def dying_save(tensors, path, *args, **kwargs):
+    with open(path, "wb") as handle:
+        handle.write(b"partial")  # half a file on disk, then the process dies
+    os.kill(os.getpid(), signal.SIGKILL)
+adapters.save_file = dying_save
+lora = adapters.LoRAWeights(torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 8, 4), 2.0)
+adapters.save_adapter({str(target)!r}, lora, {sites!r}, 8.0, "tiny")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert result.returncode == -signal.SIGKILL
+    assert sorted(path.name for path in tmp_path.iterdir() if not path.name.startswith(".tmp-")) == ["adapter"]
+    assert torch.equal(load_adapter(target, sites).A, lora.A)  # the previous adapter, intact
+
+
+# ---------------------------------------------------------------- bad input: clear error, nothing written
+
+def test_missing_data_dir(workdir, stages, capsys):
+    run_fails_cleanly(finetune_args(stages, "--data.init_args.data_dir=no/such/dir"), capsys,
+                      "data.init_args.data_dir", "no/such/dir", "is not a directory", "Super-NaturalInstructions layout")
+
+
+def test_missing_backbone_folder(workdir, stages, capsys):
+    run_fails_cleanly(["fit", "--config", config("finetune"), "--model.init_args.backbone.name=checkpoints/none/theta0"],
+                      capsys, "model.init_args.backbone.name", "checkpoints/none/theta0", "stage 0")
+
+
+def test_teachers_missing_a_cluster(workdir, stages, capsys):
+    partial = workdir / "teachers-partial"
+    if not partial.exists():
+        shutil.copytree(stages["teachers"], partial)
+        shutil.rmtree(partial / "counting")
+    run_fails_cleanly(finetune_args(stages, f"--model.init_args.teachers={partial}"), capsys,
+                      "teacher for cluster 'Counting' not found", str(partial / "counting"), "run the teacher stage")
+
+
+def test_teacher_rank_different_from_the_hypernetwork(workdir, stages, capsys):
+    run_fails_cleanly(finetune_args(stages, "--model.init_args.architecture.lora_rank=4", "--model.init_args.init_from=null"),
+                      capsys, "does not match this student", "LoRA rank 8 ≠ the hypernetwork's 4", "Retrain the teachers")
+
+
+def test_teacher_backbone_different_from_the_student(workdir, stages, capsys):
+    other = workdir / "teachers-other-backbone"
+    if not other.exists():
+        shutil.copytree(stages["teachers"], other)
+        for meta_file in other.glob("*/meta.json"):
+            meta = json.loads(meta_file.read_text())
+            meta_file.write_text(json.dumps({**meta, "backbone": {**meta["backbone"], "seed": 7}}))
+    run_fails_cleanly(finetune_args(stages, f"--model.init_args.teachers={other}"), capsys,
+                      "does not match this student", "backbone")
+
+
+def test_stage2_checkpoint_from_another_backbone(workdir, stages, capsys):
+    run_fails_cleanly(finetune_args(stages, "--model.init_args.backbone.seed=5"), capsys,
+                      "model.init_args.init_from", "was trained on backbone", "same model.init_args.backbone")
+
+
+def test_resuming_from_another_stage_checkpoint(workdir, stages, capsys):
+    run_fails_cleanly(finetune_args(stages, f"--ckpt_path={stages['pretrain']}"), capsys,
+                      "--ckpt_path", "'pretrain' stage", "'finetune' stage")
+
+
+def test_deepspeed_without_cuda_says_to_use_auto_or_ddp(workdir, stages, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: DeepSpeed is allowed")
+    run_fails_cleanly(finetune_args(stages, "--trainer.strategy=deepspeed_stage_2"), capsys,
+                      "trainer.strategy", "CUDA", "--trainer.strategy=auto", "ddp")
+
+
+def test_nan_loss_stops_with_step_and_terms_and_keeps_the_last_good_checkpoint(workdir, stages, capsys, monkeypatch):
+    from tagi.stages import finetune
+
+    real_kl, calls = finetune.kl_distillation, []
+
+    def kl_that_blows_up(*args, **kwargs):
+        calls.append(1)
+        return torch.tensor(float("nan")) if len(calls) == 5 else real_kl(*args, **kwargs)
+
+    monkeypatch.setattr(finetune, "kl_distillation", kl_that_blows_up)
+    (workdir / "ckpt-every-2.yaml").write_text(CHECKPOINT_EVERY % 2)
+    args = finetune_args(stages, "--config", "ckpt-every-2.yaml", "--trainer.max_steps=8", "--trainer.logger.name=nan-run")
+    with pytest.raises(SystemExit) as exit_info:
+        tagi_main(args)
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "step 4" in message and "kl=nan" in message and "ce=" in message and "--ckpt_path last" in message
+    run = workdir / "checkpoints/demo/nan-run"
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 4  # steps 0-3 were good
+    assert not (run / "complete.json").exists()
+
+
+def test_instruction_longer_than_the_limit_is_truncated_counted_and_warned(workdir, caplog):
+    data = FinetuneDataModule(data_dir="synthetic", tokenizer="synthetic", num_pos=0, max_instruction_length=6)
+    data.prepare_data()
+    data.setup("fit")
+    assert max(len(example["instruction"]) for example in data.datasets["test"]) <= 6
+    warning = next(record.getMessage() for record in caplog.records if "truncated to the configured lengths" in record.getMessage())
+    truncated, total = warning.split("instruction ")[1].split(" tasks")[0].split("/")
+    assert int(truncated) == int(total) > 0 and "(max 6)" in warning
