@@ -1,7 +1,8 @@
 """`python -m tagi pipeline --config configs/<setting>/pipeline.yaml`: [backbone →] teacher → pretrain → finetune → test.
 
 Each stage is the same `fit` a user would run by hand, with the previous stages' artifacts passed
-in as overrides; a stage whose run folder holds a completion marker is skipped. At the end the
+in as overrides; a stage whose run folder holds a completion marker is skipped, and one that was
+killed mid-run (checkpoints/last.ckpt, no marker) resumes from its last checkpoint. At the end the
 held-out scores of the student are printed as a table, next to the same student evaluated with
 its instructions blanked (what reading the instruction is worth).
 """
@@ -59,7 +60,11 @@ def _fit(stage: str, config: StageConfig, run_dir: Path, extra: list[str], force
         log.info("%s: finished artifacts in %s, skipping", stage, folder)
         return done
     start = time.perf_counter()
-    _run(["fit", *_config_args(config), *_stage_folder(run_dir, stage), *extra])
+    # A stage killed mid-run left checkpoints but no marker: resume it instead of starting over.
+    resume = ["--ckpt_path=last"] if (folder / "checkpoints" / "last.ckpt").is_file() and not force else []
+    if resume:
+        log.info("%s: resuming from %s", stage, folder / "checkpoints" / "last.ckpt")
+    _run(["fit", *_config_args(config), *_stage_folder(run_dir, stage), *extra, *resume])
     done = _complete(folder)
     if done is None:
         raise RuntimeError(f"{stage}: the run ended without writing {folder / COMPLETE_NAME}; see the log above")

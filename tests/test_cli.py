@@ -1,6 +1,7 @@
 """`python -m tagi fit` on the demo configs, a few steps per stage, asserting the artifacts written."""
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -98,7 +99,7 @@ def test_backbone_stage_writes_a_from_pretrained_folder(workdir):
     assert json.loads((workdir / "checkpoints/demo/backbone/complete.json").read_text())["global_step"] == 4
 
 
-def test_pipeline_runs_every_stage_then_skips_finished_ones(tmp_path, monkeypatch):
+def test_pipeline_runs_every_stage_skips_finished_ones_and_resumes_a_killed_one(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     overrides = [TINY, *FAST]
     config = str(ROOT / "configs/demo/pipeline.yaml")
@@ -116,6 +117,12 @@ def test_pipeline_runs_every_stage_then_skips_finished_ones(tmp_path, monkeypatc
     again = pipeline_main(["--config", config, "--run=t", f"--overrides={json.dumps(overrides)}"])
     assert {name: stage["global_step"] for name, stage in again["stages"].items()} == {name: 4 for name in summary["stages"]}
     assert all("seconds" not in stage for stage in again["stages"].values())  # skipped: nothing re-ran
+
+    (tmp_path / "checkpoints/t/finetune/complete.json").unlink()  # as if killed after its last checkpoint
+    with caplog.at_level(logging.INFO, logger="tagi.pipeline"):
+        resumed = pipeline_main(["--config", config, "--run=t", f"--overrides={json.dumps(overrides)}"])
+    assert "finetune: resuming from checkpoints/t/finetune/checkpoints/last.ckpt" in caplog.text
+    assert resumed["stages"]["finetune"]["global_step"] == 4 and "seconds" in resumed["stages"]["finetune"]
 
 
 @pytest.fixture(scope="module")

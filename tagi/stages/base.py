@@ -269,8 +269,9 @@ class GenerativeStage(L.LightningModule):
 
     # -- completion marker
 
-    def on_train_end(self) -> None:
-        """Mark the run folder finished (the pipeline skips a stage whose marker exists)."""
+    def on_fit_end(self) -> None:
+        """Mark the run folder finished (the pipeline skips a stage whose marker exists). At fit end,
+        not train end: a resume from a checkpoint already at max_steps skips the train hooks."""
         if not self.trainer.is_global_zero or self.trainer.log_dir is None:
             return
         checkpoint = self.trainer.checkpoint_callback

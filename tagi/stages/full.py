@@ -60,10 +60,10 @@ class FullFinetuneModule(GenerativeStage):
     def option_logits(self, batch: dict, rows: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.backbone(**self._inputs(batch, rows), labels=labels).logits
 
-    def on_train_end(self) -> None:
+    def on_fit_end(self) -> None:
         if self.output_dir is not None and self.trainer.is_global_zero:
             self.save_backbone(self.output_dir)
-        super().on_train_end()
+        super().on_fit_end()
 
     def save_backbone(self, out_dir: Path) -> Path:
         """A standard `from_pretrained` folder (+ what made it), written aside and renamed."""

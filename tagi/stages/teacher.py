@@ -91,10 +91,10 @@ class TeacherModule(GenerativeStage):
         if scores and not self.trainer.sanity_checking:
             self.last_scores = scores
 
-    def on_train_end(self) -> None:
+    def on_fit_end(self) -> None:
         if self.trainer.is_global_zero:
             self.save_teachers()
-        super().on_train_end()
+        super().on_fit_end()
 
     def save_teachers(self) -> list[Path]:
         """One PEFT directory per cluster that has training tasks."""
