@@ -244,8 +244,9 @@ class GenerativeStage(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         scores = self._eval_epoch_end("test")
         self._close_predictions()
-        if scores and self.trainer.is_global_zero and self.trainer.log_dir is not None:
-            path = write_results(self.trainer.log_dir, scores, self.eval_metrics.task_category, self.results_meta(),
+        log_dir = self.trainer.log_dir  # a collective under DDP: every rank asks, then rank 0 writes
+        if scores and self.trainer.is_global_zero and log_dir is not None:
+            path = write_results(log_dir, scores, self.eval_metrics.task_category, self.results_meta(),
                                  self.results_markdown())
             rank_zero_info(f"wrote {path} and {RESULTS_MD}")
 
@@ -272,7 +273,8 @@ class GenerativeStage(L.LightningModule):
     def on_fit_end(self) -> None:
         """Mark the run folder finished (the pipeline skips a stage whose marker exists). At fit end,
         not train end: a resume from a checkpoint already at max_steps skips the train hooks."""
-        if not self.trainer.is_global_zero or self.trainer.log_dir is None:
+        log_dir = self.trainer.log_dir  # a collective under DDP: every rank must ask
+        if not self.trainer.is_global_zero or log_dir is None:
             return
         checkpoint = self.trainer.checkpoint_callback
         last = getattr(checkpoint, "last_model_path", "") or getattr(checkpoint, "best_model_path", "")
@@ -284,7 +286,7 @@ class GenerativeStage(L.LightningModule):
             metrics={key: float(value) for key, value in self.trainer.callback_metrics.items() if value.numel() == 1},
         )
         if not self.trainer.interrupted:
-            atomic_write_text(Path(self.trainer.log_dir) / COMPLETE_NAME, json.dumps(marker, indent=2, sort_keys=True) + "\n")
+            atomic_write_text(Path(log_dir) / COMPLETE_NAME, json.dumps(marker, indent=2, sort_keys=True) + "\n")
 
     # -- optimisation
 
