@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -46,8 +47,8 @@ class TAGICLI(LightningCLI):
     def _check_ckpt_path(self) -> None:
         """A checkpoint of another stage or backbone would fail deep in load_state_dict: say so first."""
         path = self.config[self.subcommand].get("ckpt_path")
-        if not path or path in CKPT_ALIASES or not hasattr(self.model, "describe"):
-            return
+        if not path or path in CKPT_ALIASES or Path(path).is_dir() or not hasattr(self.model, "describe"):
+            return  # aliases resolve later; a folder is a DeepSpeed checkpoint, which DeepSpeed itself resumes
         saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("tagi") or {}
         stage = self.model.describe()["stage"]
         if saved.get("stage") != stage or not self.model.backbone_spec.matches(saved.get("backbone")):
@@ -57,7 +58,7 @@ class TAGICLI(LightningCLI):
                 "Give this stage's config (the config.yaml saved beside the checkpoint), or a checkpoint of this stage.")
 
 
-def run_cli(args: list[str] | None = None) -> TAGICLI:
+def run_cli(args: list[str] | None = None, run: bool = True) -> TAGICLI:
     # `args` is how `main` and the pipeline pass argv; Lightning warns when sys.argv is also set.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     # The data modules save and restore their position themselves (tagi.data.sampler), so a
@@ -70,6 +71,7 @@ def run_cli(args: list[str] | None = None) -> TAGICLI:
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,  # False: parse and build model, data and trainer, without a subcommand
     )
 
 

@@ -30,10 +30,10 @@ def check_config(config: dict) -> None:
         check_data_dir(f"data.init_args.{key}", data.get(key))
     if "source" in data:
         check_source(data["source"])
-    if model.get("init_from"):
+    if model.get("init_from") and not Path(model["init_from"]).is_dir():  # a folder: a DeepSpeed ZeRO checkpoint
         check_file("model.init_args.init_from", model["init_from"], "the stage-2 (pretrain) checkpoint")
     ckpt_path = config.get("ckpt_path")
-    if ckpt_path and ckpt_path not in CKPT_ALIASES and "://" not in str(ckpt_path):
+    if ckpt_path and ckpt_path not in CKPT_ALIASES and "://" not in str(ckpt_path) and not Path(ckpt_path).is_dir():
         check_file("--ckpt_path", ckpt_path, "a checkpoint of this stage, or `last` to resume the latest")
 
 

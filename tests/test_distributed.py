@@ -15,7 +15,7 @@ import pytest
 import torch
 from transformers import T5ForConditionalGeneration
 
-from helpers import TINY, chdir_scratch, config
+from helpers import ROOT, TINY, chdir_scratch, config
 
 STEPS = 6
 COMMON = [TINY, f"--trainer.max_steps={STEPS}", f"--trainer.val_check_interval={STEPS}", "--trainer.log_every_n_steps=1",
@@ -76,3 +76,21 @@ def test_stage_runs_data_parallel_on_two_cpu_processes(workdir, stage):
     # Same initial weights; rank 0's first batch is the single run's first batch (the C4 stream shards
     # by document instead), so the curves start together.
     assert abs(ddp[0] - single[0]) <= 0.1 * abs(single[0])
+
+
+def test_deepspeed_zero2_bf16_config_parses_and_builds_a_trainer(workdir, monkeypatch):
+    """The real-scale trainer part, on this CPU machine: parse it and build the Trainer (running it needs CUDA)."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    from tagi.__main__ import run_cli
+
+    monkeypatch.setattr("tagi.__main__.check_config", lambda config: None)  # it refuses DeepSpeed without CUDA (tested)
+    setting = ROOT / "configs/sni-t5-base"
+    cli = run_cli(["--config", str(setting / "parts/trainer.yaml"), "--config", str(setting / "finetune.yaml"), TINY,
+                   "--trainer.accelerator=cpu", "--trainer.devices=1", "--data.init_args.data_dir=synthetic",
+                   "--data.init_args.tokenizer=synthetic"], run=False)
+    strategy = cli.trainer.strategy
+    assert isinstance(strategy, DeepSpeedStrategy)
+    assert strategy.config["zero_optimization"]["stage"] == 2
+    assert cli.trainer.precision == "bf16-mixed" and cli.trainer.gradient_clip_val == 1.0
+    assert cli.trainer.checkpoint_callback.save_last and cli.model.stage == "finetune"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from abc import abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,6 +54,23 @@ class Backbone:
         if self.name == "tiny" or saved.get("name") == "tiny":
             return asdict(self) == {**asdict(Backbone()), **saved}
         return _resolved(self.name) == _resolved(saved.get("name", ""))
+
+
+def load_stage_checkpoint(path: str | Path) -> dict:
+    """A Lightning checkpoint as one dict: a single file, or a DeepSpeed ZeRO checkpoint *folder*
+    (what `strategy: deepspeed` writes), consolidated to fp32 weights with Lightning's converter
+    into a `<folder>.fp32.ckpt` file beside it (kept, so the next stage reuses it)."""
+    path = Path(path)
+    if path.is_dir():
+        from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+        single = path.with_name(path.name + ".fp32.ckpt")
+        if not single.is_file():
+            staging = single.with_name(f".tmp-{single.name}")
+            convert_zero_checkpoint_to_fp32_state_dict(str(path), str(staging))
+            os.replace(staging, single)  # a killed conversion never leaves a half file under the final name
+        path = single
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def _rng_states_to_tensors(states: dict) -> dict:

@@ -19,7 +19,7 @@ from tagi.adapters import cluster_slug, load_adapter, read_meta
 from tagi.errors import ConfigurationError
 from tagi.lora import LoRAWeights, apply_lora
 from tagi.losses import consistency_loss, kl_distillation, lora_param_distance
-from tagi.stages.base import Backbone, Generation, Optimization
+from tagi.stages.base import Backbone, Generation, Optimization, load_stage_checkpoint
 from tagi.stages.hyper import Architecture, HyperStage
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,9 @@ class FinetuneModule(HyperStage):
 
     def _warm_start(self, path: str) -> None:
         """Weights only (optimizer/loop state are not carried over; resuming a stage is --ckpt_path)."""
-        if not Path(path).is_file():
-            raise ConfigurationError(f"model.init_args.init_from: {path} is not a file; point it at the stage-2 (pretrain) checkpoint")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        if not Path(path).exists():
+            raise ConfigurationError(f"model.init_args.init_from: {path} does not exist; point it at the stage-2 (pretrain) checkpoint")
+        checkpoint = load_stage_checkpoint(path)
         described = checkpoint.get("tagi", {})
         if described.get("stage") != "pretrain":
             raise ConfigurationError(f"model.init_args.init_from: {path} is not a pretrain-stage checkpoint (it says stage {described.get('stage')!r})")
