@@ -60,7 +60,7 @@ def test_finetune_module(suite):
     assert batch["instruction_ids"].shape[0] <= 2  # few tasks per batch → few instructions to encode
     assert len(dm.clusters) == 7 and sorted(dm.clusters.values()) == list(range(7))
     assert set(dm.train_clusters) == set(dm.clusters) and len(dm.eval_tasks) == 9 and dm.val_tasks == dm.eval_tasks
-    assert dm.state_dict() == {"clusters": dm.clusters}
+    assert dm.state_dict() == {"clusters": dm.clusters, "train_position": None}  # no trainer: no position yet
 
     val = list(dm.val_dataloader())
     assert [b["task_names"] for b in val] == [b["task_names"] for b in dm.val_dataloader()]  # deterministic
@@ -178,3 +178,23 @@ def test_state_dict_records_clusters_and_refuses_a_mismatch(suite):
     dm.load_state_dict(dm.state_dict())  # same data: fine
     with pytest.raises(ValueError, match="checkpoint clusters"):
         dm.load_state_dict({"clusters": {"Other": 0}})
+
+
+def test_pretrain_loader_resumes_mid_pass(tmp_path):
+    """A restored train position makes the next pass over the C4 stream skip what was trained on."""
+    docs = tmp_path / "docs.jsonl"
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    docs.write_text("".join(json.dumps({"text": " ".join(words[i:] + words[:i]) * 4}) + "\n" for i in range(12)))
+
+    def module():
+        dm = PretrainDataModule(source=str(docs), batch_size=2, max_instruction_length=40, max_input_length=30,
+                                max_target_length=20, val_documents=2, num_val_segments=3)
+        dm.setup("fit")
+        return dm
+
+    fresh = [batch["input_ids"].tolist() for batch in module().train_dataloader()]
+    resumed = module()
+    resumed.load_state_dict({"clusters": {}, "train_position": {"epoch": 0, "position": 3}})
+    loader = resumed.train_dataloader()
+    assert [batch["input_ids"].tolist() for batch in loader] == fresh[3:]
+    assert [batch["input_ids"].tolist() for batch in loader] == fresh  # the next pass is whole again

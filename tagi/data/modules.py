@@ -282,6 +282,11 @@ class PretrainDataModule(_TaskDataModule):
         loader.skip = self._take_resume()["position"]
         return loader
 
+    def test_dataloader(self) -> DataLoader:
+        if "test" not in self.datasets:
+            raise ValueError("PretrainDataModule has no test set: give eval_data_dir (held-out SNI tasks)")
+        return self._eval_loader("test")
+
 
 class SkippingLoader(DataLoader):
     """A loader over a stream whose next pass first drops `skip` batches (mid-epoch resume)."""
@@ -294,8 +299,3 @@ class SkippingLoader(DataLoader):
         for _ in range(skip):
             next(iterator, None)
         return iterator
-
-    def test_dataloader(self) -> DataLoader:
-        if "test" not in self.datasets:
-            raise ValueError("PretrainDataModule has no test set: give eval_data_dir (held-out SNI tasks)")
-        return self._eval_loader("test")
