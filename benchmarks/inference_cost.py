@@ -4,7 +4,9 @@
 
 Random weights at the real T5 shapes (cost does not depend on the values), no downloads. For each
 shape and instruction form (`Def`, `Def+2Pos`) it serves one task of n examples both ways with
-`tagi.cost.task_cost` (FLOPs from torch.utils.flop_counter, CPU wall time), prints a table, and
+`tagi.cost.task_cost` (FLOPs from torch.utils.flop_counter, CPU wall time): TAGI with the LoRA
+merged into the weights (one task per call) and batched (per-row LoRA, as in a mixed-task batch),
+against the concatenation baseline. It prints a table, and
 plots cost against instruction length to runs/inference-cost/cost_vs_instruction.png.
 Token lengths are typical of SNI with the T5 tokenizer: definitions ~ 60 tokens, two positive
 examples ~ 2 × 120 more, inputs ~ 100, targets ~ 10.
@@ -44,7 +46,7 @@ def build(shape: str) -> TAGIModel:
     return TAGIModel(T5ForConditionalGeneration(config), lora_rank=32, lora_alpha=32.0, generator_hidden_dim=512).eval()
 
 
-def one_task(model: TAGIModel, instruction_tokens: int, examples: int, repeats: int):
+def one_task(model: TAGIModel, instruction_tokens: int, examples: int, repeats: int, batched: bool = False):
     g = torch.Generator().manual_seed(0)
     ids = lambda rows, length: torch.randint(3, 32000, (rows, length), generator=g)  # noqa: E731
     ones = lambda rows, length: torch.ones(rows, length, dtype=torch.long)  # noqa: E731
@@ -52,7 +54,8 @@ def one_task(model: TAGIModel, instruction_tokens: int, examples: int, repeats: 
     inputs = (ids(examples, INPUT_TOKENS), ones(examples, INPUT_TOKENS))
     concat_len = instruction_tokens + INPUT_TOKENS
     concat = (torch.cat([instruction[0].expand(examples, -1), inputs[0]], 1), ones(examples, concat_len))
-    return task_cost(model, instruction, inputs, concat, ids(examples, TARGET_TOKENS), batch_size=25, repeats=repeats)
+    return task_cost(model, instruction, inputs, concat, ids(examples, TARGET_TOKENS), batch_size=25, repeats=repeats,
+                     batched=batched)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for shape in args.shapes:
         model = build(shape)
         for form, length in FORMS.items():
-            cost = one_task(model, length, args.examples, args.repeats)
+            cost = one_task(model, length, args.examples, args.repeats, batched=True)
             rows.append({"shape": shape, "form": form, "instruction_tokens": length, **cost.as_dict()})
         sweep[shape] = [(length, one_task(model, length, args.examples, 1)) for length in args.sweep]
     print(table(rows, args.examples))
@@ -80,13 +83,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 def table(rows: list[dict], examples: int) -> str:
-    lines = [f"| shape | instruction | TAGI GFLOPs | concat GFLOPs | FLOPs ratio | TAGI s | concat s | time ratio |  (one task, {examples} examples)",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| shape | instruction | TAGI GFLOPs | concat GFLOPs | FLOPs ratio | TAGI s | concat s | time ratio "
+             f"| batched FLOPs ratio | batched time ratio |  (one task, {examples} examples)",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         ratio = row["ratio_tagi_over_baseline"]
         lines.append(f"| {row['shape']} | {row['form']} ({row['instruction_tokens']} tok) | {row['tagi']['flops'] / 1e9:.1f} | "
                      f"{row['baseline']['flops'] / 1e9:.1f} | {ratio['flops']:.3f} | {row['tagi']['seconds']:.2f} | "
-                     f"{row['baseline']['seconds']:.2f} | {ratio['seconds']:.3f} |")
+                     f"{row['baseline']['seconds']:.2f} | {ratio['seconds']:.3f} | {ratio['flops_batched']:.3f} | "
+                     f"{ratio['seconds_batched']:.3f} |")
     return "\n".join(lines)
 
 

@@ -37,13 +37,19 @@ class TaskCost:
     tagi_instruction: Cost
     tagi_inputs: Cost
     baseline: Cost
+    tagi_inputs_batched: Cost | None = None  # the same inputs with per-row LoRA (merge=False), if measured
 
     @property
     def tagi(self) -> Cost:
         return Cost(self.tagi_instruction.flops + self.tagi_inputs.flops, self.tagi_instruction.seconds + self.tagi_inputs.seconds)
 
     def ratios(self) -> dict[str, float]:
-        return {"flops": self.tagi.flops / self.baseline.flops, "seconds": self.tagi.seconds / self.baseline.seconds}
+        ratios = {"flops": self.tagi.flops / self.baseline.flops, "seconds": self.tagi.seconds / self.baseline.seconds}
+        if self.tagi_inputs_batched is not None:
+            batched = self.tagi_instruction.seconds + self.tagi_inputs_batched.seconds
+            ratios["flops_batched"] = (self.tagi_instruction.flops + self.tagi_inputs_batched.flops) / self.baseline.flops
+            ratios["seconds_batched"] = batched / self.baseline.seconds
+        return ratios
 
     def as_dict(self) -> dict:
         return {**asdict(self), "tagi": asdict(self.tagi), "ratio_tagi_over_baseline": self.ratios()}
@@ -71,13 +77,17 @@ def task_cost(
     labels: Tensor,  # (n, Y)
     batch_size: int = 32,
     repeats: int = 1,
+    batched: bool = False,
 ) -> TaskCost:
-    """Cost of serving one task's n examples both ways on the same backbone (merged LoRA for TAGI)."""
+    """Cost of serving one task's n examples both ways on the same backbone: TAGI with the LoRA merged
+    into the weights, and with `batched` also the per-row LoRA path a mixed-task batch takes."""
     task = model.encode_task(*instruction)
 
-    def tagi_inputs():
+    def tagi_inputs(merge: bool = True):
         for rows in _batches(labels.shape[0], batch_size):
-            model(task, inputs[0][rows], inputs[1][rows], labels=labels[rows], merge=True)
+            # batched: every row indexes its task, as in a mixed-task batch (per-row LoRA, no shared caches)
+            task_index = None if merge else torch.zeros(rows.stop - rows.start, dtype=torch.long)
+            model(task, inputs[0][rows], inputs[1][rows], labels=labels[rows], merge=merge, task_index=task_index)
 
     def baseline():
         for rows in _batches(labels.shape[0], batch_size):
@@ -88,6 +98,7 @@ def task_cost(
         tagi_instruction=measure(lambda: model.encode_task(*instruction), repeats),
         tagi_inputs=measure(tagi_inputs, repeats),
         baseline=measure(baseline, repeats),
+        tagi_inputs_batched=measure(lambda: tagi_inputs(merge=False), repeats) if batched else None,
     )
 
 
