@@ -63,10 +63,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--examples", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--sweep", type=int, nargs="+", default=[30, 60, 150, 300, 600], help="instruction lengths to plot")
+    parser.add_argument("--sweep", type=int, nargs="*", default=[30, 60, 150, 300, 600],
+                        help="instruction lengths to plot (none: no plot)")
+    parser.add_argument("--out", default=str(ROOT / "runs" / "inference-cost"), help="folder for the JSON and the plot")
     args = parser.parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
-    out = ROOT / "runs" / "inference-cost"
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, sweep, start = [], {}, time.perf_counter()
     for shape in args.shapes:
@@ -74,11 +76,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for form, length in FORMS.items():
             cost = one_task(model, length, args.examples, args.repeats, batched=True)
             rows.append({"shape": shape, "form": form, "instruction_tokens": length, **cost.as_dict()})
-        sweep[shape] = [(length, one_task(model, length, args.examples, 1)) for length in args.sweep]
+        if args.sweep:
+            sweep[shape] = [(length, one_task(model, length, args.examples, 1)) for length in args.sweep]
     print(table(rows, args.examples))
-    plot(sweep, out / "cost_vs_instruction.png")
+    if sweep:
+        plot(sweep, out / "cost_vs_instruction.png")
     (out / "inference_cost.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"\n({time.perf_counter() - start:.0f} s; plot: {out / 'cost_vs_instruction.png'})")
+    print(f"\n({time.perf_counter() - start:.0f} s; written to {out})")
     return rows
 
 
