@@ -26,7 +26,8 @@ STAGE_ARGS = {
     "backbone": ["--model.init_args.output_dir=theta0-{mode}"],
     "teacher": ["--model.init_args.output_dir=teachers-{mode}", "--data.init_args.val_instances_per_task=1"],
     "pretrain": [],
-    "finetune": ["--model.init_args.init_from=ddp/pretrain/checkpoints/last.ckpt", "--model.init_args.teachers=teachers-ddp"],
+    "finetune": ["--model.init_args.init_from=ddp/pretrain/checkpoints/last.ckpt", "--model.init_args.teachers=teachers-ddp",
+                 "--model.init_args.distillation.consistency_weight=0.1"],  # HART state: all-gathered across ranks
 }
 
 

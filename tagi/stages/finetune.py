@@ -167,6 +167,8 @@ class FinetuneModule(HyperStage):
         # A copy: the loss keeps its target for backward, and the buffer is overwritten just below.
         previous = self.consistency_mean.clone() if self.consistency_steps > 0 else None
         loss, mean = consistency_loss(task.generator_hidden, previous)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            mean = self.all_gather(mean).mean(dim=0)  # the global batch's mean: every rank keeps the same state
         self.consistency_mean.copy_(mean)
         self.consistency_steps += 1
         return loss
