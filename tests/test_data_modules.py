@@ -176,7 +176,7 @@ def test_state_dict_records_clusters_and_refuses_a_mismatch(suite):
     dm = FinetuneDataModule(data_dir=suite)
     dm.setup("fit")
     dm.load_state_dict(dm.state_dict())  # same data: fine
-    with pytest.raises(ValueError, match="checkpoint clusters"):
+    with pytest.raises(ValueError, match="the checkpoint.s clusters"):
         dm.load_state_dict({"clusters": {"Other": 0}})
 
 

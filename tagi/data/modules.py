@@ -24,6 +24,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import ConfigurationError
 from .c4 import C4Segments
 from .collate import Collator
 from .sampler import ShuffledBatchSampler, TaskBatchSampler
@@ -129,8 +130,8 @@ class _TaskDataModule(LightningDataModule):
         """A checkpoint trained with other cluster ids would route rows to the wrong teachers: refuse."""
         saved = state.get("clusters")
         if self.clusters and saved is not None and saved != self.clusters:
-            raise ValueError(f"checkpoint clusters {saved} differ from this data's clusters {self.clusters}; "
-                             "resume on the data (and split) the checkpoint was trained on")
+            raise ConfigurationError(f"--ckpt_path: the checkpoint's clusters {saved} differ from this data's clusters "
+                                     f"{self.clusters}; resume on the data (and split) the checkpoint was trained on")
         self._resume = state.get("train_position")
 
 
