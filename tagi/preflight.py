@@ -8,6 +8,7 @@ stages' `prepare`, which the CLI calls before `trainer.fit` starts writing. Ligh
 from __future__ import annotations
 
 import glob
+import os
 import re
 from pathlib import Path
 
@@ -56,11 +57,21 @@ def check_backbone(name: str | None) -> None:
     """A local folder must exist; anything else must look like a hub id."""
     if name in (None, "tiny") or Path(name).is_dir():
         return
-    if Path(name).exists() or not HUB_ID.match(name) or name.startswith((".", "/", "~")):
+    if Path(name).exists() or not HUB_ID.match(name) or name.startswith((".", "/", "~")) or _offline_and_uncached(name):
         raise InputError(
             f"model.init_args.backbone.name: {name} is not a folder with a saved T5 (config.json + weights). "
             "Give the folder stage 0 wrote (checkpoints/<run>/theta0; run the pipeline's backbone stage first), "
-            "a Hugging Face hub id such as google/t5-base-lm-adapt, or `tiny`.")
+            "a Hugging Face hub id such as google/t5-base-lm-adapt (with HF_HUB_OFFLINE set, one already in the local "
+            "cache), or `tiny`.")
+
+
+def _offline_and_uncached(hub_id: str) -> bool:
+    """With HF_HUB_OFFLINE set, a hub id loads only from the local cache."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false"):
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    return not isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
 
 
 def check_data_dir(option: str, value: str | None) -> None:
