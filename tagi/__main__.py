@@ -8,6 +8,7 @@ once model and data exist) and reported as one paragraph with exit status 2.
 
 from __future__ import annotations
 
+import csv
 import sys
 import warnings
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger
 
 from tagi.errors import ConfigurationError, TagiError
 from tagi.preflight import CKPT_ALIASES, check_config
@@ -34,6 +36,7 @@ class TAGICLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._check_ckpt_path()
+        self._keep_metrics_history()
         self.datamodule.prepare_data()
         self.datamodule.setup("fit")  # idempotent: Lightning's own setup call reuses the datasets
         if hasattr(self.model, "prepare"):
@@ -56,6 +59,36 @@ class TAGICLI(LightningCLI):
                 f"--ckpt_path {path}: it was written by the {saved.get('stage')!r} stage on backbone "
                 f"{saved.get('backbone')}, but this config is the {stage!r} stage on {self.model.describe()['backbone']}. "
                 "Give this stage's config (the config.yaml saved beside the checkpoint), or a checkpoint of this stage.")
+
+
+    def _resume_checkpoint(self) -> Path | None:
+        path = self.config[self.subcommand].get("ckpt_path")
+        if path == "last":  # where ModelCheckpoint(save_last=True) writes: <dirpath or log_dir/checkpoints>/last.ckpt
+            callback, logger = self.trainer.checkpoint_callback, self.trainer.logger
+            folder = callback.dirpath if callback and callback.dirpath else (logger.log_dir if logger else None)
+            path = Path(folder) / ("last.ckpt" if callback and callback.dirpath else "checkpoints/last.ckpt") if folder else None
+        return Path(path) if path and Path(path).is_file() else None
+
+    def _keep_metrics_history(self) -> None:
+        """On resume, Lightning's CSVLogger deletes the run's metrics.csv; keep the rows logged before the
+        checkpoint's step, so the resumed run's log continues the killed one's instead of replacing it."""
+        logger, checkpoint = self.trainer.logger, self._resume_checkpoint()
+        if not isinstance(logger, CSVLogger) or checkpoint is None or self.trainer.global_rank != 0:
+            return
+        metrics = Path(logger.log_dir) / "metrics.csv"
+        if not metrics.is_file():
+            return
+        step = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+        with metrics.open(newline="") as file:
+            reader = csv.DictReader(file)
+            fields, rows = reader.fieldnames, [row for row in reader if int(row["step"]) < step]
+        # Creating the writer removes metrics.csv. It appends to an existing file, and rewrites it
+        # with a wider header when new keys come, so it must know the old file's keys.
+        logger.experiment.metrics_keys = list(fields)
+        with metrics.open("w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 def run_cli(args: list[str] | None = None, run: bool = True) -> TAGICLI:

@@ -1,5 +1,6 @@
 """Crash and resume, atomic artifacts, bad input (a clear error and nothing written), NaN/inf stop."""
 
+import csv
 import json
 import os
 import shutil
@@ -82,20 +83,21 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(workdir, stage
     (workdir / "ckpt-every-4.yaml").write_text(CHECKPOINT_EVERY % 4)  # step 40 is saved
     args = [*finetune_args(stages), "--config", "ckpt-every-4.yaml", "--trainer.max_steps=40",
             "--trainer.val_check_interval=20", "--trainer.deterministic=true",
-            "--model.init_args.distillation.consistency_weight=0.1"]  # the HART state must resume too
+            "--model.init_args.distillation.consistency_weight=0.1",  # the HART state must resume too
+            "--trainer.logger.init_args.flush_logs_every_n_steps=1000"]  # the log reaches disk with each checkpoint
     _run_stage(args, "uninterrupted")
 
     victim = _run_stage(args, "resumed", wait=False)
     last = workdir / "resumed/checkpoints/last.ckpt"
     deadline = time.time() + 300
-    while not last.exists() and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
+    while _saved_step(last.parent) < 28 and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.01)  # killed once last.ckpt holds step 24 or later: past the rows logged at steps 9 and 19
     victim.send_signal(signal.SIGKILL)
     victim.communicate()
     assert victim.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (workdir / "resumed/complete.json").exists()
     killed_at = torch.load(last, weights_only=False)["global_step"]
-    assert 0 < killed_at < 40
+    assert 24 <= killed_at < 40
 
     _run_stage([*args, "--ckpt_path=last"], "resumed")
     expected, resumed = (torch.load(workdir / f"{run}/checkpoints/last.ckpt", weights_only=False)
@@ -106,6 +108,18 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(workdir, stage
     metrics = [json.loads((workdir / f"{run}/complete.json").read_text())["metrics"] for run in ("uninterrupted", "resumed")]
     assert metrics[0]["val/rougeL"] == metrics[1]["val/rougeL"]
     assert metrics[0]["train/loss"] == metrics[1]["train/loss"]
+    # The resumed run's metrics.csv continues the killed one's: the same logged values at the same steps.
+    assert _logged(workdir / "resumed/metrics.csv") == _logged(workdir / "uninterrupted/metrics.csv")
+
+
+def _saved_step(folder: Path) -> int:
+    steps = [int(path.stem.rsplit("step=", 1)[1]) for path in folder.glob("*step=*.ckpt")]
+    return max(steps, default=0)
+
+
+def _logged(path: Path) -> set[tuple[str, str, str]]:
+    with path.open(newline="") as file:
+        return {(row["step"], key, value) for row in csv.DictReader(file) for key, value in row.items() if value and key != "step"}
 
 
 def test_a_killed_adapter_write_leaves_no_partial_artifact(tmp_path):

@@ -136,6 +136,8 @@ class GenerativeStage(L.LightningModule):
         checkpoint["tagi"] = self.describe()
         # Lightning does not save RNG states; dropout after a resume must draw what it would have drawn.
         checkpoint["rng_states"] = _rng_states_to_tensors(_collect_rng_states(include_cuda=torch.cuda.is_available()))
+        if self._trainer is not None and self.trainer.logger is not None:
+            self.trainer.logger.save()  # the log up to this checkpoint is on disk, so a resume continues it
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "rng_states" in checkpoint:
