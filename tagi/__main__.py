@@ -60,13 +60,12 @@ class TAGICLI(LightningCLI):
                 f"{saved.get('backbone')}, but this config is the {stage!r} stage on {self.model.describe()['backbone']}. "
                 "Give this stage's config (the config.yaml saved beside the checkpoint), or a checkpoint of this stage.")
 
-
     def _resume_checkpoint(self) -> Path | None:
+        """The file `--ckpt_path` resumes from (`last`: where ModelCheckpoint(save_last=True) writes it)."""
         path = self.config[self.subcommand].get("ckpt_path")
-        if path == "last":  # where ModelCheckpoint(save_last=True) writes: <dirpath or log_dir/checkpoints>/last.ckpt
-            callback, logger = self.trainer.checkpoint_callback, self.trainer.logger
-            folder = callback.dirpath if callback and callback.dirpath else (logger.log_dir if logger else None)
-            path = Path(folder) / ("last.ckpt" if callback and callback.dirpath else "checkpoints/last.ckpt") if folder else None
+        callback, logger = self.trainer.checkpoint_callback, self.trainer.logger
+        if path == "last" and callback is not None and logger is not None:
+            path = Path(callback.dirpath or Path(logger.log_dir) / "checkpoints") / "last.ckpt"
         return Path(path) if path and Path(path).is_file() else None
 
     def _keep_metrics_history(self) -> None:

@@ -21,8 +21,8 @@ from tagi.adapters import save_adapter
 from tagi.cache import TaskCache
 from tagi.data.sni import Demonstration, Task
 from tagi.data.templates import instruction_text, model_input_text
-from tagi.errors import TagiError
 from tagi.data.tokenization import encode, load_tokenizer
+from tagi.errors import TagiError
 from tagi.model import TAGIModel, TaskEncoding, load_backbone
 
 log = logging.getLogger(__name__)

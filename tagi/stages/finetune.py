@@ -146,10 +146,17 @@ class FinetuneModule(HyperStage):
 
     # -- training
 
+    def _teacher_bank(self) -> LoRAWeights:
+        """The bank on this module's device, moved there once: it is loaded in `setup`, before
+        Lightning moves the model, and copying it every step would cost a transfer per step."""
+        bank = self.teacher_bank
+        if bank.A.device != self.device:
+            bank = self.teacher_bank = LoRAWeights(bank.A.to(self.device), bank.B.to(self.device), bank.scale)
+        return bank
+
     def teacher_logits(self, batch: dict) -> Tensor:
         """θ0 + the row's cluster LoRA on the instruction-concatenated input: (B, T, V), no gradient."""
-        bank = self.teacher_bank
-        rows = LoRAWeights(bank.A.to(self.device), bank.B.to(self.device), bank.scale).select(batch["cluster_ids"])
+        rows = self._teacher_bank().select(batch["cluster_ids"])
         with torch.no_grad(), apply_lora(self.model.sites(), rows):
             return self.model.backbone(
                 input_ids=batch["concat_input_ids"], attention_mask=batch["concat_attention_mask"], labels=batch["labels"]
@@ -158,8 +165,8 @@ class FinetuneModule(HyperStage):
     def _param_distance(self, task, batch: dict) -> Tensor:
         task_clusters = torch.empty(len(task), dtype=torch.long, device=self.device)
         task_clusters.scatter_(0, batch["task_index"], batch["cluster_ids"])  # (N,) cluster of each task
-        bank = self.teacher_bank
-        A_t, B_t = bank.A.to(self.device)[task_clusters], bank.B.to(self.device)[task_clusters]
+        bank = self._teacher_bank()
+        A_t, B_t = bank.A[task_clusters], bank.B[task_clusters]
         lora = task.lora
         return lora_param_distance(self.distillation.param_form, lora.A, lora.B, lora.scale, A_t, B_t, bank.scale)
 
