@@ -183,6 +183,18 @@ def test_teacher_backbone_different_from_the_student(workdir, stages, capsys):
                       "does not match this student", "backbone")
 
 
+def test_teacher_targets_different_from_the_hypernetwork(workdir, stages, capsys):
+    other = workdir / "teachers-other-targets"
+    if not other.exists():
+        shutil.copytree(stages["teachers"], other)
+        for config_file in other.glob("*/adapter_config.json"):
+            config = json.loads(config_file.read_text())
+            config_file.write_text(json.dumps({**config, "target_modules": ["q", "k", "v"]}))
+    run_fails_cleanly(finetune_args(stages, f"--model.init_args.teachers={other}"), capsys,
+                      "cannot be used", "adapter_config.json", "target_modules is ['k', 'q', 'v'], expected ['q', 'v']",
+                      "Retrain the teachers")
+
+
 def test_stage2_checkpoint_from_another_backbone(workdir, stages, capsys):
     run_fails_cleanly(finetune_args(stages, "--model.init_args.backbone.seed=5"), capsys,
                       "model.init_args.init_from", "was trained on backbone", "same model.init_args.backbone")

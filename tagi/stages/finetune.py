@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from tagi.adapters import cluster_slug, load_adapter, read_meta
+from tagi.adapters import AdapterError, cluster_slug, load_adapter, read_meta
 from tagi.errors import ConfigurationError
 from tagi.lora import LoRAWeights, apply_lora
 from tagi.losses import consistency_loss, kl_distillation, lora_param_distance
@@ -122,7 +122,11 @@ class FinetuneModule(HyperStage):
             if not directory.is_dir():
                 raise ConfigurationError(f"teacher for cluster {name!r} not found: {directory} is missing (run the teacher stage)")
             self._check_teacher(directory, read_meta(directory))
-            lora = load_adapter(directory, sites)
+            try:
+                lora = load_adapter(directory, sites)
+            except AdapterError as error:
+                raise ConfigurationError(f"teacher for cluster {name!r} cannot be used: {error}. Retrain the teachers "
+                                         "with this package's teacher stage (teacher.yaml), which writes q/v LoRA.") from None
             if A is None:
                 first = lora
                 A = torch.zeros(len(clusters), *lora.A.shape[1:])  # (K, S, r, in)
