@@ -1,6 +1,6 @@
 """Training cost of one finetune step (CE + KL + parameter loss) and its parts, against a plain peft-LoRA step.
 
-    python benchmarks/training_cost.py [--shapes demo t5-small] [--steps 5] [--device cpu|cuda]
+    python benchmarks/training_cost.py [--shapes demo t5-small] [--steps 5] [--device cpu|cuda] [--fused]
 
 Each measurement runs in its own subprocess, so peak memory is that part's alone: on CPU the peak
 resident set above the one right before the timed steps (/proc/self/status VmHWM after resetting it
@@ -14,6 +14,8 @@ Parts:
   hypernetwork  encode the batch's distinct instructions → LoRA (forward + backward)
   teacher       θ0 + the rows' cluster LoRA on the instruction-concatenated input (forward, no grad)
   student       the TAGI model on the inputs with the generated LoRA (forward + backward of CE)
+  optimizer     the AdamW update of the trainable weights, as the stage configures it
+  optimizer (unfused)  the same update with torch's default implementation (differs with --fused)
   peft LoRA     peft LoRA (same rank and targets) on θ0, concatenated input, forward + backward + AdamW
 Prints a table with ratios to the peft step and writes runs/training-cost/training_cost.{json,md,png}.
 """
@@ -41,13 +43,13 @@ SHAPES = {  # backbone shape, and a batch typical of its setting
     "t5-small": dict(model=dict(d_model=512, num_layers=8, num_heads=6, d_kv=64, d_ff=1024, vocab_size=32128),
                      rank=32, hidden=512, batch=8, tasks=4, instruction=60, input=100, target=10),
 }
-PARTS = ["full step", "hypernetwork", "teacher", "student", "peft LoRA"]
+PARTS = ["full step", "hypernetwork", "teacher", "student", "optimizer", "optimizer (unfused)", "peft LoRA"]
 CLUSTERS = 8
 
 
 # ------------------------------------------------------------------ one part, in a child process
 
-def build_module(shape: dict, device: str):
+def build_module(shape: dict, device: str, fused: bool = False):
     from tagi.lora import LoRAWeights
     from tagi.stages import Architecture, Backbone, Distillation, FinetuneModule, Generation, Optimization
 
@@ -55,7 +57,7 @@ def build_module(shape: dict, device: str):
     module = FinetuneModule(
         backbone=Backbone("tiny", tiny_config=shape["model"]),
         architecture=Architecture(lora_rank=shape["rank"], lora_alpha=2.0 * shape["rank"], generator_hidden_dim=shape["hidden"]),
-        tokenizer="synthetic", optimization=Optimization(), generation=Generation(),
+        tokenizer="synthetic", optimization=Optimization(fused=fused), generation=Generation(),
         distillation=Distillation(kl_weight=1.0, param_weight=1.0, param_form="delta"),
     ).to(device)
     # The teacher bank as the finetune stage holds it: one (A, B) per cluster, same sites and rank.
@@ -87,8 +89,10 @@ def part_step(part: str, module, batch: dict, device: str):
     """A closure running one step of `part`."""
     if part == "peft LoRA":
         return peft_step(module, batch)
+    from tagi.stages.base import make_adamw
+
     trainable = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+    optimizer = make_adamw(trainable, module.optimization, fused=part != "optimizer (unfused)" and module.optimization.fused)
     if part == "full step":
         def step():
             loss = module.training_step(batch, 0)
@@ -117,6 +121,11 @@ def part_step(part: str, module, batch: dict, device: str):
                                    task_index=batch["task_index"])
             outputs.loss.backward()
             optimizer.zero_grad(set_to_none=True)
+    elif part.startswith("optimizer"):
+        module.training_step(batch, 0).backward()  # the gradients every update applies
+
+        def step():
+            optimizer.step()
     else:
         raise ValueError(part)
     return step
@@ -128,11 +137,13 @@ def peft_step(module, batch: dict):
 
     from peft import LoraConfig, get_peft_model
 
+    from tagi.stages.base import make_adamw
+
     architecture = module.architecture
     config = LoraConfig(r=architecture.lora_rank, lora_alpha=architecture.lora_alpha, target_modules=["q", "v"], lora_dropout=0.0)
     model = get_peft_model(copy.deepcopy(module.model.backbone), config)
     module.model = None  # only the peft copy stays in memory
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    optimizer = make_adamw([p for p in model.parameters() if p.requires_grad], module.optimization)
 
     def step():
         loss = model(input_ids=batch["concat_input_ids"], attention_mask=batch["concat_attention_mask"], labels=batch["labels"]).loss
@@ -166,11 +177,12 @@ def memory_peak(device: str) -> int:
     return _proc_status("VmHWM")
 
 
-def measure_part(shape_name: str, part: str, steps: int, device: str) -> dict:
+def measure_part(shape_name: str, part: str, steps: int, device: str, fused: bool) -> dict:
     warnings.filterwarnings("ignore")  # self.log outside a Trainer; peft's notices
     shape = SHAPES[shape_name]
-    module = build_module(shape, device).train()
+    module = build_module(shape, device, fused).train()
     batch = make_batch(shape, device)
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     step = part_step(part, module, batch, device)
     step()  # warm-up: allocator pools, optimizer state
     before = memory_mark(device)
@@ -185,15 +197,16 @@ def measure_part(shape_name: str, part: str, steps: int, device: str) -> dict:
         times.append(time.perf_counter() - start)
     peak = memory_peak(device)
     return {"shape": shape_name, "part": part, "seconds": statistics.median(times), "peak_bytes_above_start": max(0, peak - before),
-            "peak_bytes": peak}
+            "peak_bytes": peak, "finetune_trainable_params": trainable}
 
 
 # ------------------------------------------------------------------ the driver
 
-def run_child(shape: str, part: str, steps: int, device: str) -> dict:
+def run_child(shape: str, part: str, steps: int, device: str, fused: bool) -> dict:
     # A fixed mmap threshold makes glibc hand freed large blocks back, so RSS follows what torch holds.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    command = [sys.executable, __file__, "--child", shape, part, "--steps", str(steps), "--device", device]
+    command = [sys.executable, __file__, "--child", shape, part, "--steps", str(steps), "--device", device,
+               *(["--fused"] if fused else [])]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{shape} / {part} failed:\n{done.stderr[-3000:]}")
@@ -209,6 +222,9 @@ def table(rows: list[dict]) -> str:
             memory = row["peak_bytes_above_start"] / 2**20
             lines.append(f"| {shape} | {row['part']} | {row['seconds']:.3f} | {row['seconds'] / peft['seconds']:.2f} | "
                          f"{memory:.1f} | {row['peak_bytes_above_start'] / max(peft['peak_bytes_above_start'], 1):.2f} |")
+    for shape in dict.fromkeys(row["shape"] for row in rows):
+        params = next(row["finetune_trainable_params"] for row in rows if row["shape"] == shape)
+        lines.append(f"\n{shape}: {params / 1e6:.1f}M trainable weights in the finetune stage (hypernetwork + fusion)")
     return "\n".join(lines)
 
 
@@ -235,19 +251,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--out", default=str(ROOT / "runs" / "training-cost"), help="folder for the table, JSON and plot")
+    parser.add_argument("--fused", action="store_true", help="optimization.fused: torch's fused AdamW in every part")
     parser.add_argument("--child", nargs=2, metavar=("SHAPE", "PART"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(measure_part(*args.child, args.steps, args.device)))
+        print(json.dumps(measure_part(*args.child, args.steps, args.device, args.fused)))
         return []
     start, rows = time.perf_counter(), []
     for shape in args.shapes:
         for part in PARTS:
-            rows.append(run_child(shape, part, args.steps, args.device))
+            rows.append(run_child(shape, part, args.steps, args.device, args.fused))
             print(f"  {shape} / {part}: {rows[-1]['seconds']:.3f} s", file=sys.stderr)
-    out = ROOT / "runs" / "training-cost"
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    text = (f"## Finetune step cost ({args.device}, {torch.get_num_threads()} threads, median of {args.steps} steps)\n\n"
+    text = (f"## Finetune step cost ({args.device}, {torch.get_num_threads()} threads, median of {args.steps} steps, "
+            f"{'fused' if args.fused else 'default'} AdamW)\n\n"
             f"{table(rows)}\n")
     (out / "training_cost.md").write_text(text)
     (out / "training_cost.json").write_text(json.dumps(rows, indent=2) + "\n")
