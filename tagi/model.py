@@ -171,6 +171,7 @@ class TAGIModel(nn.Module):
         self.lora_rank, self.lora_alpha = lora_rank, lora_alpha
         self.use_fusion, self.use_fid = fusion, fid
         self.site_names = lora_site_names(backbone)
+        self._site_index = {backbone.get_submodule(name): i for i, name in enumerate(self.site_names)}
         inner = config.num_heads * config.d_kv
         self.hypernet = HyperNetwork(
             LoRAGenerator(
@@ -212,6 +213,17 @@ class TAGIModel(nn.Module):
 
     # -- per input, many times
 
+    def _task_values(self, site: nn.Linear, task: TaskEncoding, merged: bool) -> Tensor:
+        """`site` (a LoRA'd v projection) on the N instructions, each with its own task's LoRA: (N, L, out).
+        Called beside the per-row hooks of `apply_lora`, which expect batch rows, so it calls the
+        weights directly instead of the module."""
+        plain = nn.functional.linear(task.instruction, site.weight)
+        if merged:  # the one task's delta is in the weights already
+            return plain
+        index = self._site_index[site]
+        A, B = task.lora.A[:, index].to(plain.dtype), task.lora.B[:, index].to(plain.dtype)  # (N, r, in), (N, out, r)
+        return plain + task.lora.scale * (task.instruction @ A.transpose(-1, -2)) @ B.transpose(-1, -2)
+
     def _rows(self, task: TaskEncoding, task_index: Tensor | None) -> TaskEncoding:
         return task if task_index is None else task.select(task_index)
 
@@ -221,10 +233,12 @@ class TAGIModel(nn.Module):
 
         `merge=None` merges when there is one task and no gradient is needed.
         """
-        if merge is None:
-            merge = len(task) == 1 and not torch.is_grad_enabled()
-        with (merged_lora if merge else apply_lora)(self.sites(), task.lora):
+        with (merged_lora if self._merges(task, merge) else apply_lora)(self.sites(), task.lora):
             yield
+
+    @staticmethod
+    def _merges(task: TaskEncoding, merge: bool | None) -> bool:
+        return len(task) == 1 and not torch.is_grad_enabled() if merge is None else merge
 
     def encode_inputs(
         self, task: TaskEncoding, input_ids: Tensor, attention_mask: Tensor, task_index: Tensor | None = None,
@@ -262,9 +276,11 @@ class TAGIModel(nn.Module):
         **decoder_kwargs: Any,
     ) -> Seq2SeqLMOutput:
         """Logits (and CE loss when `labels` are given) for inputs of the encoded task(s)."""
-        with self.adapted(self._rows(task, task_index), merge):
+        rows = self._rows(task, task_index)
+        merge = self._merges(rows, merge)
+        with self.adapted(rows, merge):
             states, mask = self.encode_inputs(task, input_ids, attention_mask, task_index, lora_only)
-            cache = self._fid_cache(task, task_index, states, lora_only)
+            cache = self._fid_cache(task, task_index, states, lora_only, merge)
             return self.backbone(
                 encoder_outputs=BaseModelOutput(last_hidden_state=states), attention_mask=mask, labels=labels,
                 past_key_values=cache, use_cache=cache is not None, **decoder_kwargs
@@ -282,22 +298,31 @@ class TAGIModel(nn.Module):
         **generate_kwargs: Any,
     ) -> Tensor:
         """`backbone.generate` for inputs of the encoded task(s); beams keep their row's weights."""
-        with self.adapted(self._rows(task, task_index), merge):
+        rows = self._rows(task, task_index)
+        merge = self._merges(rows, merge)
+        with self.adapted(rows, merge):
             states, mask = self.encode_inputs(task, input_ids, attention_mask, task_index, lora_only)
             if generate_kwargs.get("num_beams", 1) == 1:  # beams would need the cache expanded per beam
-                generate_kwargs["past_key_values"] = self._fid_cache(task, task_index, states, lora_only)
+                generate_kwargs["past_key_values"] = self._fid_cache(task, task_index, states, lora_only, merge)
             return self.backbone.generate(
                 encoder_outputs=BaseModelOutput(last_hidden_state=states), attention_mask=mask, **generate_kwargs
             )
 
-    def _fid_cache(self, task: TaskEncoding, task_index: Tensor | None, states: Tensor, lora_only: bool) -> EncoderDecoderCache | None:
+    def _fid_cache(self, task: TaskEncoding, task_index: Tensor | None, states: Tensor, lora_only: bool,
+                   merged: bool) -> EncoderDecoderCache | None:
         """Decoder cross-attention keys/values over [I ; F], the instruction's part projected once per task.
 
-        Without this, every input row re-projects the same instruction states in every decoder layer,
-        which makes per-input cost grow with instruction length. One task per call only (the serving
-        and evaluation path); a mixed-task batch leaves it to the backbone. Call inside `adapted`.
+        Without this, every input row re-projects its task's instruction states in every decoder
+        layer, which makes per-input cost grow with instruction length. One task per call, or (at
+        inference) a mixed-task batch via `task_index`. Training batches leave it to the backbone:
+        the same values in another batch shape round differently, and the measured results
+        (README, Results) were trained that way. Call inside `adapted`.
         """
-        if not self.use_fid or lora_only or len(task) != 1 or task_index is not None:
+        if not self.use_fid or lora_only:
+            return None
+        if task_index is None and len(task) != 1:
+            return None  # one task row per input: nothing is shared
+        if task_index is not None and torch.is_grad_enabled():
             return None
         batch, length = states.shape[0], task.instruction.shape[1]
         inputs = states[:, length:]  # (B, T, d): F
@@ -308,7 +333,14 @@ class TAGIModel(nn.Module):
             def heads(x: Tensor) -> Tensor:  # (N, S, h·dk) → (N, h, S, dk)
                 return x.view(x.shape[0], x.shape[1], -1, attention.key_value_proj_dim).transpose(1, 2)
 
-            keys = torch.cat([heads(attention.k(task.instruction)).expand(batch, -1, -1, -1), heads(attention.k(inputs))], 2)
-            values = torch.cat([heads(attention.v(task.instruction)).expand(batch, -1, -1, -1), heads(attention.v(inputs))], 2)
+            if task_index is None:  # one task: the site's own call (merged weights, or its LoRA hook)
+                instruction_keys = heads(attention.k(task.instruction)).expand(batch, -1, -1, -1)
+                instruction_values = heads(attention.v(task.instruction)).expand(batch, -1, -1, -1)
+            else:  # N tasks: project N instructions, then give each row its task's
+                instruction_keys = heads(attention.k(task.instruction)).index_select(0, task_index)
+                values = self._task_values(attention.v, task, merged)  # (N, L, h·dk)
+                instruction_values = heads(values).index_select(0, task_index)
+            keys = torch.cat([instruction_keys, heads(attention.k(inputs))], 2)
+            values = torch.cat([instruction_values, heads(attention.v(inputs))], 2)
             layers.append((keys, values))  # (B, h, L+T, dk) each
         return EncoderDecoderCache(DynamicCache(config=self.backbone.config), DynamicCache(layers))

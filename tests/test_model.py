@@ -115,6 +115,28 @@ def test_one_task_projects_the_instruction_once_for_the_decoder(instructions, in
     assert torch.equal(shared, separate) and beams.shape[0] == 4
 
 
+def test_mixed_task_batch_projects_each_instruction_once_at_inference(instructions, inputs):
+    """At inference a mixed-task batch gets the decoder's instruction keys/values per task, not per row
+    (each task's own LoRA on v): the training path's logits, fewer FLOPs; merged one-row calls too."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = make_model(fusion=True, fid=True)
+    ids, mask, dec = inputs
+    task_index = torch.tensor([1, 0, 1, 1])
+    task = model.encode_task(*instructions)
+    results = []
+    for grad in (False, True):  # with grad: the backbone projects [I ; F] for every row
+        counter = FlopCounterMode(display=False)
+        with torch.set_grad_enabled(grad), counter:
+            logits = model(task, ids, mask, decoder_input_ids=dec, task_index=task_index).logits
+        results.append((counter.get_total_flops(), logits.detach()))
+    (shared_flops, shared), (per_row_flops, per_row) = results
+    assert (shared - per_row).abs().max() <= 1e-5 and shared_flops < per_row_flops
+    with torch.no_grad():  # one row: merged weights, the instruction values need no LoRA added
+        merged = model(task, ids[:1], mask[:1], decoder_input_ids=dec[:1], task_index=task_index[:1]).logits
+    assert (merged - per_row[:1]).abs().max() <= 1e-5
+
+
 def test_exported_generated_lora_reproduces_our_logits_in_peft(instructions, inputs, tmp_path):
     model = make_model(fusion=False, fid=False)
     ids, mask, dec = inputs
