@@ -1,6 +1,6 @@
 """Training cost of one finetune step (CE + KL + parameter loss) and its parts, against a plain peft-LoRA step.
 
-    python benchmarks/training_cost.py [--shapes demo t5-small] [--steps 5] [--device cpu|cuda] [--fused]
+    python benchmarks/training_cost.py [--shapes demo t5-small] [--steps 5] [--device cpu|cuda] [--no-fused]
 
 Each measurement runs in its own subprocess, so peak memory is that part's alone: on CPU the peak
 resident set above the one right before the timed steps (/proc/self/status VmHWM after resetting it
@@ -15,7 +15,7 @@ Parts:
   teacher       θ0 + the rows' cluster LoRA on the instruction-concatenated input (forward, no grad)
   student       the TAGI model on the inputs with the generated LoRA (forward + backward of CE)
   optimizer     the AdamW update of the trainable weights, as the stage configures it
-  optimizer (unfused)  the same update with torch's default implementation (differs with --fused)
+  optimizer (unfused)  the same update with torch's unfused implementation
   peft LoRA     peft LoRA (same rank and targets) on θ0, concatenated input, forward + backward + AdamW
 Prints a table with ratios to the peft step and writes runs/training-cost/training_cost.{json,md,png}.
 """
@@ -49,7 +49,7 @@ CLUSTERS = 8
 
 # ------------------------------------------------------------------ one part, in a child process
 
-def build_module(shape: dict, device: str, fused: bool = False):
+def build_module(shape: dict, device: str, fused: bool = True):
     from tagi.lora import LoRAWeights
     from tagi.stages import Architecture, Backbone, Distillation, FinetuneModule, Generation, Optimization
 
@@ -206,7 +206,7 @@ def run_child(shape: str, part: str, steps: int, device: str, fused: bool) -> di
     # A fixed mmap threshold makes glibc hand freed large blocks back, so RSS follows what torch holds.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     command = [sys.executable, __file__, "--child", shape, part, "--steps", str(steps), "--device", device,
-               *(["--fused"] if fused else [])]
+               *([] if fused else ["--no-fused"])]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{shape} / {part} failed:\n{done.stderr[-3000:]}")
@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", default=str(ROOT / "runs" / "training-cost"), help="folder for the table, JSON and plot")
-    parser.add_argument("--fused", action="store_true", help="optimization.fused: torch's fused AdamW in every part")
+    parser.add_argument("--no-fused", dest="fused", action="store_false",
+                        help="optimization.fused: false (torch's unfused AdamW) in every part; fused is the stages' default")
     parser.add_argument("--child", nargs=2, metavar=("SHAPE", "PART"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = (f"## Finetune step cost ({args.device}, {torch.get_num_threads()} threads, median of {args.steps} steps, "
-            f"{'fused' if args.fused else 'default'} AdamW)\n\n"
+            f"{'fused' if args.fused else 'unfused'} AdamW)\n\n"
             f"{table(rows)}\n")
     (out / "training_cost.md").write_text(text)
     (out / "training_cost.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""The stages' AdamW: torch's fused kernel is opt-in (optimization.fused) and applies the same update."""
+"""The stages' AdamW: torch's fused kernel by default (optimization.fused), the same update as the unfused one."""
 
 import torch
 
@@ -17,7 +17,8 @@ def _three_steps(fused: bool) -> tuple[list[torch.Tensor], torch.optim.AdamW]:
     return [w.detach() for w in weights], optimizer
 
 
-def test_fused_adamw_is_opt_in_and_gives_the_same_update():
+def test_fused_adamw_is_the_default_and_gives_the_same_update():
+    assert Optimization().fused
     default, default_optimizer = _three_steps(fused=False)
     fused, fused_optimizer = _three_steps(fused=True)
     assert not default_optimizer.defaults["fused"] and fused_optimizer.defaults["fused"] is True
