@@ -321,6 +321,9 @@ class GenerativeStage(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
 def make_adamw(parameters: list[Tensor], optimization: Optimization, fused: bool | None = None) -> torch.optim.AdamW:
     """AdamW; with `optimization.fused` (or `fused`) torch's fused kernel where it has one for these
     tensors (CPU and CUDA floats). The generator's heads are most of the trainable weights (366M at
@@ -329,9 +332,6 @@ def make_adamw(parameters: list[Tensor], optimization: Optimization, fused: bool
     fused = fused and all(p.device.type in ("cpu", "cuda") and p.dtype in FUSED_DTYPES for p in parameters)
     return torch.optim.AdamW(parameters, lr=optimization.learning_rate, weight_decay=optimization.weight_decay,
                              fused=fused or None)
-
-
-FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def group_rows(keys: Tensor) -> list[tuple[int, Tensor]]:
