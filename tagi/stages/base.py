@@ -157,7 +157,7 @@ class GenerativeStage(L.LightningModule):
         if self._trainer is not None:  # every rank must stop together, or the others hang in all-reduce
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if not finite:
-            values = ", ".join(f"{name}={float(value):.4g}" for name, value in terms.items())
+            values = ", ".join(f"{name}={float(value.detach()):.4g}" for name, value in terms.items())
             raise NonFiniteLossError(
                 f"step {self.global_step}: the training loss is not finite ({values}). The run stopped before the "
                 "optimizer step, so the last checkpoint written is the last good one. Lower "
