@@ -33,3 +33,8 @@ def config(stage: str) -> str:
 
 def fit(stage: str, *extra: str):
     return run_cli(["fit", "--config", config(stage), TINY, *FAST, *extra])
+
+
+def fit_teachers(out_dir: str = "teachers/t"):
+    """The teacher stage, one validation example per task: the teachers later stages read."""
+    return fit("teacher", f"--model.init_args.output_dir={out_dir}", "--data.init_args.val_instances_per_task=1")

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from peft import PeftModel
 
-from helpers import FAST, ROOT, TINY, chdir_scratch, fit
+from helpers import FAST, ROOT, TINY, chdir_scratch, fit, fit_teachers
 from tagi.__main__ import main as tagi_main, run_cli
 from tagi.reports import read_predictions
 from tagi.data.tokenization import load_tokenizer
@@ -28,7 +28,7 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def teachers(workdir):
-    fit("teacher", "--model.init_args.output_dir=teachers/t", "--data.init_args.val_instances_per_task=1")
+    fit_teachers()
     return workdir / "teachers/t"
 
 

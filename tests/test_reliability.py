@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import FAST, TINY, chdir_scratch, config, fit
+from helpers import FAST, TINY, chdir_scratch, config, fit, fit_teachers
 from tagi.__main__ import main as tagi_main
 from tagi.adapters import load_adapter, save_adapter
 from tagi.data.modules import FinetuneDataModule
@@ -35,7 +35,7 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def stages(workdir):
     """Teachers and a stage-2 checkpoint of the tiny backbone: what the finetune stage reads."""
-    fit("teacher", "--model.init_args.output_dir=teachers/t", "--data.init_args.val_instances_per_task=1")
+    fit_teachers()
     fit("pretrain")
     return {"teachers": workdir / "teachers/t", "pretrain": workdir / "checkpoints/demo/pretrain/checkpoints/last.ckpt"}
 
@@ -172,24 +172,26 @@ def test_teacher_rank_different_from_the_hypernetwork(workdir, stages, capsys):
                       capsys, "does not match this student", "LoRA rank 8 ≠ the hypernetwork's 4", "Retrain the teachers")
 
 
+def edited_teachers(stages, name: str, file_name: str, changes) -> Path:
+    """A copy of the teachers whose `file_name` (JSON) in every cluster folder is edited by `changes`."""
+    copy = Path.cwd() / name
+    if not copy.exists():
+        shutil.copytree(stages["teachers"], copy)
+        for path in copy.glob(f"*/{file_name}"):
+            path.write_text(json.dumps(changes(json.loads(path.read_text()))))
+    return copy
+
+
 def test_teacher_backbone_different_from_the_student(workdir, stages, capsys):
-    other = workdir / "teachers-other-backbone"
-    if not other.exists():
-        shutil.copytree(stages["teachers"], other)
-        for meta_file in other.glob("*/meta.json"):
-            meta = json.loads(meta_file.read_text())
-            meta_file.write_text(json.dumps({**meta, "backbone": {**meta["backbone"], "seed": 7}}))
+    other = edited_teachers(stages, "teachers-other-backbone", "meta.json",
+                            lambda meta: {**meta, "backbone": {**meta["backbone"], "seed": 7}})
     run_fails_cleanly(finetune_args(stages, f"--model.init_args.teachers={other}"), capsys,
                       "does not match this student", "backbone")
 
 
 def test_teacher_targets_different_from_the_hypernetwork(workdir, stages, capsys):
-    other = workdir / "teachers-other-targets"
-    if not other.exists():
-        shutil.copytree(stages["teachers"], other)
-        for config_file in other.glob("*/adapter_config.json"):
-            config = json.loads(config_file.read_text())
-            config_file.write_text(json.dumps({**config, "target_modules": ["q", "k", "v"]}))
+    other = edited_teachers(stages, "teachers-other-targets", "adapter_config.json",
+                            lambda config: {**config, "target_modules": ["q", "k", "v"]})
     run_fails_cleanly(finetune_args(stages, f"--model.init_args.teachers={other}"), capsys,
                       "cannot be used", "adapter_config.json", "target_modules is ['k', 'q', 'v'], expected ['q', 'v']",
                       "Retrain the teachers")

@@ -19,22 +19,23 @@ rows when a task's last chunk is short).
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import Sampler
 
 
-class ResumableBatchSampler(Sampler[list[int]]):
+class ResumableBatchSampler(Sampler[list[int]], ABC):
     def __init__(self, num_replicas: int | None = None, rank: int | None = None) -> None:
         self.epoch, self._start = 0, 0
         dist = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.num_replicas = num_replicas or (torch.distributed.get_world_size() if dist else 1)
         self.rank = rank if rank is not None else (torch.distributed.get_rank() if dist else 0)
 
+    @abstractmethod
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """Every batch of the epoch, in order (all ranks compute the same list)."""
-        raise NotImplementedError
 
     def batches_for(self, epoch: int) -> list[list[int]]:
         """This rank's share of the epoch's batches (every rank gets the same number)."""
