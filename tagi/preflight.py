@@ -29,6 +29,7 @@ def check_config(config: dict) -> None:
     check_backbone((model.get("backbone") or {}).get("name"))
     for key in ("data_dir", "eval_data_dir"):
         check_data_dir(f"data.init_args.{key}", data.get(key))
+    check_splits(data)
     if "source" in data:
         check_source(data["source"])
     if model.get("init_from") and not Path(model["init_from"]).is_dir():  # a folder: a DeepSpeed ZeRO checkpoint
@@ -84,6 +85,23 @@ def check_data_dir(option: str, value: str | None) -> None:
     if not (root / "splits").is_dir() or not (root / "tasks").is_dir():
         raise InputError(f"{option}: {value} has no splits/ and tasks/ folders; it must be in the "
                          "Super-NaturalInstructions layout (splits/<split>/{train,test}_tasks.txt, tasks/<name>.json).")
+
+
+def check_splits(data: dict) -> None:
+    """`splits_dir` must be a folder, and the train / validation / test lists must be disjoint."""
+    from tagi.data.sni import split_names  # the reader's own check, run before anything is built
+
+    splits_dir = data.get("splits_dir")
+    if splits_dir is not None and not Path(splits_dir).is_dir():
+        raise InputError(f"data.init_args.splits_dir: {splits_dir} is not a directory. Give a folder with "
+                         "train_tasks.txt, val_tasks.txt and test_tasks.txt (configs/ni-v1/splits is an example).")
+    for key, split_key in (("data_dir", "split"), ("eval_data_dir", "eval_split")):
+        root = data.get(key)
+        if root not in (None, SYNTHETIC) or splits_dir is not None:
+            try:
+                split_names(root or ".", data.get(split_key) or "default", splits_dir)
+            except FileNotFoundError as e:
+                raise InputError(f"data.init_args.{'splits_dir' if splits_dir else split_key}: {e}") from e
 
 
 def check_source(source: str) -> None:

@@ -14,6 +14,7 @@ from tagi.data.synthetic import write_suite
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 NI_V1, T5_TOKENIZER = SHARED / "data" / "ni-v1", SHARED / "tokenizers" / "t5"
+NI_V1_SPLITS = Path(__file__).resolve().parents[1] / "configs" / "ni-v1" / "splits"
 
 HYPER = {"instruction_ids", "instruction_mask", "task_index"}
 MODEL = {"input_ids", "attention_mask", "labels"}
@@ -22,8 +23,8 @@ META = {"task_names", "categories", "instance_ids", "inputs", "references", "opt
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory) -> str:
-    return str(write_suite(tmp_path_factory.mktemp("suite"), seed=0, num_instances=20))
+def suite(tmp_path_factory) -> Path:
+    return write_suite(tmp_path_factory.mktemp("suite"), seed=0, num_instances=20)
 
 
 def check_shapes(batch: dict, pad_id: int) -> None:
@@ -59,17 +60,21 @@ def test_finetune_module(suite):
     check_shapes(batch, dm.tokenizer.pad_token_id)
     assert batch["instruction_ids"].shape[0] <= 2  # few tasks per batch → few instructions to encode
     assert len(dm.clusters) == 7 and sorted(dm.clusters.values()) == list(range(7))
-    assert set(dm.train_clusters) == set(dm.clusters) and len(dm.eval_tasks) == 9 and dm.val_tasks == dm.eval_tasks
+    # Spelling (validation) and Selection (test) have no train task, so no teacher
+    assert set(dm.clusters) - set(dm.train_clusters) == {"Spelling", "Selection"}
+    assert len(dm.eval_tasks) == 9 and len(dm.val_tasks) == 9
+    assert not {name for name, _ in dm.val_tasks} & {name for name, _ in dm.eval_tasks}  # validation never reads test
     assert dm.state_dict() == {"clusters": dm.clusters, "train_position": None}  # no trainer: no position yet
 
     val = list(dm.val_dataloader())
     assert [b["task_names"] for b in val] == [b["task_names"] for b in dm.val_dataloader()]  # deterministic
     names = [n for b in val for n in b["task_names"]]
-    assert list(dict.fromkeys(names)) == [name for name, _ in dm.eval_tasks]  # task by task, in order
+    assert list(dict.fromkeys(names)) == [name for name, _ in dm.val_tasks]  # task by task, in order
+    assert [n for b in dm.test_dataloader() for n in b["task_names"]][0] == dm.eval_tasks[0][0]
     first = val[0]
     assert set(first) == FINETUNE | META
     check_shapes(first, dm.tokenizer.pad_token_id)
-    task = dm.datasets["test"].tasks[0]
+    task = dm.datasets["val"].tasks[0]
     assert decode(dm.tokenizer, first["instruction_ids"][0], first["instruction_mask"][0]) == \
         templates.instruction_text(task, 2)
     assert decode(dm.tokenizer, first["concat_input_ids"][0], first["concat_attention_mask"][0]) == \
@@ -83,10 +88,10 @@ def test_finetune_plain_shuffle_and_generated_suite(tmp_path):
                             max_train_instances_per_task=3, max_test_instances_per_task=2, max_val_instances_per_task=1)
     dm.prepare_data()
     dm.setup("fit")
-    assert (tmp_path / "synthetic-v2-seed0" / "synthetic.json").is_file()
+    assert (tmp_path / "synthetic-v3-seed0" / "synthetic.json").is_file()
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == FINETUNE and batch["input_ids"].shape[0] == 4
-    assert len(dm.datasets["train"]) == 84 * 3 and len(dm.datasets["val"]) == 9 and len(dm.datasets["test"]) == 18
+    assert len(dm.datasets["train"]) == 66 * 3 and len(dm.datasets["val"]) == 9 and len(dm.datasets["test"]) == 18
     text = decode(dm.tokenizer, batch["instruction_ids"][0], batch["instruction_mask"][0])
     assert text.startswith("Definition: Given a list of words,") and "Positive Example" not in text  # `Def`
 
@@ -100,8 +105,8 @@ def test_teacher_module(suite):
     assert len(set(batch["cluster_ids"].tolist())) == 1
     text = decode(dm.tokenizer, batch["input_ids"][0], batch["attention_mask"][0])
     assert text.startswith("Definition: ") and "Now complete the following example" in text
-    assert sum(len(v) for v in dm.cluster_tasks.values()) == 84 and sorted(dm.cluster_tasks) == dm.train_clusters
-    assert len(dm.datasets["train"]) == 84 * 16 and len(dm.datasets["val"]) == 84 * 4
+    assert sum(len(v) for v in dm.cluster_tasks.values()) == 66 and sorted(dm.cluster_tasks) == dm.train_clusters
+    assert len(dm.datasets["train"]) == 66 * 16 and len(dm.datasets["val"]) == 66 * 4
     train_ids = {inst.id for t in dm.datasets["train"].tasks for inst in t.instances}
     assert not train_ids & {inst.id for t in dm.datasets["val"].tasks for inst in t.instances}
     val = next(iter(dm.val_dataloader()))
@@ -146,7 +151,7 @@ def test_truncation_is_counted_and_keeps_the_instance(suite, caplog):
                             max_target_length=4)
     with caplog.at_level(logging.WARNING):
         dm.setup("fit")
-    assert "instruction 84/84 tasks (max 30)" in caplog.text and "concat 1680/1680 examples (max 80)" in caplog.text
+    assert "instruction 66/66 tasks (max 30)" in caplog.text and "concat 1320/1320 examples (max 80)" in caplog.text
     assert "target" in caplog.text
     batch = next(iter(dm.test_dataloader()))
     assert batch["instruction_ids"].shape[1] == 30 and batch["concat_input_ids"].shape[1] <= 80
@@ -159,11 +164,17 @@ def test_truncation_is_counted_and_keeps_the_instance(suite, caplog):
 @pytest.mark.skipif(not (NI_V1.is_dir() and T5_TOKENIZER.is_dir()), reason=f"shared data not found under {SHARED}")
 def test_ni_v1_finetune_module_with_t5_vocab(caplog):
     dm = FinetuneDataModule(data_dir=str(NI_V1), tokenizer=str(T5_TOKENIZER), batch_size=4, tasks_per_batch=2,
-                            max_train_instances_per_task=4, max_test_instances_per_task=3, max_instruction_length=512,
+                            splits_dir=str(NI_V1_SPLITS), max_train_instances_per_task=4, max_test_instances_per_task=3, max_instruction_length=512,
                             max_input_length=256, max_concat_length=768)
     with caplog.at_level(logging.WARNING):
         dm.setup("fit")
-    assert len(dm.datasets["train"]) == 43 * 4 and len(dm.eval_tasks) == 12 and len(dm.clusters) == 6
+    assert len(dm.datasets["train"]) == 37 * 4 and len(dm.eval_tasks) == 12 and len(dm.clusters) == 6
+    val_names = [line for line in (NI_V1_SPLITS / "val_tasks.txt").read_text().splitlines() if not line.startswith("#")]
+    assert [name for name, _ in dm.val_tasks] == val_names and len(val_names) == 6
+    shared_train = (NI_V1 / "splits/default/train_tasks.txt").read_text().split()
+    assert set(val_names) <= set(shared_train)  # carved out of the shared train list
+    assert not set(val_names) & {name for name, _ in dm.eval_tasks}
+    assert not set(val_names) & {t.name for t in dm.datasets["train"].tasks}
     assert "truncated to the configured lengths" in caplog.text  # NI v1 passages exceed 256 tokens
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == FINETUNE
@@ -198,3 +209,62 @@ def test_pretrain_loader_resumes_mid_pass(tmp_path):
     loader = resumed.train_dataloader()
     assert [batch["input_ids"].tolist() for batch in loader] == fresh[3:]
     assert [batch["input_ids"].tolist() for batch in loader] == fresh  # the next pass is whole again
+
+
+def test_validation_tasks_are_disjoint_from_train_and_test_or_start_up_fails(suite, tmp_path):
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    lists = {subset: (suite / "splits/default" / f"{subset}_tasks.txt").read_text().split()
+             for subset in ("train", "val", "test")}
+    for subset, names in lists.items():
+        (splits / f"{subset}_tasks.txt").write_text("\n".join(names) + "\n")
+    dm = FinetuneDataModule(data_dir=suite, splits_dir=str(splits))
+    dm.setup("fit")
+    assert [n for n, _ in dm.val_tasks] == lists["val"] and [n for n, _ in dm.eval_tasks] == lists["test"]
+    for other in ("train", "test"):  # a validation task that is also a train or a test task
+        (splits / f"{other}_tasks.txt").write_text("\n".join(lists[other] + lists["val"][:1]) + "\n")
+        with pytest.raises(ValueError, match=rf"val_tasks.txt.*{lists['val'][0]}.*in both lists|"
+                                             rf"{other}_tasks.txt.*val_tasks.txt.*{lists['val'][0]}"):
+            FinetuneDataModule(data_dir=suite, splits_dir=str(splits)).setup("fit")
+        (splits / f"{other}_tasks.txt").write_text("\n".join(lists[other]) + "\n")
+    (splits / "val_tasks.txt").unlink()
+    with pytest.raises(ValueError, match="no validation tasks.*val_tasks.txt"):
+        FinetuneDataModule(data_dir=suite, splits_dir=str(splits)).setup("fit")
+
+
+@pytest.mark.parametrize("control", ["paraphrase", "other_task", "empty", "random"])
+def test_instruction_controls_replace_the_evaluation_instructions_only(suite, control):
+    real = FinetuneDataModule(data_dir=suite, num_pos=0)
+    real.setup("fit")
+    dm = FinetuneDataModule(data_dir=suite, num_pos=0, instruction_control=control)
+    dm.setup("fit")
+    assert dm.datasets["train"].instructions == real.datasets["train"].instructions  # training is untouched
+    for split in ("val", "test"):
+        tasks, ds, ref = dm.datasets[split].tasks, dm.datasets[split], real.datasets[split]
+        assert [t.name for t in tasks] == [t.name for t in ref.tasks] and ds.labels == ref.labels
+        texts = [templates.instruction_text(t, 0) for t in tasks]
+        originals = [templates.instruction_text(t, 0) for t in ref.tasks]
+        assert all(a != b for a, b in zip(texts, originals))
+        if control == "paraphrase":
+            assert texts == ["Definition: " + t.paraphrases[0] for t in ref.tasks]
+        elif control == "other_task":
+            assert sorted(texts) == sorted(originals)  # each task gets another task's instruction
+        elif control == "empty":
+            assert set(texts) == {""}
+            assert all(ids == [dm.tokenizer.eos_token_id] for ids in ds.instructions)
+            assert dm.tokenizer.decode(ds.concat(0), skip_special_tokens=True).startswith("Now complete")
+        else:
+            assert [len(t) for t in texts] == [len(t) for t in originals] and all(" " in t for t in texts)
+
+
+def test_paraphrase_control_needs_paraphrases(suite, tmp_path):
+    import shutil
+
+    copy = tmp_path / "suite"
+    shutil.copytree(suite, copy)
+    task = copy / "tasks" / (copy / "splits/default/test_tasks.txt").read_text().split()[0]
+    raw = json.loads(task.with_suffix(".json").read_text())
+    del raw["Paraphrases"]
+    task.with_suffix(".json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="no `Paraphrases` field"):
+        FinetuneDataModule(data_dir=copy, instruction_control="paraphrase").setup("fit")

@@ -1,23 +1,27 @@
 """LightningDataModules for the three stages; thin wrappers over the Lightning-free data code.
 
     TeacherDataModule    train: train tasks, input = Tk-Instruct concatenation     (stage 1)
-                         val: held-out instances of the train tasks; test: held-out tasks
+                         val: held-out instances of the train tasks; test: the test tasks
     PretrainDataModule   train: C4 segments a/b/c ([a; d] with four_way)             (stage 2)
-                         val/test: held-out SNI tasks of `eval_data_dir` (else C4 segments)
+                         val: validation tasks of `eval_data_dir` (else C4 segments); test: test tasks
     FinetuneDataModule   train: train tasks, instruction → H, input → model          (stage 3)
-                         val/test: held-out tasks
+                         val: validation tasks; test: test tasks
 
-After `setup()` each exposes `tokenizer`, `clusters` (category → id, over train + held-out
-tasks), `train_clusters` (categories with train tasks: the teacher bank), `eval_tasks` (held-out
-(task, category) pairs: the test loader) and `val_tasks` (what its val loader covers: the train
-tasks' held-out instances for the teacher, else `eval_tasks`); the teacher module also
-`cluster_tasks` (category → its train task names). Batch keys: see `collate.py`.
-`data_dir="synthetic"` (or None) generates the embedded task suite into `cache_dir` on first use.
+Train, validation and test are disjoint task sets (`splits_dir`, or the data's own
+`splits/<split>/{train,val,test}_tasks.txt`): validation drives the val metrics and every choice,
+the test tasks are read by `test`/`predict` only. After `setup()` each exposes `tokenizer`,
+`clusters` (category → id, over all three sets), `train_clusters` (categories with train tasks:
+the teacher bank), `eval_tasks` ((task, category) pairs of the test loader) and `val_tasks` (what
+its val loader covers); the teacher module also `cluster_tasks` (category → its train task
+names). `instruction_control` replaces the evaluation tasks' instructions (`controls.py`).
+Batch keys: see `collate.py`. `data_dir="synthetic"` (or None) generates the embedded task suite
+into `cache_dir` on first use.
 """
 
 from __future__ import annotations
 
 from functools import partial
+from typing import Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -28,12 +32,16 @@ from ..errors import ConfigurationError
 from .c4 import C4Segments
 from .collate import Collator
 from .sampler import ShuffledBatchSampler, TaskBatchSampler
+from .controls import apply_control
 from .synthetic import ensure_corpus
 from .sni import Task
-from .sni_dataset import (SYNTHETIC, Lengths, SNIDataset, cap_instances, holdout_instances, load_tasks,
+from .sni_dataset import (SYNTHETIC, Lengths, SNIDataset, TaskSets, cap_instances, holdout_instances, load_tasks,
                           prepare_data_dir)
 from .tokenization import load_tokenizer
 
+
+
+Control = Literal["real", "paraphrase", "other_task", "empty", "random"]  # = controls.CONTROLS
 
 
 def _pairs(tasks: list[Task]) -> list[tuple[str, str]]:
@@ -60,14 +68,28 @@ class _TaskDataModule(LightningDataModule):
         if self._task_dir() is not None:
             prepare_data_dir(self._task_dir(), self.hparams.synthetic_seed, self.hparams.cache_dir)
 
-    def _load(self, data_dir: str | None, split: str, max_train: int | None) -> tuple[list[Task], list[Task]]:
+    def _load(self, data_dir: str | None, split: str, max_train: int | None) -> TaskSets:
+        """The three task sets; the evaluation ones with `instruction_control` applied."""
         h = self.hparams
         root = prepare_data_dir(data_dir, h.synthetic_seed, h.cache_dir)  # idempotent, race-safe
-        train, test, self.clusters = load_tasks(root, split, max_train, h.max_test_instances_per_task,
-                                                h.on_error, h.seed)
-        self.eval_tasks = _pairs(test)
-        self.train_clusters = sorted({t.category for t in train})
-        return train, test
+        sets = load_tasks(root, split, max_train, h.max_test_instances_per_task, h.on_error, h.seed, h.splits_dir)
+        sets.val = apply_control(sets.val, h.instruction_control, h.num_pos, h.seed)
+        sets.test = apply_control(sets.test, h.instruction_control, h.num_pos, h.seed)
+        self.clusters = sets.clusters
+        self.eval_tasks = _pairs(sets.test)
+        self.train_clusters = sorted({t.category for t in sets.train})
+        return sets
+
+    def _validation_tasks(self, sets: TaskSets, data_option: str = "data_dir") -> list[Task]:
+        """The validation tasks, capped per task; none is an error that says how to add them."""
+        if not sets.val:
+            h = self.hparams
+            where = h.splits_dir or f"{getattr(h, data_option)}/splits/<split>"
+            raise ConfigurationError(
+                f"data.init_args.splits_dir: no validation tasks in {where} (val_tasks.txt is missing or empty). "
+                "Validation must not read the test tasks: list validation tasks in val_tasks.txt, taken out of "
+                "train_tasks.txt, in a folder given as data.init_args.splits_dir (configs/ni-v1/splits is an example)")
+        return cap_instances(sets.val, self.hparams.max_val_instances_per_task)
 
     @property
     def collator(self) -> Collator:
@@ -144,7 +166,8 @@ class TeacherDataModule(_TaskDataModule):
                  max_train_instances_per_task: int | None = None, val_instances_per_task: int = 10,
                  max_test_instances_per_task: int | None = 100, only_clusters: list[str] | None = None,
                  clusters_per_batch: int | None = None, num_workers: int = 0, seed: int = 0,
-                 on_error: str = "raise", synthetic_seed: int = 0, cache_dir: str = "runs/data"):
+                 on_error: str = "raise", synthetic_seed: int = 0, cache_dir: str = "runs/data",
+                 splits_dir: str | None = None, instruction_control: Control = "real"):
         super().__init__()
         self.save_hyperparameters()
         self._init_state()
@@ -157,7 +180,8 @@ class TeacherDataModule(_TaskDataModule):
         self.tokenizer = load_tokenizer(h.tokenizer)
         max_train = None if h.max_train_instances_per_task is None else (
             h.max_train_instances_per_task + h.val_instances_per_task)
-        train, test = self._load(self._task_dir(), h.split, max_train)
+        sets = self._load(self._task_dir(), h.split, max_train)
+        train, test = sets.train, sets.test
         if h.only_clusters is not None:
             train = [t for t in train if t.category in set(h.only_clusters)]
         train, val = holdout_instances(train, h.val_instances_per_task)
@@ -189,7 +213,7 @@ class FinetuneDataModule(_TaskDataModule):
                  max_train_instances_per_task: int | None = None, max_val_instances_per_task: int | None = None,
                  max_test_instances_per_task: int | None = 100, tasks_per_batch: int | None = None,
                  num_workers: int = 0, seed: int = 0, on_error: str = "raise", synthetic_seed: int = 0,
-                 cache_dir: str = "runs/data"):
+                 cache_dir: str = "runs/data", splits_dir: str | None = None, instruction_control: Control = "real"):
         super().__init__()
         self.save_hyperparameters()
         self._init_state()
@@ -199,11 +223,12 @@ class FinetuneDataModule(_TaskDataModule):
             return
         h = self.hparams
         self.tokenizer = load_tokenizer(h.tokenizer)
-        train, test = self._load(self._task_dir(), h.split, h.max_train_instances_per_task)
-        self.val_tasks = self.eval_tasks
+        sets = self._load(self._task_dir(), h.split, h.max_train_instances_per_task)
+        val = self._validation_tasks(sets)
+        self.val_tasks = _pairs(val)
         lengths = Lengths(h.max_instruction_length, h.max_input_length, h.max_target_length, h.max_concat_length)
-        self.datasets = _finetune_datasets(self.tokenizer, self.clusters, h.num_pos, lengths, test,
-                                           h.max_val_instances_per_task, train)
+        self.datasets = _finetune_datasets(self.tokenizer, self.clusters, h.num_pos, lengths, val, sets.test,
+                                           sets.train)
 
     def train_dataloader(self) -> DataLoader:
         ds = self.datasets["train"]
@@ -211,11 +236,10 @@ class FinetuneDataModule(_TaskDataModule):
 
 
 def _finetune_datasets(tokenizer, clusters: dict[str, int], num_pos: int, lengths: Lengths,
-                       test: list[Task], max_val: int | None, train: list[Task] | None = None) -> dict:
-    """Finetune-format datasets: eval ones carry metadata; val is a per-task prefix of test."""
+                       val: list[Task], test: list[Task], train: list[Task] | None = None) -> dict:
+    """Finetune-format datasets; the evaluation ones carry metadata."""
     make = partial(SNIDataset, tokenizer=tokenizer, clusters=clusters, num_pos=num_pos, lengths=lengths)
-    out = {"test": make(test, with_meta=True)}
-    out["val"] = out["test"] if max_val is None else make(cap_instances(test, max_val), with_meta=True)
+    out = {"val": make(val, with_meta=True), "test": make(test, with_meta=True)}
     if train is not None:
         out["train"] = make(train)
     return out
@@ -234,7 +258,8 @@ class PretrainDataModule(_TaskDataModule):
                  eval_data_dir: str | None = None, eval_split: str = "default", num_pos: int = 2,
                  max_concat_length: int = 1024, max_val_instances_per_task: int | None = None,
                  max_test_instances_per_task: int | None = 100, num_workers: int = 0, seed: int = 0,
-                 on_error: str = "raise", synthetic_seed: int = 0, cache_dir: str = "runs/data"):
+                 on_error: str = "raise", synthetic_seed: int = 0, cache_dir: str = "runs/data",
+                 splits_dir: str | None = None, instruction_control: Control = "real"):
         super().__init__()
         self.save_hyperparameters()
         self._init_state()
@@ -264,12 +289,12 @@ class PretrainDataModule(_TaskDataModule):
             self.datasets = {"val": self._segments(num_segments=h.num_val_segments, max_documents=h.val_documents)}
             skip = h.val_documents
         else:
-            _, test = self._load(h.eval_data_dir, h.eval_split, max_train=0)
-            self.val_tasks = self.eval_tasks
+            sets = self._load(h.eval_data_dir, h.eval_split, max_train=0)
+            val = self._validation_tasks(sets, "eval_data_dir")
+            self.val_tasks = _pairs(val)
             lengths = Lengths(h.max_instruction_length, h.max_input_length, h.max_target_length,
                               h.max_concat_length)
-            self.datasets = _finetune_datasets(self.tokenizer, self.clusters, h.num_pos, lengths, test,
-                                               h.max_val_instances_per_task)
+            self.datasets = _finetune_datasets(self.tokenizer, self.clusters, h.num_pos, lengths, val, sets.test)
             skip = 0
         self.datasets["train"] = self._segments(num_segments=h.num_train_segments, max_documents=h.max_documents,
                                                 skip_documents=skip)

@@ -2,8 +2,13 @@
 
     <root>/tasks/<task>.json                   Definition, Positive Examples, Instances, Categories, ...
     <root>/splits/<split>/train_tasks.txt       one task name per line
+    <root>/splits/<split>/val_tasks.txt         validation tasks (optional file; SNI has none)
     <root>/splits/<split>/test_tasks.txt
-    <root>/splits/<split>/excluded_tasks.txt    optional; these tasks are dropped from both lists
+    <root>/splits/<split>/excluded_tasks.txt    optional; these tasks are dropped from every list
+
+`splits_dir` replaces `<root>/splits/<split>/` with a folder of the same three lists elsewhere:
+that is how a read-only dataset (SNI, ../shared/data/ni-v1) gets validation tasks carved out of
+its train list, by a list kept in this repository. The three lists must be disjoint.
 
 The full SNI v2 checkout, `../shared/data/ni-v1` and the synthetic suite (`synthetic.py`) all read
 through here. A task's cluster is its first category; `build_clusters` maps categories to ids.
@@ -14,7 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 
 from tagi.errors import TagiError
@@ -23,6 +29,7 @@ log = logging.getLogger(__name__)
 
 REQUIRED_FIELDS = ("Definition", "Positive Examples", "Instances", "Categories")
 ON_ERROR = ("raise", "skip")
+SUBSETS = ("train", "val", "test")
 
 
 class InvalidTaskError(TagiError, ValueError):
@@ -55,6 +62,8 @@ class Task:
     instances: list[Instance]
     categories: list[str]
     path: Path
+    paraphrases: list[str] = field(default_factory=list)  # other wordings of the definition (optional field)
+    instruction: str | None = None  # set by an instruction control: the whole instruction text, verbatim
 
     @property
     def category(self) -> str:
@@ -77,6 +86,14 @@ def _definition(raw: dict, path: Path) -> str:
     if not definition:
         raise InvalidTaskError(path, "Definition", "is empty", "write the task's instruction there")
     return definition
+
+
+def _paraphrases(raw: dict, path: Path) -> list[str]:
+    """`Paraphrases` (this project's optional addition to the schema): other wordings of the definition."""
+    value = raw.get("Paraphrases", [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise InvalidTaskError(path, "Paraphrases", "expected a list of non-empty strings")
+    return [v.strip() for v in value]
 
 
 def _demonstrations(raw: dict, path: Path) -> list[Demonstration]:
@@ -154,7 +171,7 @@ def read_task(path: Path | str, max_instances: int | None = None,
     instances = [_instance(ex, i, name, path) for i, ex in enumerate(raw["Instances"])]
     return Task(name=name, definition=_definition(raw, path), positive_examples=_demonstrations(raw, path),
                 instances=_cap(instances, max_instances, sample_seed, name),
-                categories=_categories(raw, path), path=path)
+                categories=_categories(raw, path), path=path, paraphrases=_paraphrases(raw, path))
 
 
 def _read_names(path: Path) -> list[str]:
@@ -166,16 +183,31 @@ def _read_names(path: Path) -> list[str]:
     return list(dict.fromkeys(names))  # drop duplicates, keep order
 
 
-def task_names(root: Path | str, split: str = "default", subset: str = "train") -> list[str]:
-    """Task names listed in `splits/<split>/<subset>_tasks.txt`, minus `excluded_tasks.txt`."""
-    split_dir = Path(root) / "splits" / split
-    path = split_dir / f"{subset}_tasks.txt"
+class SplitOverlapError(TagiError, ValueError):
+    """A task listed in two of the train / validation / test lists."""
+
+
+def split_dir(root: Path | str, split: str = "default", splits_dir: str | Path | None = None) -> Path:
+    """The folder holding `{train,val,test}_tasks.txt`: `splits_dir` if given, else `<root>/splits/<split>`."""
+    return Path(splits_dir) if splits_dir is not None else Path(root) / "splits" / split
+
+
+def task_names(root: Path | str, split: str = "default", subset: str = "train",
+               splits_dir: str | Path | None = None) -> list[str]:
+    """Task names listed in `<subset>_tasks.txt` of the split folder, minus `excluded_tasks.txt`.
+
+    A missing `val_tasks.txt` means no validation tasks (SNI ships none); other lists are required.
+    """
+    folder = split_dir(root, split, splits_dir)
+    path = folder / f"{subset}_tasks.txt"
     if not path.is_file():
-        have = sorted(p.name for p in (Path(root) / "splits").glob("*")) if split_dir.parent.is_dir() else []
-        raise FileNotFoundError(f"{path}: split file not found (splits present under {split_dir.parent}: "
+        if subset == "val":
+            return []
+        have = sorted(p.name for p in folder.parent.glob("*")) if folder.parent.is_dir() else []
+        raise FileNotFoundError(f"{path}: split file not found (splits present under {folder.parent}: "
                                 f"{have or 'none'}); is {root} a Super-NaturalInstructions-layout directory?")
     names = _read_names(path)
-    excluded_path = split_dir / "excluded_tasks.txt"
+    excluded_path = folder / "excluded_tasks.txt"
     if excluded_path.is_file():
         excluded = set(_read_names(excluded_path))
         dropped = [n for n in names if n in excluded]
@@ -185,19 +217,35 @@ def task_names(root: Path | str, split: str = "default", subset: str = "train") 
     return names
 
 
+def split_names(root: Path | str, split: str = "default", splits_dir: str | Path | None = None) -> dict[str, list[str]]:
+    """{train, val, test} → task names; raises `SplitOverlapError` naming a shared task and both lists."""
+    names = {subset: task_names(root, split, subset, splits_dir) for subset in SUBSETS}
+    folder = split_dir(root, split, splits_dir)
+    for a, b in combinations(SUBSETS, 2):
+        shared = [name for name in names[a] if name in set(names[b])]
+        if shared:
+            raise SplitOverlapError(
+                f"{folder / f'{a}_tasks.txt'} and {folder / f'{b}_tasks.txt'}: task {shared[0]!r}"
+                f"{f' (and {len(shared) - 1} more)' if len(shared) > 1 else ''} is in both lists; train, "
+                "validation and test tasks must be disjoint (a validation task is carved out of the train "
+                "list, not added to it): remove it from one of them")
+    return names
+
+
 def load_split(root: Path | str, split: str = "default", subset: str = "train",
                max_instances: int | None = None, on_error: str = "raise",
-               sample_seed: int | None = None) -> list[Task]:
-    """Read every task of `splits/<split>/<subset>_tasks.txt`, in file order.
+               sample_seed: int | None = None, splits_dir: str | Path | None = None,
+               names: list[str] | None = None) -> list[Task]:
+    """Read every task of `<subset>_tasks.txt` (or of `names`), in list order.
 
     `on_error="skip"` logs a warning (file and field) and leaves the task out instead of raising.
     """
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     root = Path(root)
-    split_file = root / "splits" / split / f"{subset}_tasks.txt"
+    split_file = split_dir(root, split, splits_dir) / f"{subset}_tasks.txt"
     tasks = []
-    for name in task_names(root, split, subset):
+    for name in task_names(root, split, subset, splits_dir) if names is None else names:
         path = root / "tasks" / f"{name}.json"
         try:
             if not path.is_file():

@@ -17,7 +17,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from . import templates
-from .sni import Task, build_clusters, load_split
+from .sni import Task, build_clusters, load_split, split_names
 from .synthetic import VERSION as SUITE_VERSION, ensure_suite
 from .tokenization import encode
 
@@ -129,12 +129,29 @@ def prepare_data_dir(data_dir: str | None, synthetic_seed: int = 0, cache_dir: s
     return path
 
 
-def load_tasks(root: Path, split: str, max_train: int | None, max_test: int | None, on_error: str,
-               seed: int) -> tuple[list[Task], list[Task], dict[str, int]]:
-    """(train tasks, held-out test tasks, clusters over both); train caps are a seeded sample."""
-    train = load_split(root, split, "train", max_train, on_error, sample_seed=seed)
-    test = load_split(root, split, "test", max_test, on_error)
-    return train, test, build_clusters(train + test)
+@dataclass
+class TaskSets:
+    """The three disjoint task sets of a setting, and the category → cluster id map over all of them."""
+
+    train: list[Task]
+    val: list[Task]
+    test: list[Task]
+    clusters: dict[str, int]
+
+
+def load_tasks(root: Path, split: str, max_train: int | None, max_eval: int | None, on_error: str,
+               seed: int, splits_dir: str | None = None) -> TaskSets:
+    """Train (caps are a seeded sample), validation and test tasks (first `max_eval` instances each).
+
+    No validation tasks is an empty list: the data modules that validate on them say how to add some.
+    """
+    names = split_names(root, split, splits_dir)  # raises on a task listed twice
+    def read(subset: str, cap: int | None, sample_seed: int | None = None) -> list[Task]:
+        if not names[subset]:
+            return []
+        return load_split(root, split, subset, cap, on_error, sample_seed, splits_dir, names[subset])
+    train, val, test = read("train", max_train, seed), read("val", max_eval), read("test", max_eval)
+    return TaskSets(train, val, test, build_clusters(train + val + test))
 
 
 def cap_instances(tasks: list[Task], max_instances: int | None) -> list[Task]:

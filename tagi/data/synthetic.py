@@ -1,18 +1,23 @@
 """The embedded task suite: synthetic instruction tasks in the SNI layout, written deterministically.
 
 Every task maps a short list of animal words ("cow fox ape") to an output; all tasks draw inputs
-from the same distribution, so only the definition says which operation to apply. Families
-(= SNI categories = clusters): Word Order, Case, Selection, Spelling, Filtering, Counting,
-Composition. Held-out test tasks are unseen *combinations* of seen parts:
+from the same distribution, so one input is valid for every task and has a different answer in
+most of them: only the definition says which operation to apply. No instance's answer is its
+input, so a model that copies its input scores 0 exact match (the headline metric; ROUGE-L still
+rewards reusing the input's words). Families (= SNI categories = clusters): Word Order, Case,
+Filtering, Counting, Composition (with train tasks), Spelling (validation only) and Selection
+(test only). Train / validation / test are disjoint task sets; validation and test each hold out:
 
-    position ops {pick, upper_at, drop_at} x {first, second, last}   3 of 9 cells held out
-    letter ops   {keep, drop, count_with}  x {a, e, o}               3 of 9 cells held out
-    compositions {reverse, sort, mirror}   x {upper, initials, pick first}   3 of 9 held out
+    unseen combinations   a seen operation with a seen argument, never together in training
+                          (positions: upper_at, drop_at x first/second/last; letters: keep, drop,
+                          count x a/e/o; compositions: reverse, sort, mirror x upper, initials, pick)
+    unseen phrasings      a trained operation, worded in a phrasing no train task uses
+    an unseen category    no train task, so no teacher (as SNI's test categories)
 
-so each held-out task's operation and argument both appear in training, never together. Each
-operation has three paraphrased phrasings; a train cell is a task per phrasing (84 train tasks),
-a held-out cell one task (9 test tasks); definitions are "Given a list of words, <phrase>."
-Sizes suit a tiny T5 on CPU: inputs <= 24 bytes, definitions <= 120 bytes.
+Each operation has five phrasings: three for train tasks (a train cell is one task per phrasing),
+one for the unseen-phrasing tasks, and one that is never a definition: the held-out paraphrase
+that the instruction controls substitute. Definitions are "Given a list of words, <phrase>."
+Sizes suit a tiny T5 on CPU: inputs <= 24 bytes, definitions <= 130 bytes.
 
     python -m tagi.data.synthetic --out DIR [--seed N] [--num-instances N]
 """
@@ -26,9 +31,10 @@ import random
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-VERSION = 2  # part of the cache directory name: a new suite never reuses an old cache
+VERSION = 3  # part of the cache directory name: a new suite never reuses an old cache
 WORDS = ("ant ape bat bee cat cod cow crab deer dog duck eel elk emu fish fly fox frog goat gnu "
          "hen hog jay lion mole moth owl pig ram rat seal slug swan toad wolf yak").split()
 MIN_WORDS, MAX_WORDS = 3, 5
@@ -56,32 +62,38 @@ def _count(words: Words) -> Words:
 
 def reverse() -> Op:
     return Op("reverse", lambda w: w[::-1], ("reverse the order of the words",
-              "write the words from last to first", "list the words in backward order"))
+              "write the words from last to first", "list the words in backward order",
+              "turn the word order around", "print the words in reverse sequence"))
 
 
 def sort() -> Op:
     return Op("sort", sorted, ("sort the words alphabetically", "put the words in alphabetical order",
-              "order the words from a to z"))
+              "order the words from a to z", "arrange the words in dictionary order", "alphabetize the words"))
 
 
 def rotate() -> Op:
     return Op("rotate", lambda w: w[1:] + w[:1], ("move the first word to the end",
-              "put the first word after all the others", "rotate the words one step to the left"))
+              "put the first word after all the others", "rotate the words one step to the left",
+              "take the first word off the front and append it at the back",
+              "shift every word one place left, the first wrapping around to the end"))
 
 
 def swap_ends() -> Op:
     return Op("swap_ends", lambda w: w[-1:] + w[1:-1] + w[:1], ("swap the first and the last word",
-              "exchange the first word with the last word", "let the first and last words trade places"))
+              "exchange the first word with the last word", "let the first and last words trade places",
+              "switch the positions of the first and last words", "interchange the opening word and the closing word"))
 
 
 def upper() -> Op:
     return Op("upper", lambda w: [x.upper() for x in w], ("write every word in capital letters",
-              "convert all letters to upper case", "uppercase the whole text"))
+              "convert all letters to upper case", "uppercase the whole text", "make every letter a capital",
+              "print the text in all caps"))
 
 
 def capitalize() -> Op:
     return Op("capitalize", lambda w: [x.capitalize() for x in w], ("capitalize the first letter of "
-              "each word", "start every word with a capital letter", "write each word in title case"))
+              "each word", "start every word with a capital letter", "write each word in title case",
+              "make the initial letter of every word a capital", "give each word an upper case first letter"))
 
 
 def upper_at(pos: str) -> Op:
@@ -89,12 +101,14 @@ def upper_at(pos: str) -> Op:
         i = POSITIONS[pos] % len(w)
         return [x.upper() if j == i else x for j, x in enumerate(w)]
     return Op(f"upper_{pos}", fn, (f"write the {pos} word in capital letters",
-              f"uppercase only the {pos} word", f"convert the {pos} word to upper case"))
+              f"uppercase only the {pos} word", f"convert the {pos} word to upper case",
+              f"make the {pos} word all capitals", f"print the {pos} word in all caps"))
 
 
 def pick(pos: str) -> Op:
     return Op(f"pick_{pos}", lambda w: [w[POSITIONS[pos]]], (f"return the {pos} word",
-              f"output only the {pos} word", f"give just the {pos} word"))
+              f"output only the {pos} word", f"give just the {pos} word", f"keep nothing but the {pos} word",
+              f"answer with the {pos} word alone"))
 
 
 def drop_at(pos: str) -> Op:
@@ -102,64 +116,84 @@ def drop_at(pos: str) -> Op:
         i = POSITIONS[pos] % len(w)
         return _nonempty([x for j, x in enumerate(w) if j != i])
     return Op(f"drop_{pos}", fn, (f"delete the {pos} word", f"remove the {pos} word",
-              f"output all words except the {pos} one"))
+              f"output all words except the {pos} one", f"leave out the {pos} word",
+              f"erase the {pos} word and keep the rest"))
 
 
 def initials() -> Op:
     return Op("initials", lambda w: ["".join(x[0] for x in w)], ("write the first letter of each word",
-              "join the initial letters of the words", "form an acronym from the words"))
+              "join the initial letters of the words", "form an acronym from the words",
+              "take the first character of every word and join them",
+              "spell the word made of the words' first letters"))
 
 
 def finals() -> Op:
     return Op("finals", lambda w: ["".join(x[-1] for x in w)], ("write the last letter of each word",
-              "join the final letters of the words", "collect the last letter of every word"))
+              "join the final letters of the words", "collect the last letter of every word",
+              "take the last character of every word and join them",
+              "spell the word made of the words' final letters"))
 
 
 def mirror() -> Op:
     return Op("mirror", lambda w: [x[::-1] for x in w], ("spell each word backwards",
-              "reverse the letters inside each word", "write every word mirrored"))
+              "reverse the letters inside each word", "write every word mirrored",
+              "write each word with its letters in reverse", "flip the letters of every word"))
 
 
 def keep(letter: str) -> Op:
     return Op(f"keep_{letter}", lambda w: _nonempty([x for x in w if letter in x]), (
         f"keep only the words that contain the letter {letter}",
-        f"remove every word without the letter {letter}", f"output the words that include {letter}"))
+        f"remove every word without the letter {letter}", f"output the words that include {letter}",
+        f"select the words containing {letter}", f"filter the list down to words with an {letter}"))
 
 
 def drop(letter: str) -> Op:
     return Op(f"drop_{letter}", lambda w: _nonempty([x for x in w if letter not in x]), (
         f"delete every word that contains the letter {letter}",
         f"keep only the words without the letter {letter}",
-        f"output the words that do not include {letter}"))
+        f"output the words that do not include {letter}", f"throw away the words that contain {letter}",
+        f"filter out any word having an {letter}"))
 
 
 def count_words() -> Op:
     return Op("count", _count, ("count the words", "say how many words there are",
-              "give the number of words"))
+              "give the number of words", "tell how many words are in the list", "report the word count"))
 
 
 def count_with(letter: str) -> Op:
     return Op(f"count_{letter}", lambda w: _count([x for x in w if letter in x]), (
         f"count the words that contain the letter {letter}", f"say how many words include {letter}",
-        f"give the number of words with the letter {letter}"))
+        f"give the number of words with the letter {letter}", f"tell how many words contain {letter}",
+        f"report how many words have an {letter}"))
 
 
 # -------------------------------------------------------------------------------------- the suite
+TRAIN_PHRASINGS = (0, 1, 2)  # a train cell appears once in each of these
+UNSEEN_PHRASING = 3  # only held-out tasks of trained operations use it
+PARAPHRASE = 4  # never a task's definition: the held-out paraphrase of the instruction controls
+SPLITS = ("train", "val", "test")
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     category: str
     ops: tuple[Op, ...]  # applied left to right
     phrasing: int  # which paraphrase of each op's wording
-    test: bool = False
+    split: str = "train"
 
     @property
     def slug(self) -> str:
         return "_then_".join(op.slug for op in self.ops) + f"_p{self.phrasing}"
 
-    def definition(self) -> str:
-        phrases = [op.phrasings[self.phrasing % len(op.phrasings)] for op in self.ops]
+    def definition(self, phrasing: int | None = None) -> str:
+        p = self.phrasing if phrasing is None else phrasing
+        phrases = [op.phrasings[p] for op in self.ops]
         body = phrases[0] if len(phrases) == 1 else f"first {phrases[0]}, then {phrases[1]}"
         return f"Given a list of words, {body}."
+
+    def paraphrase(self) -> str:
+        """The same task in words no task of the suite uses (instruction controls)."""
+        return self.definition(PARAPHRASE)
 
     def outputs(self, words: Words) -> list[str]:
         for op in self.ops:
@@ -169,36 +203,54 @@ class TaskSpec:
         return [out, NUMBER_WORDS[int(out)]] if out.isdigit() else [out]
 
 
+def _train_cell(category: str, *ops: Op) -> list[TaskSpec]:
+    return [TaskSpec(category, ops, p) for p in TRAIN_PHRASINGS]
+
+
+def _held_out(split: str, category: str, *ops: Op, phrasing: int) -> list[TaskSpec]:
+    return [TaskSpec(category, ops, phrasing, split)]
+
+
 def suite() -> list[TaskSpec]:
-    """84 train + 9 held-out test tasks in 7 categories (order fixes the task numbering).
+    """66 train, 9 validation and 9 test tasks in 7 categories (order fixes the task numbering).
 
-    A train cell (operation, argument) appears once per phrasing, so a model must read what the
-    words of a definition mean rather than memorise 1 string per operation; a held-out cell
-    appears in one phrasing only, and never in training.
+    A train cell (operation, argument) appears in each train phrasing, so a model must read what
+    the words of a definition mean rather than memorise one string per operation. Validation and
+    test hold out the same three kinds, disjointly: unseen combinations of seen operations and
+    arguments, a seen operation in an unseen phrasing, and a whole category with no train task
+    (Spelling for validation, Selection for test: as in SNI, no teacher exists for it; their words
+    do occur inside train compositions, e.g. "then return the first word").
     """
-    def cell(category: str, *ops: Op, held_out_phrasing: int | None = None) -> list[TaskSpec]:
-        if held_out_phrasing is not None:
-            return [TaskSpec(category, ops, held_out_phrasing, test=True)]
-        return [TaskSpec(category, ops, p) for p in range(len(ops[0].phrasings))]
-
+    val, test = partial(_held_out, "val"), partial(_held_out, "test")
     cells = [
-        *(cell("Word Order", op()) for op in (reverse, sort, rotate, swap_ends)),
-        cell("Case", upper()), cell("Case", capitalize()),
-        cell("Case", upper_at("first")), cell("Case", upper_at("second")), cell("Case", upper_at("last"), held_out_phrasing=2),
-        cell("Selection", pick("first")), cell("Selection", pick("last")), cell("Selection", pick("second"), held_out_phrasing=1),
-        *(cell("Spelling", op()) for op in (initials, finals, mirror)),
-        cell("Filtering", keep("a")), cell("Filtering", keep("e")), cell("Filtering", keep("o"), held_out_phrasing=2),
-        cell("Filtering", drop("e")), cell("Filtering", drop("o")), cell("Filtering", drop("a"), held_out_phrasing=1),
-        cell("Filtering", drop_at("second")), cell("Filtering", drop_at("last")),
-        cell("Filtering", drop_at("first"), held_out_phrasing=2),
-        cell("Counting", count_words()), cell("Counting", count_with("a")), cell("Counting", count_with("o")),
-        cell("Counting", count_with("e"), held_out_phrasing=2),
-        cell("Composition", reverse(), upper()), cell("Composition", reverse(), pick("first")),
-        cell("Composition", sort(), upper()), cell("Composition", sort(), initials()),
-        cell("Composition", mirror(), initials()), cell("Composition", mirror(), pick("first")),
-        cell("Composition", reverse(), initials(), held_out_phrasing=1),
-        cell("Composition", sort(), pick("first"), held_out_phrasing=0),
-        cell("Composition", mirror(), upper(), held_out_phrasing=2),
+        *(_train_cell("Word Order", op()) for op in (reverse, sort, rotate, swap_ends)),
+        test("Word Order", rotate(), phrasing=UNSEEN_PHRASING),
+        val("Word Order", swap_ends(), phrasing=UNSEEN_PHRASING),
+        _train_cell("Case", upper()), _train_cell("Case", capitalize()),
+        _train_cell("Case", upper_at("first")), _train_cell("Case", upper_at("second")),
+        test("Case", upper_at("last"), phrasing=2),
+        val("Case", capitalize(), phrasing=UNSEEN_PHRASING),
+        _train_cell("Filtering", drop_at("second")), _train_cell("Filtering", drop_at("last")),
+        val("Filtering", drop_at("first"), phrasing=1),
+        # letters grid {keep, drop, count} x {a, e, o}: every op and letter is trained somewhere
+        _train_cell("Filtering", keep("a")), _train_cell("Filtering", drop("e")), _train_cell("Filtering", drop("o")),
+        test("Filtering", keep("o"), phrasing=2), val("Filtering", keep("e"), phrasing=0),
+        val("Filtering", drop("a"), phrasing=1),
+        _train_cell("Counting", count_words()), _train_cell("Counting", count_with("a")),
+        _train_cell("Counting", count_with("o")),
+        test("Counting", count_with("e"), phrasing=2),
+        _train_cell("Composition", reverse(), upper()), _train_cell("Composition", reverse(), initials()),
+        _train_cell("Composition", sort(), upper()), _train_cell("Composition", sort(), initials()),
+        _train_cell("Composition", mirror(), upper()), _train_cell("Composition", mirror(), pick("first")),
+        # (reverse, pick first) is "the last word": a test cell, so no train task answers like test's pick_last
+        test("Composition", reverse(), pick("first"), phrasing=1), test("Composition", sort(), pick("first"), phrasing=0),
+        # (mirror, initials) is "the last letters": held out, so no train task answers like Spelling's finals
+        val("Composition", mirror(), initials(), phrasing=2),
+        # whole categories without a train task
+        test("Selection", pick("first"), phrasing=0), test("Selection", pick("second"), phrasing=1),
+        test("Selection", pick("last"), phrasing=2),
+        val("Spelling", initials(), phrasing=0), val("Spelling", finals(), phrasing=1),
+        val("Spelling", mirror(), phrasing=2),
     ]
     return [spec for specs in cells for spec in specs]
 
@@ -211,21 +263,33 @@ def _random_words(rng: random.Random) -> Words:
     return rng.sample(WORDS, rng.randint(MIN_WORDS, MAX_WORDS))
 
 
+def _distinct_inputs(spec: TaskSpec, rng: random.Random, n: int) -> list[tuple[str, Words]]:
+    """`n` different inputs whose answer is not the input itself: copying the input never scores."""
+    inputs: dict[str, Words] = {}
+    while len(inputs) < n:
+        words = _random_words(rng)
+        text = " ".join(words)
+        if spec.outputs(list(words))[0] != text:
+            inputs.setdefault(text, words)
+    return list(inputs.items())
+
+
 def task_json(name: str, spec: TaskSpec, rng: random.Random, num_instances: int,
               num_pos: int = 2) -> dict:
-    """One SNI-format task; positive examples are drawn apart from the instances (no leakage)."""
-    inputs: dict[str, Words] = {}
-    while len(inputs) < num_pos + num_instances:
-        words = _random_words(rng)
-        inputs.setdefault(" ".join(words), words)
-    items = list(inputs.items())
+    """One SNI-format task; positive examples are drawn apart from the instances (no leakage).
+
+    `Paraphrases` is this suite's addition to the SNI schema: definitions of the same task in
+    other words, for the instruction controls (`tagi.data.controls`); SNI readers ignore it.
+    """
+    items = _distinct_inputs(spec, rng, num_pos + num_instances)
     pos = [{"input": x, "output": spec.outputs(w)[0], "explanation": ""} for x, w in items[:num_pos]]
     instances = [{"id": f"{name}-{i}", "input": x, "output": spec.outputs(w)}
                  for i, (x, w) in enumerate(items[num_pos:])]
     return {"Categories": [spec.category], "Contributors": [], "Definition": [spec.definition()],
             "Domains": ["Synthetic"], "Input_language": ["English"], "Instances": instances,
             "Instruction_language": ["English"], "Negative Examples": [], "Output_language": ["English"],
-            "Positive Examples": pos, "Reasoning": [], "Source": ["tagi-synthetic"], "URL": []}
+            "Paraphrases": [spec.paraphrase()], "Positive Examples": pos, "Reasoning": [],
+            "Source": ["tagi-synthetic"], "URL": []}
 
 
 def _seeded_task_json(name: str, spec: TaskSpec, seed: int, num_instances: int) -> dict:
@@ -240,20 +304,20 @@ def _dump(path: Path, obj) -> None:
 
 
 def write_suite(out_dir: Path | str, seed: int = 0, num_instances: int = 100) -> Path:
-    """Write the suite in SNI layout under `out_dir` (tasks/, splits/default/, synthetic.json)."""
+    """Write the suite in SNI layout under `out_dir` (tasks/, splits/default/{train,val,test}_tasks.txt, synthetic.json)."""
     out = Path(out_dir)
     (out / "tasks").mkdir(parents=True, exist_ok=True)
     (out / "splits" / "default").mkdir(parents=True, exist_ok=True)
-    names = {"train": [], "test": []}
+    names: dict[str, list[str]] = {split: [] for split in SPLITS}
     for i, spec in enumerate(suite(), start=1):
         name = task_name(i, spec)
         _dump(out / "tasks" / f"{name}.json", _seeded_task_json(name, spec, seed, num_instances))
-        names["test" if spec.test else "train"].append(name)
+        names[spec.split].append(name)
     for subset, listed in names.items():
         (out / "splits" / "default" / f"{subset}_tasks.txt").write_bytes(("\n".join(listed) + "\n").encode())
     _dump(out / "synthetic.json", {"generator": "tagi.data.synthetic", "version": VERSION, "seed": seed,
-                                   "num_instances": num_instances, "num_train": len(names["train"]),
-                                   "num_test": len(names["test"])})
+                                   "num_instances": num_instances,
+                                   **{f"num_{split}": len(listed) for split, listed in names.items()}})
     return out
 
 
@@ -278,7 +342,7 @@ def train_texts(seed: int = 0, num_instances: int = 100) -> list[str]:
     """Every definition, input and output of the TRAIN tasks, as written to disk (tokenizer corpus)."""
     texts = []
     for i, spec in enumerate(suite(), start=1):
-        if spec.test:
+        if spec.split != "train":
             continue
         task = _seeded_task_json(task_name(i, spec), spec, seed, num_instances)
         texts += task["Definition"]

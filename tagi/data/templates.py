@@ -30,7 +30,10 @@ def definition_text(task: Task) -> str:
 
 
 def instruction_text(task: Task, num_pos: int = 2) -> str:
-    """`Def` when num_pos == 0, else `Def + kPos` with the task's first k positive examples."""
+    """`Def` when num_pos == 0, else `Def + kPos` with the task's first k positive examples; an
+    instruction control's text verbatim when one is set (`tagi.data.controls`)."""
+    if task.instruction is not None:
+        return task.instruction
     parts = [definition_text(task)]
     for i, ex in enumerate(task.positive_examples[:num_pos], start=1):
         parts.append(f"Positive Example {i} -\nInput: {ex.input}\nOutput: {ex.output}")
@@ -47,7 +50,8 @@ def concat_prompt_text(instance_input: str) -> str:
 
 
 def concat_prefix_text(task: Task, num_pos: int = 2) -> str:
-    return instruction_text(task, num_pos) + "\n\n"
+    text = instruction_text(task, num_pos)
+    return text + "\n\n" if text else ""  # an empty instruction leaves the instance prompt alone
 
 
 def concat_input_text(task: Task, instance_input: str, num_pos: int = 2) -> str:
