@@ -1,143 +1,273 @@
-"""Held-out quality of TAGI, its baselines and ablations, trained and tested the same way.
+"""Test-task quality of TAGI, its baselines and ablations, each seed rerunning the whole chain.
 
-    python benchmarks/quality.py --setting demo --seeds 0 1 2 [--variants tagi concat ...]
+    python benchmarks/quality.py --setting demo --seeds 0 1 2 [--variants tagi concat ...] [--share-theta0]
 
-Needs the setting's pipeline to have run once (θ0, the stage-2 checkpoint and the teachers):
-`python -m tagi pipeline --config configs/<setting>/pipeline.yaml`. Every variant is a config of
-the framework (configs/<setting>/finetune.yaml or baselines/*.yaml, plus overrides), trained for
-the same number of steps, then tested on the held-out tasks; finished runs are skipped on rerun.
-Prints a Markdown table (mean ± std over seeds), writes it with the raw scores to
-runs/quality/<setting>/quality.{md,json} and a bar plot quality.png.
+Per seed, every stage a variant depends on is trained with that seed (θ0 when the setting has a
+stage 0, unless --share-theta0 reuses the pipeline's; the teachers; the stage-2 checkpoint), under
+runs/quality/<setting>/seed<N>/. Every variant is a config of the framework (finetune.yaml or
+baselines/*.yaml, plus overrides), trained the same number of steps, then tested on the test
+tasks: with the real instructions and, for every variant that reads instructions, with each
+instruction control. Finished runs and tests are reused on rerun and a killed run resumes from its
+last checkpoint, so the command can be repeated until everything is there.
+
+Writes docs/results/quality-<setting>.{json,md,png}: mean ± std over seeds, the last validation
+score of every run (validation tasks; defaults are chosen there), the controls, and paired
+differences (each method against instruction concatenation, each ablation against TAGI) with a
+95% two-level bootstrap interval over seeds and test examples (`tagi.results.paired_bootstrap`).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tagi.pipeline import THETA0, _fit, _test  # noqa: E402  (the pipeline's own stage runner)
+from tagi.io import atomic_write_text  # noqa: E402
+from tagi.pipeline import CONTROL_ROWS, HEADLINE, THETA0, _fit, _test, control_args  # noqa: E402
+from tagi.reports import RESULTS_JSON  # noqa: E402
+from tagi.results import git_commit, paired_bootstrap, per_example, render_block  # noqa: E402
 
-# name → (config relative to configs/<setting>/, overrides, needs the pipeline's stage-2/teacher links)
 NO_FUSION = ["--model.init_args.architecture.fusion=false", "--model.init_args.architecture.fid=false"]
-VARIANTS: dict[str, tuple[str, list[str], bool]] = {
-    "no-instruction": ("baselines/no-instruction.yaml", [], False),
-    "concat": ("baselines/concat.yaml", [], False),
-    "hint": ("baselines/hint.yaml", [], True),
-    "tagi": ("finetune.yaml", [], True),
-    "tagi-no-kl": ("finetune.yaml", ["--model.init_args.distillation.kl_weight=0"], True),
-    "tagi-no-param": ("finetune.yaml", ["--model.init_args.distillation.param_weight=0"], True),
-    "tagi-ab": ("finetune.yaml", ["--model.init_args.distillation.param_form=ab"], True),
-    "tagi-hart": ("finetune.yaml", ["--model.init_args.distillation.consistency_weight=0.1"], True),
-    "tagi-no-pretrain": ("finetune.yaml", ["--model.init_args.init_from=null"], True),
-    # The instruction reaches the model only through the generated LoRA: no encoder fusion, no FiD.
-    # It needs a stage-2 checkpoint of the same architecture, pretrained here (seed 0, same steps).
-    "tagi-no-fusion": ("finetune.yaml", NO_FUSION, True),
+
+
+@dataclass(frozen=True)
+class Variant:
+    config: str  # relative to configs/<setting>/
+    label: str
+    overrides: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()  # upstream stages: "teacher", "pretrain" (θ0 always)
+    reads_instructions: bool = True
+    pretrain_overrides: tuple[str, ...] | None = None  # its own stage 2 (another architecture)
+    reference: str | None = None  # paired difference against this variant
+
+
+VARIANTS: dict[str, Variant] = {
+    "no-instruction": Variant("baselines/no-instruction.yaml", "θ0 finetuned on inputs alone", reads_instructions=False,
+                              reference="concat"),
+    "concat": Variant("baselines/concat.yaml", "θ0 finetuned, instruction concatenated (Tk-Instruct)"),
+    "hint": Variant("baselines/hint.yaml", "hypernetwork, CE only (HINT-like)", needs=("pretrain",), reference="concat"),
+    "tagi": Variant("finetune.yaml", "TAGI: CE + KL + parameter loss", needs=("teacher", "pretrain"), reference="concat"),
+    "tagi-no-kl": Variant("finetune.yaml", "TAGI without KL", ("--model.init_args.distillation.kl_weight=0",),
+                          ("teacher", "pretrain"), reference="tagi"),
+    "tagi-no-param": Variant("finetune.yaml", "TAGI without parameter loss", ("--model.init_args.distillation.param_weight=0",),
+                             ("teacher", "pretrain"), reference="tagi"),
+    "tagi-ab": Variant("finetune.yaml", "TAGI, `ab` parameter loss", ("--model.init_args.distillation.param_form=ab",),
+                       ("teacher", "pretrain"), reference="tagi"),
+    "tagi-hart": Variant("finetune.yaml", "TAGI + HART consistency (λ 0.1)",
+                         ("--model.init_args.distillation.consistency_weight=0.1",), ("teacher", "pretrain"), reference="tagi"),
+    "tagi-no-pretrain": Variant("finetune.yaml", "TAGI without stage 2", ("--model.init_args.init_from=null",),
+                                ("teacher",), reference="tagi"),
+    # The instruction reaches the model only through the generated LoRA: no encoder fusion, no FiD;
+    # its stage 2 is pretrained with the same architecture (same seed, same steps).
+    "tagi-no-fusion": Variant("finetune.yaml", "TAGI without fusion and FiD (LoRA only)", tuple(NO_FUSION),
+                              ("teacher", "pretrain"), pretrain_overrides=tuple(NO_FUSION), reference="tagi"),
 }
-OWN_PRETRAIN = {"tagi-no-fusion": ("pretrain.yaml", NO_FUSION)}
 BASELINES = ["no-instruction", "concat", "hint", "tagi"]
+EXTRA_PAIRS = [("hint", "no-instruction")]  # a hypernetwork should at least beat ignoring the instruction
 
 
-def links(run_dir: Path, teachers: Path) -> list[str]:
-    pretrain = run_dir / "pretrain" / "checkpoints" / "last.ckpt"
-    missing = [str(path) for path in (run_dir / THETA0, pretrain, teachers) if not path.exists()]
-    if missing:
-        raise SystemExit(f"missing {', '.join(missing)}: run the setting's pipeline first "
-                         f"(python -m tagi pipeline --config configs/<setting>/pipeline.yaml)")
-    return [f"--model.init_args.init_from={pretrain}", f"--model.init_args.teachers={teachers}"]
+class Ledger:
+    """Seconds spent per run and test folder, kept beside the runs: a run resumed over several
+    sessions adds its parts, and a reused one keeps the time it took (the total CPU time reported)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.seconds: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def add(self, key: str, seconds: float | None) -> None:
+        if seconds is None:
+            return
+        self.seconds[key] = round(self.seconds.get(key, 0.0) + seconds, 1)
+        atomic_write_text(self.path, json.dumps(self.seconds, indent=1, sort_keys=True) + "\n")
+
+    def fit(self, folder: Path, stage: str, config: str, extra: list[str]) -> dict:
+        done = _fit(stage, config, folder, extra, force=False)
+        self.add(str(folder / stage), done.get("seconds"))
+        return done
+
+    def total(self) -> float:
+        return round(sum(self.seconds.values()), 1)
 
 
-def run_variant(setting: str, name: str, seed: int, run_dir: Path, pipeline_links: list[str]) -> dict:
-    config, overrides, linked = VARIANTS[name]
-    config = str(ROOT / "configs" / setting / config)
-    if name in OWN_PRETRAIN:
-        overrides = [*overrides, f"--model.init_args.init_from={own_pretrain(setting, name, run_dir)}"]
-    # The seed must reach the data order too: a warm-started hypernetwork has no random init to vary.
-    extra = [f"--seed_everything={seed}", f"--data.init_args.seed={seed}", f"--model.init_args.backbone.name={run_dir / THETA0}",
-             *(pipeline_links if linked else []), *overrides]
-    folder = run_dir / "quality"
-    done = _fit(f"{name}-seed{seed}", config, folder, extra, force=False)
-    results = folder / f"{name}-seed{seed}-test" / "results.json"
-    if results.is_file() and json.loads(results.read_text())["checkpoint"] == done["last_checkpoint"]:
-        scores = json.loads(results.read_text())["overall"]  # tested already (a rerun adds variants or seeds)
-    else:
-        scores = _test(config, folder, done["last_checkpoint"], extra, f"{name}-seed{seed}-test")
-    return {"rougeL": scores["rougeL"], "exact_match": scores["exact_match"], "train_seconds": done.get("seconds")}
+@dataclass
+class Chain:
+    """One seed's upstream artifacts, trained on first use."""
+
+    setting: str
+    seed: int
+    folder: Path
+    theta0: Path
+    ledger: Ledger
+    shared_theta0: bool = False
+    built: dict[str, str] = field(default_factory=dict)
+
+    def config(self, name: str) -> str:
+        return str(ROOT / "configs" / self.setting / name)
+
+    def seed_args(self) -> list[str]:
+        return [f"--seed_everything={self.seed}", f"--data.init_args.seed={self.seed}"]
+
+    def base_args(self) -> list[str]:
+        return [*self.seed_args(), f"--model.init_args.backbone.name={self.ensure_theta0()}"]
+
+    def ensure_theta0(self) -> Path:
+        has_stage0 = (ROOT / "configs" / self.setting / "backbone.yaml").is_file()
+        if self.shared_theta0 or not has_stage0 or (self.folder / "backbone" / "complete.json").is_file():
+            return self.theta0
+        self.ledger.fit(self.folder, "backbone", self.config("backbone.yaml"),
+                        [*self.seed_args(), f"--model.init_args.backbone.seed={self.seed}",
+                         f"--model.init_args.output_dir={self.theta0}"])
+        return self.theta0
+
+    def teachers(self) -> str:
+        if "teacher" not in self.built:
+            out = self.folder / "teachers"
+            self.ledger.fit(self.folder, "teacher", self.config("teacher.yaml"),
+                            [*self.base_args(), f"--model.init_args.output_dir={out}"])
+            self.built["teacher"] = str(out)
+        return self.built["teacher"]
+
+    def pretrain(self, overrides: tuple[str, ...] | None = None) -> str:
+        key = "pretrain" if overrides is None else "pretrain-" + "-".join(o.split(".")[-1] for o in overrides)
+        if key not in self.built:
+            done = self.ledger.fit(self.folder, key, self.config("pretrain.yaml"), [*self.base_args(), *(overrides or ())])
+            self.built[key] = done["last_checkpoint"]
+        return self.built[key]
 
 
-def own_pretrain(setting: str, name: str, run_dir: Path) -> str:
-    """Stage 2 for a variant whose architecture differs from the pipeline's (seed 0, the pipeline's step budget)."""
-    config, overrides = OWN_PRETRAIN[name]
-    extra = ["--seed_everything=0", f"--model.init_args.backbone.name={run_dir / THETA0}", *overrides]
-    return _fit(f"{name}-pretrain", str(ROOT / "configs" / setting / config), run_dir / "quality", extra, force=False)["last_checkpoint"]
+def variant_args(chain: Chain, variant: Variant) -> list[str]:
+    args = chain.base_args()
+    if "pretrain" in variant.needs:
+        args.append(f"--model.init_args.init_from={chain.pretrain(variant.pretrain_overrides)}")
+    if "teacher" in variant.needs:
+        args.append(f"--model.init_args.teachers={chain.teachers()}")
+    return [*args, *variant.overrides]
 
 
-def summarise(raw: dict[str, list[dict]]) -> list[dict]:
-    rows = []
+def test_once(chain: Chain, config: str, checkpoint: str, args: list[str], name: str) -> Path:
+    """Test `checkpoint` into folder/name unless that test of this checkpoint is there already."""
+    results = chain.folder / name / RESULTS_JSON
+    if not (results.is_file() and json.loads(results.read_text())["checkpoint"] == checkpoint):
+        start = time.perf_counter()
+        _test(config, chain.folder, checkpoint, args, name)
+        chain.ledger.add(str(chain.folder / name), time.perf_counter() - start)
+    return chain.folder / name
+
+
+def run_variant(chain: Chain, name: str, controls: list[str]) -> dict:
+    """Train (or reuse) one variant for one seed; test it with the real instructions and each control."""
+    variant = VARIANTS[name]
+    config, args = chain.config(variant.config), variant_args(chain, variant)
+    done = chain.ledger.fit(chain.folder, name, config, args)
+    tests = {"real": test_once(chain, config, done["last_checkpoint"], args, f"{name}-test")}
+    for control in controls if variant.reads_instructions else []:
+        tests[control] = test_once(chain, config, done["last_checkpoint"], [*args, *control_args(control)],
+                                   f"{name}-test-{control}")
+    overall = {c: json.loads((path / RESULTS_JSON).read_text())["overall"] for c, path in tests.items()}
+    return {"test": {m: overall["real"][m] for m in ("rougeL", "exact_match")},
+            "controls": {c: s[HEADLINE] for c, s in overall.items()},
+            "validation": last_validation(chain.folder / name / "metrics.csv"),
+            "predictions": str(tests["real"] / "predictions.jsonl")}
+
+
+def last_validation(metrics_csv: Path) -> dict[str, float]:
+    """The run's last logged validation scores (on the validation tasks)."""
+    last = {}
+    with open(metrics_csv, newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row.get(f"val/{HEADLINE}"):
+                last = {m: float(row[f"val/{m}"]) for m in ("rougeL", "exact_match")}
+    return last
+
+
+def summary(raw: dict[str, dict[int, dict]], setting: str, seconds: float) -> dict:
+    """The docs/results/quality-<setting>.json document (schema: tagi.results)."""
+    variants, validation = {}, {}
     for name, runs in raw.items():
-        row = {"variant": name, "seeds": len(runs)}
-        for metric in ("rougeL", "exact_match"):
-            values = [run[metric] for run in runs]
-            row[metric] = statistics.mean(values)
-            row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-        rows.append(row)
-    return rows
+        per_seed = {str(seed): run["test"] for seed, run in runs.items()}
+        variants[name] = {"label": VARIANTS[name].label, "per_seed": per_seed, **_mean_std(list(per_seed.values()))}
+        if VARIANTS[name].reads_instructions:
+            controls = [run["controls"] for run in runs.values()]
+            variants[name]["controls"] = {c: round(statistics.mean(r[c] for r in controls), 2) for c in controls[0]}
+        validation[name] = {"mean": _mean_std([run["validation"] for run in runs.values()])["mean"]}
+    return {"setting": setting, "commit": git_commit(), "metric": HEADLINE, "split": "test", "seconds": seconds,
+            "variants": variants, "validation": validation, "paired": paired(raw)}
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| variant | seeds | ROUGE-L | exact match |", "|---|---:|---:|---:|"]
-    for row in rows:
-        lines.append(f"| {row['variant']} | {row['seeds']} | {row['rougeL']:.2f} ± {row['rougeL_std']:.2f} | "
-                     f"{row['exact_match']:.2f} ± {row['exact_match_std']:.2f} |")
-    return "\n".join(lines)
+def _mean_std(scores: list[dict[str, float]]) -> dict:
+    metrics = ("rougeL", "exact_match")
+    return {"mean": {m: round(statistics.mean(s[m] for s in scores), 2) for m in metrics},
+            "std": {m: round(statistics.stdev(s[m] for s in scores), 2) if len(scores) > 1 else 0.0 for m in metrics}}
 
 
-def plot(rows: list[dict], path: Path, title: str) -> None:
+def paired(raw: dict[str, dict[int, dict]]) -> dict:
+    pairs = [(name, VARIANTS[name].reference) for name in raw if VARIANTS[name].reference in raw] + \
+            [pair for pair in EXTRA_PAIRS if pair[0] in raw and pair[1] in raw]
+    scores = {name: {str(seed): per_example(run["predictions"]) for seed, run in runs.items()} for name, runs in raw.items()}
+    out = {}
+    for name, reference in pairs:
+        seeds = sorted(set(scores[name]) & set(scores[reference]))
+        out[f"{name} - {reference}"] = paired_bootstrap({s: scores[name][s] for s in seeds},
+                                                        {s: scores[reference][s] for s in seeds}, HEADLINE)
+    return out
+
+
+def plot(data: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 3.5))
-    names = [row["variant"] for row in rows]
-    ax.bar(names, [row["rougeL"] for row in rows], yerr=[row["rougeL_std"] for row in rows], capsize=4, color="#4c72b0")
-    ax.set_ylabel("held-out ROUGE-L")
-    ax.set_title(title)
+    names = list(data["variants"])
+    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2, 3.6))
+    means = [data["variants"][n]["mean"][HEADLINE] for n in names]
+    stds = [data["variants"][n]["std"][HEADLINE] for n in names]
+    ax.bar(names, means, yerr=stds, capsize=4, color="#4c72b0")
+    ax.set_ylabel("test exact match (%)")
+    seeds = len(next(iter(data["variants"].values()))["per_seed"])
+    ax.set_title(f"{data['setting']}: test tasks, mean ± std over {seeds} whole-chain seed(s)")
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", default="demo")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--variants", nargs="+", default=BASELINES, choices=list(VARIANTS))
-    parser.add_argument("--checkpoints-dir", default="checkpoints")
-    parser.add_argument("--teachers-dir", default="teachers")
+    parser.add_argument("--controls", nargs="*", default=list(CONTROL_ROWS), choices=list(CONTROL_ROWS),
+                        help="instruction controls to test every instruction-reading variant with (NI/SNI: no paraphrase)")
+    parser.add_argument("--share-theta0", action="store_true",
+                        help="reuse the pipeline's θ0 (checkpoints/<setting>/theta0) instead of training one per seed")
+    parser.add_argument("--runs-dir", default="runs/quality")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
     args = parser.parse_args(argv)
-    run_dir = Path(args.checkpoints_dir) / args.setting
-    pipeline_links = links(run_dir, Path(args.teachers_dir) / args.setting)
-    start, raw = time.perf_counter(), {}
-    for name in args.variants:
-        raw[name] = [run_variant(args.setting, name, seed, run_dir, pipeline_links) for seed in args.seeds]
-    rows = summarise(raw)
-    out = Path("runs/quality") / args.setting
-    out.mkdir(parents=True, exist_ok=True)
-    seconds = round(time.perf_counter() - start, 1)
-    text = f"## Held-out quality — {args.setting}, seeds {args.seeds} ({seconds} s)\n\n{table(rows)}\n"
-    (out / "quality.md").write_text(text)
-    (out / "quality.json").write_text(json.dumps({"rows": rows, "raw": raw, "seconds": seconds}, indent=2) + "\n")
-    plot(rows, out / "quality.png", f"{args.setting}: held-out ROUGE-L (mean ± std, {len(args.seeds)} seed(s))")
+    raw = {name: {} for name in args.variants}
+    ledger = Ledger(Path(args.runs_dir) / args.setting / "seconds.json")
+    for seed in args.seeds:
+        folder = Path(args.runs_dir) / args.setting / f"seed{seed}"
+        theta0 = Path("checkpoints") / args.setting / THETA0 if args.share_theta0 else folder / THETA0
+        chain = Chain(args.setting, seed, folder, theta0, ledger, args.share_theta0)
+        for name in args.variants:
+            raw[name][seed] = run_variant(chain, name, args.controls)
+    data = summary(raw, args.setting, ledger.total())
+    out = Path(args.out)
+    atomic_write_text(out / f"quality-{args.setting}.json", json.dumps(data, indent=2) + "\n")
+    text = render_block(f"quality-{args.setting}", data)
+    atomic_write_text(out / f"quality-{args.setting}.md", text + "\n")
+    plot(data, out / f"quality-{args.setting}.png")
     print(text)
-    return rows
+    return data
 
 
 if __name__ == "__main__":

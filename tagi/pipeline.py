@@ -3,8 +3,11 @@
 Each stage is the same `fit` a user would run by hand, with the previous stages' artifacts passed
 in as overrides; a stage whose run folder holds a completion marker is skipped, and one that was
 killed mid-run (checkpoints/last.ckpt, no marker) resumes from its last checkpoint. At the end the
-held-out scores of the student are printed as a table, next to the same student evaluated with
-its instructions blanked (what reading the instruction is worth).
+student is tested on the test tasks with their real instructions and with each instruction
+control (paraphrased, another task's, empty, random: what reading the instruction is worth), as
+backbone + exported adapter only, and θ0 (stage 0) is tested with the instruction concatenated.
+The table is printed and, with `results_json`, written there (the README's demo table is
+generated from that file).
 """
 
 from __future__ import annotations
@@ -16,12 +19,17 @@ from pathlib import Path
 
 from jsonargparse import ArgumentParser, ActionConfigFile
 
+from tagi.io import atomic_write_text
+from tagi.results import git_commit, render_block
 from tagi.stages.base import COMPLETE_NAME
 
 log = logging.getLogger(__name__)
 
 STAGES = ("backbone", "teacher", "pretrain", "finetune")
 THETA0 = "theta0"  # where stage 0 writes the backbone, under the run's checkpoint folder
+CONTROL_ROWS = {"paraphrase": "student, paraphrased instruction", "other_task": "student, another task's instruction",
+                "empty": "student, empty instruction", "random": "student, random instruction"}
+HEADLINE = "exact_match"  # a model that copies its input cannot score it on the demo suite (ROUGE-L it can)
 
 
 def _run(args: list[str]):
@@ -68,15 +76,19 @@ def _fit(stage: str, config: StageConfig, run_dir: Path, extra: list[str], force
     done = _complete(folder)
     if done is None:
         raise RuntimeError(f"{stage}: the run ended without writing {folder / COMPLETE_NAME}; see the log above")
-    done["seconds"] = round(time.perf_counter() - start, 1)
+    done["seconds"] = round(time.perf_counter() - start, 1)  # this run's part, if it resumed a killed one
     return done
 
 
 def _test(config: StageConfig, run_dir: Path, checkpoint: str, extra: list[str], folder: str = "test") -> dict[str, float]:
-    """Held-out test of `checkpoint`; results.json, results.md, predictions.jsonl land in <run_dir>/<folder>/."""
+    """Test-task scores of `checkpoint`; results.json, results.md, predictions.jsonl land in <run_dir>/<folder>/."""
     overrides = [*_stage_folder(run_dir, folder), f"--ckpt_path={checkpoint}", *extra]
     cli = _run(["test", *_config_args(config), *overrides])
     return {key.removeprefix("test/"): float(value) for key, value in cli.trainer.callback_metrics.items()}
+
+
+def control_args(control: str) -> list[str]:
+    return [] if control == "real" else [f"--data.init_args.instruction_control={control}"]
 
 
 def run_pipeline(
@@ -86,17 +98,19 @@ def run_pipeline(
     run: str = "demo",
     teachers_dir: str = "teachers",
     checkpoints_dir: str = "checkpoints",
-    blank_check: bool = True,
+    controls: list[str] = list(CONTROL_ROWS),
     adapter_check: bool = True,
+    results_json: str | None = None,
     force: bool = False,
     backbone: StageConfig | None = None,
     overrides: list[str] | None = None,
 ) -> dict:
-    """Run the stages and the held-out test; return (and print) the scores.
+    """Run the stages and the tests on the test tasks; return (and print) the scores.
 
     `backbone`: the config of an optional stage 0 that trains θ0 in full and saves it to
     <checkpoints_dir>/<run>/theta0, which every later stage then loads (offline settings only:
-    there is no pretrained T5 to download).
+    there is no pretrained T5 to download); θ0 is then tested too (instruction concatenated).
+    `controls`: instruction controls the student is also tested with (`tagi.data.controls`).
     `overrides`: command-line arguments given to every stage, e.g. ["--trainer.max_steps=10"];
     the links between stages are applied after them.
     """
@@ -106,33 +120,43 @@ def run_pipeline(
     if backbone is not None:
         theta0 = run_dir / THETA0
         stages["backbone"] = _fit("backbone", backbone, run_dir, [*shared, f"--model.init_args.output_dir={theta0}"], force)
+        theta0_args = list(shared)
         shared.append(f"--model.init_args.backbone.name={theta0}")
     stages["teacher"] = _fit("teacher", teacher, run_dir, [*shared, f"--model.init_args.output_dir={teacher_out}"], force)
     stages["pretrain"] = _fit("pretrain", pretrain, run_dir, shared, force)
     links = [*shared, f"--model.init_args.init_from={stages['pretrain']['last_checkpoint']}", f"--model.init_args.teachers={teacher_out}"]
     stages["finetune"] = _fit("finetune", finetune, run_dir, links, force)
     student = stages["finetune"]["last_checkpoint"]
-    scores = {"student": _test(finetune, run_dir, student, links)}
-    if blank_check:
-        scores["student, instruction blanked"] = _test(finetune, run_dir, student, [*links, "--model.init_args.blank_instructions=true"], "test-blanked")
+    scores = {"student (TAGI)": _test(finetune, run_dir, student, links)}
+    for control in controls:
+        scores[CONTROL_ROWS[control]] = _test(finetune, run_dir, student, [*links, *control_args(control)], f"test-{control}")
     if adapter_check:
         scores["backbone + exported adapter only"] = _test(finetune, run_dir, student, [*links, "--model.init_args.adapter_only=true"], "test-adapter-only")
+    if backbone is not None:
+        scores["θ0, instruction concatenated (stage 0)"] = _test(backbone, run_dir, stages["backbone"]["last_checkpoint"], theta0_args, "test-theta0")
     summary = dict(run=run, stages=stages, scores=scores, seconds=round(time.perf_counter() - start, 1))
     (run_dir / "pipeline.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    print(summary_table(summary))
+    results = results_file(summary)
+    if results_json:
+        atomic_write_text(results_json, json.dumps(results, indent=2) + "\n")
+    print(render_block(run, results) + "\n\n" + category_table(scores["student (TAGI)"]))
     return summary
 
 
-def summary_table(summary: dict) -> str:
-    lines = [f"## Held-out scores — run `{summary['run']}` ({summary['seconds']} s)", "", "| model | ROUGE-L | exact match |", "|---|---:|---:|"]
-    for name, scores in summary["scores"].items():
-        lines.append(f"| {name} | {scores.get('rougeL', float('nan')):.2f} | {scores.get('exact_match', float('nan')):.2f} |")
-    categories = sorted({key.split("/", 2)[2] for key in summary["scores"]["student"] if key.startswith("rougeL/category/")})
-    if categories:
-        lines += ["", "| category (student) | ROUGE-L | exact match |", "|---|---:|---:|"]
-        for category in categories:
-            student = summary["scores"]["student"]
-            lines.append(f"| {category} | {student[f'rougeL/category/{category}']:.2f} | {student[f'exact_match/category/{category}']:.2f} |")
+def results_file(summary: dict) -> dict:
+    """The pipeline's table in the form `tagi.results` renders (and the README is generated from)."""
+    return {"setting": summary["run"], "commit": git_commit(), "split": "test", "metric": HEADLINE,
+            "seconds": summary["seconds"],
+            "stage_seconds": {name: stage["seconds"] for name, stage in summary["stages"].items() if "seconds" in stage},
+            "rows": {name: {"exact_match": round(s["exact_match"], 2), "rougeL": round(s["rougeL"], 2)}
+                     for name, s in summary["scores"].items()}}
+
+
+def category_table(student: dict[str, float]) -> str:
+    categories = sorted({key.split("/", 2)[2] for key in student if key.startswith("rougeL/category/")})
+    lines = ["| category (student, test tasks) | exact match | ROUGE-L |", "|---|---:|---:|"]
+    for category in categories:
+        lines.append(f"| {category} | {student[f'exact_match/category/{category}']:.2f} | {student[f'rougeL/category/{category}']:.2f} |")
     return "\n".join(lines)
 
 

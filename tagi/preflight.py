@@ -94,7 +94,9 @@ def check_splits(data: dict) -> None:
     splits_dir = data.get("splits_dir")
     if splits_dir is not None and not Path(splits_dir).is_dir():
         raise InputError(f"data.init_args.splits_dir: {splits_dir} is not a directory. Give a folder with "
-                         "train_tasks.txt, val_tasks.txt and test_tasks.txt (configs/ni-v1/splits is an example).")
+                         "train_tasks.txt, val_tasks.txt and test_tasks.txt (configs/ni-v1/splits is an example); "
+                         "`python -m tagi.data.carve --data <SNI-layout folder> --out <folder>` writes one, with "
+                         "one train task per category moved to validation.")
     for key, split_key in (("data_dir", "split"), ("eval_data_dir", "eval_split")):
         root = data.get(key)
         if root not in (None, SYNTHETIC) or splits_dir is not None:

@@ -59,10 +59,10 @@ def test_finetune_module(suite):
     assert set(batch) == FINETUNE
     check_shapes(batch, dm.tokenizer.pad_token_id)
     assert batch["instruction_ids"].shape[0] <= 2  # few tasks per batch → few instructions to encode
-    assert len(dm.clusters) == 7 and sorted(dm.clusters.values()) == list(range(7))
-    # Spelling (validation) and Selection (test) have no train task, so no teacher
-    assert set(dm.clusters) - set(dm.train_clusters) == {"Spelling", "Selection"}
-    assert len(dm.eval_tasks) == 9 and len(dm.val_tasks) == 9
+    assert len(dm.clusters) == 9 and sorted(dm.clusters.values()) == list(range(9))
+    # Acronyms (validation) and Composition (test) have no train task, so no teacher
+    assert set(dm.clusters) - set(dm.train_clusters) == {"Acronyms", "Composition"}
+    assert len(dm.eval_tasks) == 10 and len(dm.val_tasks) == 10
     assert not {name for name, _ in dm.val_tasks} & {name for name, _ in dm.eval_tasks}  # validation never reads test
     assert dm.state_dict() == {"clusters": dm.clusters, "train_position": None}  # no trainer: no position yet
 
@@ -91,7 +91,7 @@ def test_finetune_plain_shuffle_and_generated_suite(tmp_path):
     assert (tmp_path / "synthetic-v3-seed0" / "synthetic.json").is_file()
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == FINETUNE and batch["input_ids"].shape[0] == 4
-    assert len(dm.datasets["train"]) == 66 * 3 and len(dm.datasets["val"]) == 9 and len(dm.datasets["test"]) == 18
+    assert len(dm.datasets["train"]) == 93 * 3 and len(dm.datasets["val"]) == 10 and len(dm.datasets["test"]) == 20
     text = decode(dm.tokenizer, batch["instruction_ids"][0], batch["instruction_mask"][0])
     assert text.startswith("Definition: Given a list of words,") and "Positive Example" not in text  # `Def`
 
@@ -105,8 +105,8 @@ def test_teacher_module(suite):
     assert len(set(batch["cluster_ids"].tolist())) == 1
     text = decode(dm.tokenizer, batch["input_ids"][0], batch["attention_mask"][0])
     assert text.startswith("Definition: ") and "Now complete the following example" in text
-    assert sum(len(v) for v in dm.cluster_tasks.values()) == 66 and sorted(dm.cluster_tasks) == dm.train_clusters
-    assert len(dm.datasets["train"]) == 66 * 16 and len(dm.datasets["val"]) == 66 * 4
+    assert sum(len(v) for v in dm.cluster_tasks.values()) == 93 and sorted(dm.cluster_tasks) == dm.train_clusters
+    assert len(dm.datasets["train"]) == 93 * 16 and len(dm.datasets["val"]) == 93 * 4
     train_ids = {inst.id for t in dm.datasets["train"].tasks for inst in t.instances}
     assert not train_ids & {inst.id for t in dm.datasets["val"].tasks for inst in t.instances}
     val = next(iter(dm.val_dataloader()))
@@ -133,7 +133,7 @@ def test_pretrain_module(suite, tmp_path, four_way):
     check_shapes(batches[0], dm.tokenizer.pad_token_id)
     assert batches[0]["instruction_ids"].shape[1] <= 40 and batches[0]["labels"].shape[1] <= 20
     val = next(iter(dm.val_dataloader()))
-    assert set(val) == FINETUNE | META and len(dm.datasets["val"]) == 9 * 2 and len(dm.eval_tasks) == 9
+    assert set(val) == FINETUNE | META and len(dm.datasets["val"]) == 10 * 2 and len(dm.eval_tasks) == 10
     finetune = FinetuneDataModule(data_dir=suite)
     finetune.setup("fit")
     assert dm.clusters == finetune.clusters  # one cluster map across stages
@@ -151,7 +151,7 @@ def test_truncation_is_counted_and_keeps_the_instance(suite, caplog):
                             max_target_length=4)
     with caplog.at_level(logging.WARNING):
         dm.setup("fit")
-    assert "instruction 66/66 tasks (max 30)" in caplog.text and "concat 1320/1320 examples (max 80)" in caplog.text
+    assert "instruction 93/93 tasks (max 30)" in caplog.text and "concat 1860/1860 examples (max 80)" in caplog.text
     assert "target" in caplog.text
     batch = next(iter(dm.test_dataloader()))
     assert batch["instruction_ids"].shape[1] == 30 and batch["concat_input_ids"].shape[1] <= 80

@@ -148,3 +148,16 @@ def test_missing_split_file_and_bad_on_error(tmp_path):
         load_split(root, split="nosuch")
     with pytest.raises(ValueError, match="on_error"):
         load_split(root, on_error="ignore")
+
+
+def test_carve_moves_one_train_task_per_category_to_validation(tmp_path):
+    from tagi.data.carve import carve, main
+    from tagi.data.synthetic import write_suite
+
+    root = write_suite(tmp_path / "suite", num_instances=3)
+    lists = carve(root, per_category=1, seed=0)
+    train = load_split(root, subset="train")
+    assert len(lists["val"]) == len({t.category for t in train}) and lists["test"] == task_names(root, subset="test")
+    assert sorted(lists["train"] + lists["val"]) == sorted(t.name for t in train)
+    main(["--data", str(root), "--out", str(tmp_path / "splits")])
+    assert task_names(root, subset="val", splits_dir=tmp_path / "splits") == lists["val"]  # same seed: same lists

@@ -29,11 +29,11 @@ def test_cli_writes_the_same_suite(tmp_path):
 def test_suite_passes_the_reader_with_required_size(tmp_path):
     root = synthetic.write_suite(tmp_path, seed=0, num_instances=30)
     train, val, test = (load_split(root, subset=subset) for subset in ("train", "val", "test"))
-    assert (len(train), len(val), len(test)) == (66, 9, 9)
+    assert (len(train), len(val), len(test)) == (93, 10, 10)
     names = [{t.name for t in tasks} for tasks in (train, val, test)]
     assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])  # disjoint task sets
     clusters = build_clusters(train + val + test)
-    assert len(clusters) == 7
+    assert len(clusters) == 9
     for task in train + val + test:
         assert len(task.instances) == 30 and len(task.positive_examples) == 2
         assert len(task.definition.encode()) <= 130 and task.paraphrases and task.paraphrases[0] != task.definition
@@ -51,13 +51,12 @@ def test_validation_and_test_hold_out_the_same_kinds():
     train = [s for s in specs if s.split == "train"]
     seen_cells = {tuple(op.slug for op in s.ops) for s in train}
     seen_categories = {s.category for s in train}
-    for split, unseen_category in (("val", "Spelling"), ("test", "Selection")):
+    for split, unseen_category in (("val", "Acronyms"), ("test", "Composition")):
         held = [s for s in specs if s.split == split]
         assert {s.category for s in held} - seen_categories == {unseen_category}
         combos = [s for s in held if s.category in seen_categories and tuple(op.slug for op in s.ops) not in seen_cells]
         phrasings = [s for s in held if s.phrasing == synthetic.UNSEEN_PHRASING]
-        assert len(combos) >= 3 and phrasings and all(tuple(op.slug for op in s.ops) in seen_cells for s in phrasings)
-    trained_definitions = {s.definition() for s in train}
+        assert len(combos) >= 6 and len(phrasings) == 2 and all(tuple(op.slug for op in s.ops) in seen_cells for s in phrasings)
     assert not {s.paraphrase() for s in specs} & {s.definition() for s in specs}  # paraphrases are never a task
 
 

@@ -38,4 +38,4 @@ def test_test_reports_rank_accuracy_for_instances_with_options(tmp_path, monkeyp
              "--trainer.enable_progress_bar=false", "--trainer.logger.init_args.name=report", f"--ckpt_path={checkpoint}"])
     overall = json.loads((tmp_path / "checkpoints/demo/report/results.json").read_text())["overall"]
     assert overall["rank_count"] == 6 and 0 <= overall["rank_accuracy"] <= 100
-    assert overall["count"] == 9 * 6  # generation is still scored on every held-out instance
+    assert overall["count"] == 10 * 6  # generation is still scored on every test instance

@@ -153,6 +153,26 @@ def test_missing_data_dir(workdir, stages, capsys):
                       "data.init_args.data_dir", "no/such/dir", "is not a directory", "Super-NaturalInstructions layout")
 
 
+def test_a_task_in_two_split_lists_stops_before_anything_is_built(workdir, stages, capsys, tmp_path):
+    from tagi.data.synthetic import write_suite
+
+    suite = write_suite(tmp_path / "suite", num_instances=3)
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    for subset in ("train", "val", "test"):
+        (splits / f"{subset}_tasks.txt").write_text((suite / "splits/default" / f"{subset}_tasks.txt").read_text())
+    shared = (splits / "val_tasks.txt").read_text().split()[0]
+    with open(splits / "test_tasks.txt", "a") as handle:
+        handle.write(shared + "\n")  # a validation task that is also a test task
+    run_fails_cleanly(finetune_args(stages, f"--data.init_args.data_dir={suite}", f"--data.init_args.splits_dir={splits}"),
+                      capsys, shared, "val_tasks.txt", "test_tasks.txt", "in both lists", "disjoint")
+
+
+def test_missing_splits_dir(workdir, stages, capsys):
+    run_fails_cleanly(finetune_args(stages, "--data.init_args.splits_dir=no/such/splits"), capsys,
+                      "data.init_args.splits_dir", "no/such/splits", "is not a directory", "python -m tagi.data.carve")
+
+
 def test_missing_backbone_folder(workdir, stages, capsys):
     run_fails_cleanly(["fit", "--config", config("finetune"), "--model.init_args.backbone.name=checkpoints/none/theta0"],
                       capsys, "model.init_args.backbone.name", "checkpoints/none/theta0", "stage 0")

@@ -88,7 +88,8 @@ class _TaskDataModule(LightningDataModule):
             raise ConfigurationError(
                 f"data.init_args.splits_dir: no validation tasks in {where} (val_tasks.txt is missing or empty). "
                 "Validation must not read the test tasks: list validation tasks in val_tasks.txt, taken out of "
-                "train_tasks.txt, in a folder given as data.init_args.splits_dir (configs/ni-v1/splits is an example)")
+                "train_tasks.txt, in a folder given as data.init_args.splits_dir (configs/ni-v1/splits is an example; "
+                "`python -m tagi.data.carve --data <data_dir> --out <folder>` writes one)")
         return cap_instances(sets.val, self.hparams.max_val_instances_per_task)
 
     @property

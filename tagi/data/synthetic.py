@@ -4,20 +4,21 @@ Every task maps a short list of animal words ("cow fox ape") to an output; all t
 from the same distribution, so one input is valid for every task and has a different answer in
 most of them: only the definition says which operation to apply. No instance's answer is its
 input, so a model that copies its input scores 0 exact match (the headline metric; ROUGE-L still
-rewards reusing the input's words). Families (= SNI categories = clusters): Word Order, Case,
-Filtering, Counting, Composition (with train tasks), Spelling (validation only) and Selection
-(test only). Train / validation / test are disjoint task sets; validation and test each hold out:
+rewards reusing the input's words). Families (= SNI categories = clusters): Word Order, Selection,
+Case, Deletion, Spelling, Filtering, Counting (with train tasks), Acronyms (validation only) and
+Composition (test only). Train / validation / test are disjoint task sets; each of validation and
+test holds out:
 
     unseen combinations   a seen operation with a seen argument, never together in training
-                          (positions: upper_at, drop_at x first/second/last; letters: keep, drop,
-                          count x a/e/o; compositions: reverse, sort, mirror x upper, initials, pick)
+                          (positions: pick, upper_at, capitalize_at, drop_at, mirror_at x first,
+                          second, last; letters: keep, drop, count, upper_with x a, e, i, o, u)
     unseen phrasings      a trained operation, worded in a phrasing no train task uses
     an unseen category    no train task, so no teacher (as SNI's test categories)
 
 Each operation has five phrasings: three for train tasks (a train cell is one task per phrasing),
 one for the unseen-phrasing tasks, and one that is never a definition: the held-out paraphrase
 that the instruction controls substitute. Definitions are "Given a list of words, <phrase>."
-Sizes suit a tiny T5 on CPU: inputs <= 24 bytes, definitions <= 130 bytes.
+Sizes suit a tiny T5 on CPU: 3-4 words per input, definitions <= 110 bytes.
 
     python -m tagi.data.synthetic --out DIR [--seed N] [--num-instances N]
 """
@@ -35,9 +36,10 @@ from functools import partial
 from pathlib import Path
 
 VERSION = 3  # part of the cache directory name: a new suite never reuses an old cache
-WORDS = ("ant ape bat bee cat cod cow crab deer dog duck eel elk emu fish fly fox frog goat gnu "
-         "hen hog jay lion mole moth owl pig ram rat seal slug swan toad wolf yak").split()
-MIN_WORDS, MAX_WORDS = 3, 5
+WORDS = ("ant ape bat bee bird bull cat cod cow crab deer dog duck eel elk emu fish fly fox frog goat gnu "
+         "gull hen hog ibis jay kiwi lion mink mole moth mule owl pig puma ram rat seal slug swan toad wolf yak").split()
+LETTERS = ("a", "e", "i", "o", "u")  # every letter is in at least 7 of the words
+MIN_WORDS, MAX_WORDS = 3, 4
 POSITIONS = {"first": 0, "second": 1, "last": -1}
 NUMBER_WORDS = "zero one two three four five six".split()
 
@@ -111,6 +113,32 @@ def pick(pos: str) -> Op:
               f"answer with the {pos} word alone"))
 
 
+def _at(pos: str, change: Callable[[str], str]) -> Callable[[Words], Words]:
+    def fn(w: Words) -> Words:
+        i = POSITIONS[pos] % len(w)
+        return [change(x) if j == i else x for j, x in enumerate(w)]
+    return fn
+
+
+def capitalize_at(pos: str) -> Op:
+    return Op(f"capitalize_{pos}", _at(pos, str.capitalize), (f"capitalize the first letter of the {pos} word",
+              f"start the {pos} word with a capital letter", f"write the {pos} word in title case",
+              f"make the initial letter of the {pos} word a capital", f"give the {pos} word an upper case first letter"))
+
+
+def mirror_at(pos: str) -> Op:
+    return Op(f"mirror_{pos}", _at(pos, lambda x: x[::-1]), (f"spell the {pos} word backwards",
+              f"reverse the letters inside the {pos} word", f"write the {pos} word mirrored",
+              f"write the {pos} word with its letters in reverse", f"flip the letters of the {pos} word"))
+
+
+def upper_with(letter: str) -> Op:
+    return Op(f"upper_{letter}", lambda w: [x.upper() if letter in x else x for x in w], (
+        f"write the words that contain the letter {letter} in capital letters",
+        f"uppercase only the words with the letter {letter}", f"convert the words that include {letter} to upper case",
+        f"make every word containing {letter} all capitals", f"print the words that have {letter} in them in all caps"))
+
+
 def drop_at(pos: str) -> Op:
     def fn(w: Words) -> Words:
         i = POSITIONS[pos] % len(w)
@@ -144,7 +172,7 @@ def keep(letter: str) -> Op:
     return Op(f"keep_{letter}", lambda w: _nonempty([x for x in w if letter in x]), (
         f"keep only the words that contain the letter {letter}",
         f"remove every word without the letter {letter}", f"output the words that include {letter}",
-        f"select the words containing {letter}", f"filter the list down to words with an {letter}"))
+        f"select the words containing {letter}", f"filter the list down to words with {letter} in them"))
 
 
 def drop(letter: str) -> Op:
@@ -152,7 +180,7 @@ def drop(letter: str) -> Op:
         f"delete every word that contains the letter {letter}",
         f"keep only the words without the letter {letter}",
         f"output the words that do not include {letter}", f"throw away the words that contain {letter}",
-        f"filter out any word having an {letter}"))
+        f"filter out any word that has {letter} in it"))
 
 
 def count_words() -> Op:
@@ -164,7 +192,7 @@ def count_with(letter: str) -> Op:
     return Op(f"count_{letter}", lambda w: _count([x for x in w if letter in x]), (
         f"count the words that contain the letter {letter}", f"say how many words include {letter}",
         f"give the number of words with the letter {letter}", f"tell how many words contain {letter}",
-        f"report how many words have an {letter}"))
+        f"report how many words have {letter} in them"))
 
 
 # -------------------------------------------------------------------------------------- the suite
@@ -212,45 +240,41 @@ def _held_out(split: str, category: str, *ops: Op, phrasing: int) -> list[TaskSp
 
 
 def suite() -> list[TaskSpec]:
-    """66 train, 9 validation and 9 test tasks in 7 categories (order fixes the task numbering).
+    """93 train, 10 validation and 10 test tasks in 9 categories (order fixes the task numbering).
 
-    A train cell (operation, argument) appears in each train phrasing, so a model must read what
-    the words of a definition mean rather than memorise one string per operation. Validation and
-    test hold out the same three kinds, disjointly: unseen combinations of seen operations and
-    arguments, a seen operation in an unseen phrasing, and a whole category with no train task
-    (Spelling for validation, Selection for test: as in SNI, no teacher exists for it; their words
-    do occur inside train compositions, e.g. "then return the first word").
+    Two dense grids carry most tasks, so that an operation and an argument are each seen in
+    training with several partners: positions {pick, upper_at, capitalize_at, drop_at, mirror_at}
+    x {first, second, last} and letters {keep, drop, count, upper_with} x {a, e, i, o, u}. A train
+    cell appears in each train phrasing, so a model must read what the words of a definition mean
+    rather than memorise one string per operation. Validation and test hold out the same three
+    kinds, disjointly: unseen cells of the grids, a trained operation in an unseen phrasing, and a
+    whole category with no train task (as in SNI, where no teacher exists for it): Acronyms for
+    validation, Composition (two trained operations in sequence) for test.
     """
     val, test = partial(_held_out, "val"), partial(_held_out, "test")
-    cells = [
-        *(_train_cell("Word Order", op()) for op in (reverse, sort, rotate, swap_ends)),
-        test("Word Order", rotate(), phrasing=UNSEEN_PHRASING),
-        val("Word Order", swap_ends(), phrasing=UNSEEN_PHRASING),
-        _train_cell("Case", upper()), _train_cell("Case", capitalize()),
-        _train_cell("Case", upper_at("first")), _train_cell("Case", upper_at("second")),
-        test("Case", upper_at("last"), phrasing=2),
-        val("Case", capitalize(), phrasing=UNSEEN_PHRASING),
-        _train_cell("Filtering", drop_at("second")), _train_cell("Filtering", drop_at("last")),
-        val("Filtering", drop_at("first"), phrasing=1),
-        # letters grid {keep, drop, count} x {a, e, o}: every op and letter is trained somewhere
-        _train_cell("Filtering", keep("a")), _train_cell("Filtering", drop("e")), _train_cell("Filtering", drop("o")),
-        test("Filtering", keep("o"), phrasing=2), val("Filtering", keep("e"), phrasing=0),
-        val("Filtering", drop("a"), phrasing=1),
-        _train_cell("Counting", count_words()), _train_cell("Counting", count_with("a")),
-        _train_cell("Counting", count_with("o")),
-        test("Counting", count_with("e"), phrasing=2),
-        _train_cell("Composition", reverse(), upper()), _train_cell("Composition", reverse(), initials()),
-        _train_cell("Composition", sort(), upper()), _train_cell("Composition", sort(), initials()),
-        _train_cell("Composition", mirror(), upper()), _train_cell("Composition", mirror(), pick("first")),
-        # (reverse, pick first) is "the last word": a test cell, so no train task answers like test's pick_last
-        test("Composition", reverse(), pick("first"), phrasing=1), test("Composition", sort(), pick("first"), phrasing=0),
-        # (mirror, initials) is "the last letters": held out, so no train task answers like Spelling's finals
-        val("Composition", mirror(), initials(), phrasing=2),
+    held_positions = {("pick", "second"): test, ("mirror_at", "last"): test,
+                      ("drop_at", "first"): val, ("capitalize_at", "second"): val}
+    held_letters = {("keep", "i"): test, ("drop", "u"): test, ("count_with", "o"): test, ("upper_with", "e"): test,
+                    ("keep", "u"): val, ("drop", "e"): val, ("count_with", "a"): val, ("upper_with", "i"): val}
+    position_ops = {"pick": ("Selection", pick), "upper_at": ("Case", upper_at), "capitalize_at": ("Case", capitalize_at),
+                    "drop_at": ("Deletion", drop_at), "mirror_at": ("Spelling", mirror_at)}
+    letter_ops = {"keep": ("Filtering", keep), "drop": ("Filtering", drop), "count_with": ("Counting", count_with),
+                  "upper_with": ("Case", upper_with)}
+    cells = [*(_train_cell("Word Order", op()) for op in (reverse, sort, rotate, swap_ends)),
+             *(_train_cell(category, op()) for category, op in (("Case", upper), ("Case", capitalize),
+                                                                ("Spelling", mirror), ("Counting", count_words)))]
+    for n, (grid, args, held) in enumerate(((position_ops, POSITIONS, held_positions), (letter_ops, LETTERS, held_letters))):
+        for name, (category, make) in grid.items():
+            for arg in args:
+                split = held.get((name, arg))
+                cells.append(_train_cell(category, make(arg)) if split is None else
+                             split(category, make(arg), phrasing=len(cells) % len(TRAIN_PHRASINGS)))
+    cells += [
+        test("Word Order", rotate(), phrasing=UNSEEN_PHRASING), test("Case", upper(), phrasing=UNSEEN_PHRASING),
+        val("Word Order", swap_ends(), phrasing=UNSEEN_PHRASING), val("Spelling", mirror(), phrasing=UNSEEN_PHRASING),
         # whole categories without a train task
-        test("Selection", pick("first"), phrasing=0), test("Selection", pick("second"), phrasing=1),
-        test("Selection", pick("last"), phrasing=2),
-        val("Spelling", initials(), phrasing=0), val("Spelling", finals(), phrasing=1),
-        val("Spelling", mirror(), phrasing=2),
+        test("Composition", reverse(), upper(), phrasing=0), test("Composition", sort(), pick("first"), phrasing=1),
+        val("Acronyms", initials(), phrasing=0), val("Acronyms", finals(), phrasing=1),
     ]
     return [spec for specs in cells for spec in specs]
 

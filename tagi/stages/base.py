@@ -126,7 +126,7 @@ class GenerativeStage(L.LightningModule):
         """What produced a checkpoint: stored under checkpoint["tagi"] and read by the next stage.
 
         Kept out of Lightning's `hyper_parameters` on purpose: LightningCLI re-applies those over the
-        command line when `--ckpt_path` is given, which would undo overrides such as blanking.
+        command line when `--ckpt_path` is given, which would undo overrides such as `adapter_only`.
         """
         return dict(
             stage=self.stage,
@@ -276,8 +276,10 @@ class GenerativeStage(L.LightningModule):
 
     def results_meta(self) -> dict:
         """What the results describe: the model and its provenance (extended by subclasses)."""
+        data = getattr(self.trainer, "datamodule", None)
+        control = getattr(getattr(data, "hparams", None), "instruction_control", "real")
         return {"model": type(self).__name__, "checkpoint": self.trainer.ckpt_path, "global_step": self.global_step,
-                "describe": self.describe()}
+                "describe": self.describe(), "instruction_control": control}
 
     def results_markdown(self) -> str:
         """Extra Markdown appended to results.md (subclasses: inference cost)."""

@@ -44,13 +44,12 @@ class FinetuneModule(HyperStage):
         tokenizer: str = "byt5",
         optimization: Optimization = Optimization(),
         generation: Generation = Generation(),
-        blank_instructions: bool = False,
         adapter_only: bool = False,
         distillation: Distillation = Distillation(),
         init_from: str | None = None,
         teachers: str | None = None,
     ):
-        super().__init__(backbone, architecture, tokenizer, optimization, generation, blank_instructions, adapter_only)
+        super().__init__(backbone, architecture, tokenizer, optimization, generation, adapter_only)
         if distillation.param_form not in ("ab", "delta"):
             raise ConfigurationError(f"distillation.param_form must be 'ab' or 'delta', got {distillation.param_form!r}")
         self.distillation = distillation

@@ -36,15 +36,14 @@ class HyperStage(GenerativeStage):
         tokenizer: str,
         optimization: Optimization,
         generation: Generation,
-        blank_instructions: bool = False,
         adapter_only: bool = False,
         report_cost: bool = True,
     ):
-        """`blank_instructions`, `adapter_only`: evaluation ablations — the student without reading its
-        instruction, and the student reduced to backbone + generated LoRA (what `tagi adapter` exports)."""
+        """`adapter_only`: evaluation ablation — the student reduced to backbone + generated LoRA (what
+        `tagi adapter` exports). Evaluating with other instructions is the data's `instruction_control`."""
         super().__init__(backbone, tokenizer, optimization, generation)
         self.architecture = architecture
-        self.blank_instructions, self.adapter_only = blank_instructions, adapter_only
+        self.adapter_only = adapter_only
         self.report_cost = report_cost  # test: inference FLOPs/time vs instruction concatenation (tagi.cost)
         self.cost_tally: CostTally | None = None
         self.model = TAGIModel(backbone.load(len(self.tokenizer)), **asdict(architecture))
@@ -54,7 +53,7 @@ class HyperStage(GenerativeStage):
         return {**super().describe(), "architecture": asdict(self.architecture)}
 
     def results_meta(self) -> dict:
-        meta = {**super().results_meta(), "blank_instructions": self.blank_instructions, "adapter_only": self.adapter_only,
+        meta = {**super().results_meta(), "adapter_only": self.adapter_only,
                 "task_cache": {"hypernetwork_runs": self.task_cache.misses, "reuses": self.task_cache.hits}}
         if self.cost_tally is not None and self.cost_tally.examples:
             meta["inference_cost"] = self.cost_tally.summary()
@@ -111,10 +110,7 @@ class HyperStage(GenerativeStage):
         return logits
 
     def _instruction(self, batch: dict, task_row: int) -> tuple[Tensor, Tensor]:
-        """One task's instruction (L,) ids and mask; only EOS when evaluating with blanked instructions."""
-        if self.blank_instructions:  # ablation: what the student scores without reading the instruction
-            eos = torch.tensor([self.tokenizer.eos_token_id], device=self.device)
-            return eos, torch.ones_like(eos)
+        """One task's instruction (L,) ids and mask."""
         return batch["instruction_ids"][task_row], batch["instruction_mask"][task_row]
 
     def _clear_cache(self) -> None:

@@ -21,10 +21,9 @@ class PretrainModule(HyperStage):
         tokenizer: str = "byt5",
         optimization: Optimization = Optimization(),
         generation: Generation = Generation(),
-        blank_instructions: bool = False,
         adapter_only: bool = False,
     ):
-        super().__init__(backbone, architecture, tokenizer, optimization, generation, blank_instructions, adapter_only)
+        super().__init__(backbone, architecture, tokenizer, optimization, generation, adapter_only)
 
     def training_step(self, batch: dict, batch_idx: int):
         _, outputs = self.student_outputs(batch)

@@ -1,0 +1,257 @@
+"""Per-example scores, paired bootstrap intervals, and the README's generated results blocks.
+
+Lightning- and torch-free at import (`per_example` loads the scorers lazily), so the README check
+runs anywhere. A README block is
+
+    <!-- results: quality-demo -->
+    ...generated from docs/results/quality-demo.json...
+    <!-- /results -->
+
+and `python -m tagi.results --check` fails when any block's text is not what its JSON renders to;
+`--write` regenerates them in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+METRIC_NAMES = {"exact_match": ("EM", "exact match"), "rougeL": ("ROUGE-L", "ROUGE-L")}
+CONTROLS = ("real", "paraphrase", "other_task", "empty", "random")
+DASH = "–"
+BLOCK = re.compile(r"(<!--\s*results:\s*([\w.-]+)\s*-->)(.*?)(<!--\s*/results\s*-->)", re.DOTALL)
+OPENING = re.compile(r"<!--\s*results:")
+_CHUNK = 1 << 22  # bootstrap indices drawn per batch (32 MB of int64)
+
+
+# --- per-example scores and the paired bootstrap --------------------------------------------------
+
+
+def per_example(predictions_path: str | os.PathLike) -> dict[str, dict[str, float]]:
+    """`{"<task>/<id>": {"rougeL": …, "exact_match": …}}` (×100) for a `predictions.jsonl`."""
+    from tagi.metrics import exact_match, rouge_l  # torch-backed: imported only when scoring
+    from tagi.reports import read_predictions
+
+    scores: dict[str, dict[str, float]] = {}
+    for row in read_predictions(predictions_path):
+        key = f"{row['task']}/{row['id']}"
+        if key in scores:
+            raise ValueError(f"{predictions_path}: example {key!r} appears twice")
+        pred, refs = row["prediction"], row["references"]
+        scores[key] = {"rougeL": 100 * rouge_l(pred, refs), "exact_match": 100 * exact_match(pred, refs)}
+    return scores
+
+
+def paired_bootstrap(a: Mapping[str, Mapping[str, Mapping[str, float]]],
+                     b: Mapping[str, Mapping[str, Mapping[str, float]]],
+                     metric: str = "exact_match", n_resamples: int = 10000, seed: int = 0) -> dict:
+    """Mean A−B difference of `metric` over seeds, with a two-level paired bootstrap 95% interval.
+
+    `a`, `b`: seed → `per_example` dict, same seeds and, per seed, same example keys. Each resample
+    draws seeds with replacement, then examples with replacement within every drawn seed (the same
+    examples for A and B) and averages the differences. `examples` is the per-seed count (a list in
+    seed order if seeds differ).
+    """
+    diffs = _differences(a, b, metric)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(len(diffs), size=(n_resamples, len(diffs)))
+    means = np.empty(draws.shape)
+    for index, d in enumerate(diffs):  # every position where seed `index` was drawn gets its own resample
+        chosen = draws == index
+        means[chosen] = _resampled_means(rng, d, int(chosen.sum()))
+    lo, hi = np.percentile(means.mean(axis=1), [2.5, 97.5])
+    sizes = [len(d) for d in diffs]
+    return {"metric": metric, "mean": _round(np.mean([d.mean() for d in diffs])), "ci95": [_round(lo), _round(hi)],
+            "seeds": len(diffs), "examples": sizes[0] if len(set(sizes)) == 1 else sizes}
+
+
+def _differences(a: Mapping, b: Mapping, metric: str) -> list[np.ndarray]:
+    """Per seed (sorted), the A−B differences over the sorted example keys; checks the pairing."""
+    if set(a) != set(b):
+        raise ValueError(f"A and B have different seeds: A {sorted(a)}, B {sorted(b)}")
+    if not a:
+        raise ValueError("no seeds to compare")
+    diffs = []
+    for s in sorted(a):
+        keys = sorted(a[s])
+        if set(keys) != set(b[s]):
+            only_a, only_b = sorted(set(a[s]) - set(b[s]))[:3], sorted(set(b[s]) - set(a[s]))[:3]
+            raise ValueError(f"seed {s!r}: A and B score different examples (only in A: {only_a}, "
+                             f"only in B: {only_b})")
+        if not keys:
+            raise ValueError(f"seed {s!r}: no examples")
+        diffs.append(np.array([a[s][k][metric] - b[s][k][metric] for k in keys], dtype=float))
+    return diffs
+
+
+def _resampled_means(rng: np.random.Generator, d: np.ndarray, count: int) -> np.ndarray:
+    """`count` bootstrap means of `d`, drawn in batches that bound the index memory."""
+    rows = max(1, _CHUNK // len(d))
+    parts = [d[rng.integers(len(d), size=(min(rows, count - start), len(d)))].mean(axis=1)
+             for start in range(0, count, rows)]
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def _round(value: float) -> float:
+    return round(float(value), 2) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+def git_commit(root: str | os.PathLike | None = None) -> str:
+    """The checkout's HEAD commit (+ "-dirty" with uncommitted changes to tracked files), or "unknown"."""
+    import subprocess
+
+    cwd = Path(root) if root else Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+# --- Markdown renderers ---------------------------------------------------------------------------
+
+
+def render_block(name: str, data: Mapping) -> str:
+    """Markdown for one results file: `variants` → quality tables, `rows` → demo table."""
+    if "variants" in data:
+        return _render_quality(data)
+    if "rows" in data:
+        return _render_demo(data)
+    raise ValueError(f"results {name!r}: neither 'variants' nor 'rows' in its JSON (keys {sorted(data)})")
+
+
+def _render_quality(data: Mapping) -> str:
+    metric, split = data.get("metric", "exact_match"), data.get("split", "test")
+    other = "rougeL" if metric != "rougeL" else "exact_match"
+    short, short_other = _short(metric), _short(other)
+    validation, paired = data.get("validation", {}), data.get("paired", {})
+    lines = [f"| variant | {split} {short} | {split} {short} per seed | {split} {short_other} | val {short} "
+             f"| {split} Δ vs reference [95% CI] |", "|---|---:|---:|---:|---:|---|"]
+    for name, v in data["variants"].items():
+        per_seed = " / ".join(_num(s.get(metric)) for s in v.get("per_seed", {}).values()) or DASH
+        val = validation.get(name, {}).get("mean", {}).get(metric)
+        deltas = [_delta(key.removeprefix(f"{name} - "), p, metric) for key, p in paired.items()
+                  if key.startswith(f"{name} - ")]
+        cells = [_variant(name, v), _pm(v, metric), per_seed, _pm(v, other),
+                 DASH if val is None else _num(val), "; ".join(deltas) or DASH]
+        lines.append(_row(cells))
+    with_controls = {name: v["controls"] for name, v in data["variants"].items() if v.get("controls")}
+    if with_controls:
+        lines += ["", _row(["variant", *(f"{split} {short}, {c}" for c in CONTROLS)]),
+                  "|---|" + "---:|" * len(CONTROLS)]
+        lines += [_row([_variant(name, data["variants"][name]), *(_num(c.get(k)) for k in CONTROLS)])
+                  for name, c in with_controls.items()]
+    seeds = sorted({s for v in data["variants"].values() for s in v.get("per_seed", {})}, key=_seed_order)
+    lines += ["", f"Split: {split}; metric: {METRIC_NAMES.get(metric, (metric, metric))[1]} (headline), "
+                  f"{METRIC_NAMES.get(other)[1]}; mean ± std over seeds {', '.join(seeds) or DASH}; "
+                  f"Δ: paired two-level bootstrap; {_footer(data)}."]
+    return "\n".join(lines)
+
+
+def _render_demo(data: Mapping) -> str:
+    """Only the scores: a rerun of the demo (same code) must render the same text, and its commit
+    and wall time differ from run to run (they stay in the JSON)."""
+    lines = [f"| model ({data.get('split', 'test')} tasks) | exact match | ROUGE-L |", "|---|---:|---:|"]
+    lines += [_row([label, _num(r.get("exact_match")), _num(r.get("rougeL"))]) for label, r in data["rows"].items()]
+    return "\n".join(lines)
+
+
+def _footer(data: Mapping) -> str:
+    return f"commit {str(data.get('commit', DASH))[:10]}; {_num(data.get('seconds'))} s of runs"
+
+
+def _short(metric: str) -> str:
+    return METRIC_NAMES.get(metric, (metric, metric))[0]
+
+
+def _variant(name: str, v: Mapping) -> str:
+    return f"{name} — {v['label']}" if v.get("label") else name
+
+
+def _pm(v: Mapping, metric: str) -> str:
+    mean, std = v.get("mean", {}).get(metric), v.get("std", {}).get(metric)
+    return _num(mean) if std is None or mean is None else f"{_num(mean)} ± {_num(std)}"
+
+
+def _delta(reference: str, p: Mapping, metric: str) -> str:
+    lo, hi = p["ci95"]
+    named = "" if p.get("metric", metric) == metric else f" {_short(p['metric'])}"
+    return f"{p['mean']:+.2f}{named} [{lo:.2f}, {hi:.2f}] vs {reference}"
+
+
+def _num(value: float | None) -> str:
+    return DASH if value is None else f"{value:.2f}"
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def _seed_order(seed: str) -> tuple:
+    return (0, int(seed), "") if seed.isdigit() else (1, 0, seed)
+
+
+# --- README blocks --------------------------------------------------------------------------------
+
+
+def find_blocks(text: str) -> list[tuple[str, str]]:
+    """`(name, content)` of every results block, in order; an unclosed or nested block raises."""
+    blocks = [(m.group(2), m.group(3)) for m in BLOCK.finditer(text)]
+    if len(OPENING.findall(text)) != len(blocks) or any(OPENING.search(c) for _, c in blocks):
+        raise ValueError("a '<!-- results: … -->' marker has no matching '<!-- /results -->'")
+    return blocks
+
+
+def render_readme(text: str, results_dir: str | os.PathLike) -> str:
+    """`text` with every results block's content regenerated from `results_dir/<name>.json`."""
+    find_blocks(text)  # validates the markers
+
+    def replace(match: re.Match) -> str:
+        name, path = match.group(2), Path(results_dir) / f"{match.group(2)}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"README results block {name!r}: no results file {path}")
+        content = render_block(name, json.loads(path.read_text(encoding="utf-8"))).strip("\n")
+        return f"{match.group(1)}\n{content}\n{match.group(4)}"
+
+    return BLOCK.sub(replace, text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tagi.results", description=__doc__.splitlines()[0])
+    parser.add_argument("--readme", type=Path, default=Path("README.md"))
+    parser.add_argument("--results-dir", type=Path, default=Path("docs/results"))
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--check", action="store_true", help="exit 1 if any results block is stale")
+    mode.add_argument("--write", action="store_true", help="regenerate the results blocks in place")
+    args = parser.parse_args(argv)
+    text = args.readme.read_text(encoding="utf-8")
+    rendered = render_readme(text, args.results_dir)
+    if args.write:
+        if rendered != text:
+            args.readme.write_text(rendered, encoding="utf-8")
+        print(f"{args.readme}: {len(find_blocks(text))} results blocks written")
+        return 0
+    stale = [(name, old, new) for (name, old), (_, new) in zip(find_blocks(text), find_blocks(rendered)) if old != new]
+    for name, old, new in stale:
+        print(f"results block {name!r} differs from {args.results_dir / (name + '.json')}:")
+        sys.stdout.writelines(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
+                                                   f"{args.readme} (current)", f"{name}.json (rendered)"))
+    if stale:
+        print(f"run: python -m tagi.results --readme {args.readme} --results-dir {args.results_dir} --write")
+        return 1
+    print("README results are up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

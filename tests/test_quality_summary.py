@@ -1,0 +1,55 @@
+"""benchmarks/quality.py's summary: the docs/results schema, controls, validation and paired intervals."""
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import quality  # noqa: E402
+from tagi.results import render_block  # noqa: E402
+
+
+def predictions(path: Path, hits: list[bool]) -> str:
+    rows = [{"task": "t", "id": str(i), "input": "x", "prediction": "yes" if hit else "no", "references": ["yes"]}
+            for i, hit in enumerate(hits)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def run(tmp_path: Path, name: str, seed: int, hits: list[bool], controls: dict | None = None) -> dict:
+    em = 100 * sum(hits) / len(hits)
+    return {"test": {"exact_match": em, "rougeL": em}, "controls": controls or {"real": em},
+            "validation": {"exact_match": em / 2, "rougeL": em / 2},
+            "predictions": predictions(tmp_path / f"{name}-{seed}.jsonl", hits)}
+
+
+def test_summary_has_the_issue_schema_and_paired_intervals(tmp_path):
+    raw = {
+        "no-instruction": {s: run(tmp_path, "n", s, [False] * 18 + [True] * 2) for s in (0, 1)},
+        "concat": {s: run(tmp_path, "c", s, [True] * 10 + [False] * 10, {"real": 50.0, "empty": 5.0}) for s in (0, 1)},
+        "tagi": {s: run(tmp_path, "t", s, [True] * (10 + s) + [False] * (10 - s), {"real": 50.0, "empty": 0.0})
+                 for s in (0, 1)},
+    }
+    data = quality.summary(raw, "demo", 12.5)
+    assert data["setting"] == "demo" and data["metric"] == "exact_match" and data["split"] == "test"
+    assert set(data["variants"]["tagi"]) == {"label", "per_seed", "mean", "std", "controls"}
+    assert data["variants"]["tagi"]["per_seed"]["1"]["exact_match"] == 55.0
+    assert data["variants"]["tagi"]["mean"]["exact_match"] == 52.5 and data["variants"]["tagi"]["std"]["exact_match"] > 0
+    assert "controls" not in data["variants"]["no-instruction"]  # it reads no instruction
+    assert data["variants"]["concat"]["controls"] == {"real": 50.0, "empty": 5.0}
+    assert data["validation"]["tagi"]["mean"]["exact_match"] == 26.25
+    assert set(data["paired"]) == {"no-instruction - concat", "tagi - concat"}
+    no_instruction = data["paired"]["no-instruction - concat"]
+    assert no_instruction["mean"] == -40.0 and no_instruction["ci95"][1] < 0  # clearly below concatenation
+    tagi = data["paired"]["tagi - concat"]
+    assert tagi["mean"] == 2.5 and tagi["ci95"][0] <= 2.5 <= tagi["ci95"][1]
+    text = render_block("quality-demo", data)
+    assert "-40.00" in text and "+2.50" in text and "test EM" in text
+
+
+def test_last_validation_reads_the_final_val_row(tmp_path):
+    csv = tmp_path / "metrics.csv"
+    csv.write_text("epoch,step,train/ce,val/exact_match,val/rougeL\n0,9,1.0,,\n0,99,,10.0,20.0\n0,109,0.5,,\n0,199,,12.5,30.0\n")
+    assert quality.last_validation(csv) == {"exact_match": 12.5, "rougeL": 30.0}
