@@ -235,7 +235,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument("--write", action="store_true", help="regenerate the results blocks in place")
     args = parser.parse_args(argv)
     text = args.readme.read_text(encoding="utf-8")
-    rendered = render_readme(text, args.results_dir)
+    try:
+        rendered = render_readme(text, args.results_dir)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.write:
         if rendered != text:
             args.readme.write_text(rendered, encoding="utf-8")
