@@ -44,7 +44,7 @@ def write_results(out_dir: str | os.PathLike, scores: Mapping[str, float], task_
     out = Path(out_dir)
     document = results_document(scores, task_category, meta)
     atomic_write_text(out / RESULTS_JSON, json.dumps(document, indent=2, sort_keys=True) + "\n")
-    header = f"# Held-out results — {meta.get('model', 'model')}\n\n"
+    header = f"# Test results — {meta.get('model', 'model')}\n\n"
     atomic_write_text(out / RESULTS_MD, header + results_table(scores) + "\n" + extra_markdown)
     return out / RESULTS_JSON
 

@@ -1,6 +1,6 @@
-"""What every stage shares: the backbone spec, the tokenizer, the optimizer, and validation by
-generation on held-out tasks scored with torchmetrics (ROUGE-L, exact match; per task, per
-category, overall).
+"""What every stage shares: the backbone spec, the tokenizer, the optimizer, and evaluation by
+generation — on the validation tasks while fitting, on the test tasks in `test` — scored with
+torchmetrics (ROUGE-L, exact match; per task, per category, overall).
 
 Subclasses implement `training_step` and `generate_texts(batch) -> list[str]`.
 """
@@ -106,7 +106,7 @@ class Generation:
 
 
 class GenerativeStage(L.LightningModule):
-    """Base LightningModule: optimizer + held-out validation/test by generation."""
+    """Base LightningModule: optimizer + validation/test by generation (validation tasks while fitting, test tasks in `test`)."""
 
     def __init__(self, backbone: Backbone, tokenizer: str, optimization: Optimization, generation: Generation):
         super().__init__()

@@ -4,7 +4,7 @@
     input: plain    the input alone (the no-instruction baseline)
 
 It reads `FinetuneDataModule` batches (they carry both forms) and validates by generation on the
-held-out tasks like every other stage. With `output_dir` set, the trained backbone is written
+validation tasks like every other stage. With `output_dir` set, the trained backbone is written
 there with `save_pretrained` at the end of training, so later stages can load it by path as their
 `backbone.name`: the offline settings have no pretrained T5 to download, and this is how they get
 a θ0 that has learnt to read instructions at all (DESIGN §1 assumes a pretrained backbone).

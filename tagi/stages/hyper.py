@@ -1,5 +1,5 @@
 """Shared by the stages that train the hypernetwork (pretrain, finetune): the TAGI model and how
-the student generates on held-out tasks (hypernetwork once per task, merged weights per task)."""
+the student generates on validation or test tasks (hypernetwork once per task, merged weights per task)."""
 
 from __future__ import annotations
 
