@@ -179,7 +179,7 @@ def test_test_writes_results_and_streams_predictions(workdir, student_checkpoint
     assert cost["ratio_tagi_over_baseline"]["flops"] == pytest.approx(cost["tagi"]["flops"] / cost["baseline"]["flops"])
     assert "ratio TAGI / concatenation" in (folder / "results.md").read_text()
     predictions = read_predictions(folder / "predictions.jsonl")
-    assert len(predictions) == 18 and set(predictions[0]) == {"task", "id", "input", "prediction", "references"}
+    assert len(predictions) == 20 and set(predictions[0]) == {"task", "id", "input", "prediction", "references"}
     assert {row["task"] for row in predictions} == set(results["tasks"])
 
     run_cli(["predict", "--config", str(ROOT / "configs/demo/finetune.yaml"), TINY, *FAST, *links,
