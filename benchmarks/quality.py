@@ -198,8 +198,20 @@ def summary(raw: dict[str, dict[int, dict]], setting: str, seconds: float) -> di
             controls = [run["controls"] for run in runs.values()]
             variants[name]["controls"] = {c: round(statistics.mean(r[c] for r in controls), 2) for c in controls[0]}
         validation[name] = {"mean": _mean_std([run["validation"] for run in runs.values()])["mean"]}
-    return {"setting": setting, "commit": git_commit(), "metric": HEADLINE, "split": "test", "seconds": seconds,
+    data = {"setting": setting, "commit": git_commit(), "metric": HEADLINE, "split": "test", "seconds": seconds,
             "variants": variants, "validation": validation, "paired": paired(raw)}
+    return {**data, "checks": checks(data)}
+
+
+def checks(data: dict) -> dict[str, str]:
+    """Generated sentences on what the suite must show: ignoring the instruction is not enough."""
+    variants, validation = data["variants"], data["validation"]
+    if "no-instruction" not in variants or "concat" not in variants:
+        return {}
+    ratio = {split: scores["no-instruction"]["mean"][HEADLINE] / max(scores["concat"]["mean"][HEADLINE], 1e-9)
+             for split, scores in (("validation", validation), ("test", variants))}
+    return {"no-instruction / concat, mean exact match": ", ".join(f"{split} {r:.2f}" for split, r in ratio.items())
+            + " (the suite asks for at most 0.33)"}
 
 
 def _mean_std(scores: list[dict[str, float]]) -> dict:

@@ -155,6 +155,7 @@ def _render_quality(data: Mapping) -> str:
     lines += ["", f"Split: {split}; metric: {METRIC_NAMES.get(metric, (metric, metric))[1]} (headline), "
                   f"{METRIC_NAMES.get(other)[1]}; mean ± std over seeds {', '.join(seeds) or DASH}; "
                   f"Δ: paired two-level bootstrap; {_footer(data)}."]
+    lines += [f"{check}: {value}" for check, value in data.get("checks", {}).items()]
     return "\n".join(lines)
 
 

@@ -45,8 +45,10 @@ def test_summary_has_the_issue_schema_and_paired_intervals(tmp_path):
     assert no_instruction["mean"] == -40.0 and no_instruction["ci95"][1] < 0  # clearly below concatenation
     tagi = data["paired"]["tagi - concat"]
     assert tagi["mean"] == 2.5 and tagi["ci95"][0] <= 2.5 <= tagi["ci95"][1]
+    assert data["checks"] == {"no-instruction / concat, mean exact match":
+                              "validation 0.20, test 0.20 (the suite asks for at most 0.33)"}
     text = render_block("quality-demo", data)
-    assert "-40.00" in text and "+2.50" in text and "test EM" in text
+    assert "-40.00" in text and "+2.50" in text and "test EM" in text and "validation 0.20, test 0.20" in text
 
 
 def test_last_validation_reads_the_final_val_row(tmp_path):
