@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Literal
 
 from jsonargparse import ArgumentParser, ActionConfigFile
 
@@ -98,7 +99,7 @@ def run_pipeline(
     run: str = "demo",
     teachers_dir: str = "teachers",
     checkpoints_dir: str = "checkpoints",
-    controls: list[str] = list(CONTROL_ROWS),
+    controls: list[Literal["paraphrase", "other_task", "empty", "random"]] = list(CONTROL_ROWS),
     adapter_check: bool = True,
     results_json: str | None = None,
     force: bool = False,
