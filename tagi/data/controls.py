@@ -16,13 +16,15 @@ from __future__ import annotations
 import dataclasses
 import random
 import string
+from typing import Literal, get_args
 
 from tagi.errors import ConfigurationError
 
 from .sni import Task
 from .templates import instruction_text
 
-CONTROLS = ("real", "paraphrase", "other_task", "empty", "random")
+Control = Literal["real", "paraphrase", "other_task", "empty", "random"]
+CONTROLS: tuple[str, ...] = get_args(Control)
 _RANDOM_ALPHABET = string.ascii_lowercase + " " * 5  # about one space per word-sized run, like text
 
 

@@ -21,7 +21,6 @@ into `cache_dir` on first use.
 from __future__ import annotations
 
 from functools import partial
-from typing import Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -32,16 +31,13 @@ from ..errors import ConfigurationError
 from .c4 import C4Segments
 from .collate import Collator
 from .sampler import ShuffledBatchSampler, TaskBatchSampler
-from .controls import apply_control
+from .controls import Control, apply_control
 from .synthetic import ensure_corpus
 from .sni import Task
 from .sni_dataset import (SYNTHETIC, Lengths, SNIDataset, TaskSets, cap_instances, holdout_instances, load_tasks,
                           prepare_data_dir)
 from .tokenization import load_tokenizer
 
-
-
-Control = Literal["real", "paraphrase", "other_task", "empty", "random"]  # = controls.CONTROLS
 
 
 def _pairs(tasks: list[Task]) -> list[tuple[str, str]]:
