@@ -7,7 +7,10 @@ shape and instruction form (`Def`, `Def+2Pos`) it serves one task of n examples 
 `tagi.cost.task_cost` (FLOPs from torch.utils.flop_counter, CPU wall time): TAGI with the LoRA
 merged into the weights (one task per call) and batched (per-row LoRA, as in a mixed-task batch),
 against the concatenation baseline. It prints a table, and
-plots cost against instruction length to runs/inference-cost/cost_vs_instruction.png.
+plots cost against instruction length to runs/inference-cost/cost_vs_instruction.png. The rows
+of the measured shapes replace theirs in docs/results/inference-cost.json (other shapes' rows are
+kept, each with its commit), from which the README's table is generated (`python -m tagi.results`).
+The hypernetwork is the shipped real-scale architecture (configs/sni-t5-base/parts/architecture.yaml).
 Token lengths are typical of SNI with the T5 tokenizer: definitions ~ 60 tokens, two positive
 examples ~ 2 × 120 more, inputs ~ 100, targets ~ 10.
 """
@@ -34,6 +37,8 @@ SHAPES = {  # T5 v1.1 / LM-adapt shapes (gated-GELU feed-forward)
     "t5-base": dict(d_model=768, num_layers=12, num_heads=12, d_kv=64, d_ff=2048),
 }
 FORMS = {"Def": 60, "Def+2Pos": 300}  # instruction tokens
+ARCHITECTURE = ROOT / "configs" / "sni-t5-base" / "parts" / "architecture.yaml"
+RESULTS = ROOT / "docs" / "results" / "inference-cost.json"
 INPUT_TOKENS, TARGET_TOKENS = 100, 10
 
 
@@ -43,7 +48,9 @@ def build(shape: str) -> TAGIModel:
     config = tiny_t5_config(vocab_size=32128, d_model=sizes["d_model"], num_layers=sizes["num_layers"],
                             num_heads=sizes["num_heads"], d_kv=sizes["d_kv"], d_ff=sizes["d_ff"],
                             relative_attention_num_buckets=32, relative_attention_max_distance=128)
-    return TAGIModel(T5ForConditionalGeneration(config), lora_rank=32, lora_alpha=32.0, generator_hidden_dim=512).eval()
+    import yaml
+
+    return TAGIModel(T5ForConditionalGeneration(config), **yaml.safe_load(ARCHITECTURE.read_text())).eval()
 
 
 def one_task(model: TAGIModel, instruction_tokens: int, examples: int, repeats: int, batched: bool = False):
@@ -66,6 +73,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--sweep", type=int, nargs="*", default=[30, 60, 150, 300, 600],
                         help="instruction lengths to plot (none: no plot)")
     parser.add_argument("--out", default=str(ROOT / "runs" / "inference-cost"), help="folder for the JSON and the plot")
+    parser.add_argument("--results", default=str(RESULTS), help="summary JSON the README is generated from")
     args = parser.parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
     out = Path(args.out)
@@ -81,9 +89,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(table(rows, args.examples))
     if sweep:
         plot(sweep, out / "cost_vs_instruction.png")
+        plot(sweep, Path(args.results).with_suffix(".png"))
     (out / "inference_cost.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_results(Path(args.results), rows, args.examples)
     print(f"\n({time.perf_counter() - start:.0f} s; written to {out})")
     return rows
+
+
+def write_results(path: Path, rows: list[dict], examples: int) -> None:
+    """Merge this run's shapes into the summary: a t5-small run keeps the t5-base rows and vice versa."""
+    from tagi.results import git_commit
+
+    commit, measured = git_commit(ROOT), {row["shape"] for row in rows}
+    kept = json.loads(path.read_text())["costs"] if path.is_file() else []
+    fresh = [{"shape": r["shape"], "form": r["form"], "instruction_tokens": r["instruction_tokens"], "commit": commit,
+              "threads": torch.get_num_threads(), "tagi": r["tagi"], "baseline": r["baseline"],
+              "ratio": r["ratio_tagi_over_baseline"]} for r in rows]
+    costs = [row for row in kept if row["shape"] not in measured] + fresh
+    order = list(SHAPES)
+    costs.sort(key=lambda row: (order.index(row["shape"]) if row["shape"] in order else len(order), row["instruction_tokens"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"examples": examples, "costs": costs}, indent=2) + "\n")
 
 
 def table(rows: list[dict], examples: int) -> str:

@@ -36,6 +36,7 @@ from tagi.reports import RESULTS_JSON  # noqa: E402
 from tagi.results import git_commit, paired_bootstrap, per_example, render_block  # noqa: E402
 
 NO_FUSION = ["--model.init_args.architecture.fusion=false", "--model.init_args.architecture.fid=false"]
+HART = ["--model.init_args.architecture.generator=hart"]
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,16 @@ VARIANTS: dict[str, Variant] = {
                              ("teacher", "pretrain"), reference="tagi"),
     "tagi-ab": Variant("finetune.yaml", "TAGI, `ab` parameter loss", ("--model.init_args.distillation.param_form=ab",),
                        ("teacher", "pretrain"), reference="tagi"),
-    "tagi-hart": Variant("finetune.yaml", "TAGI + HART consistency (λ 0.1)",
-                         ("--model.init_args.distillation.consistency_weight=0.1",), ("teacher", "pretrain"), reference="tagi"),
+    "tagi-hart": Variant("finetune.yaml", "TAGI, HART's autoregressive generator", tuple(HART), ("teacher", "pretrain"),
+                         pretrain_overrides=tuple(HART), reference="tagi"),
+    "tagi-hart-cst": Variant("finetune.yaml", "TAGI, HART generator + consistency loss (λ 0.1)",
+                             (*HART, "--model.init_args.distillation.consistency_weight=0.1"), ("teacher", "pretrain"),
+                             pretrain_overrides=tuple(HART), reference="tagi-hart"),
+    "tagi-bare": Variant("finetune.yaml", "TAGI, student reads the bare input (no instance template)",
+                         ("--data.init_args.student_input=bare",), ("teacher", "pretrain"), reference="tagi"),
+    # The official code's setup: the student also reads the definition, so it is not instruction-free.
+    "tagi-concat-input": Variant("finetune.yaml", "TAGI, student also reads the instruction (official code's setup)",
+                                 ("--data.init_args.student_input=concat",), ("teacher", "pretrain"), reference="concat"),
     "tagi-no-pretrain": Variant("finetune.yaml", "TAGI without stage 2", ("--model.init_args.init_from=null",),
                                 ("teacher",), reference="tagi"),
     # The instruction reaches the model only through the generated LoRA: no encoder fusion, no FiD;

@@ -2,6 +2,11 @@
 
     python benchmarks/training_cost.py [--shapes demo t5-small] [--steps 5] [--device cpu|cuda] [--no-fused]
 
+The architecture at each shape is the shipped one (demo: configs/demo/parts/architecture.yaml;
+t5-small and t5-base: configs/sni-t5-base/parts/architecture.yaml). Trainable weights per part
+(pooler, generator, fusion) are counted at every shape, without allocating them; the timed shapes
+are `--shapes` (t5-base needs a GPU to time in reasonable minutes).
+
 Each measurement runs in its own subprocess, so peak memory is that part's alone: on CPU the peak
 resident set above the one right before the timed steps (/proc/self/status VmHWM after resetting it
 through /proc/self/clear_refs), on CUDA `torch.cuda.max_memory_allocated` above the allocation
@@ -17,7 +22,10 @@ Parts:
   optimizer     the AdamW update of the trainable weights, as the stage configures it
   optimizer (unfused)  the same update with torch's unfused implementation
   peft LoRA     peft LoRA (same rank and targets) on θ0, concatenated input, forward + backward + AdamW
-Prints a table with ratios to the peft step and writes runs/training-cost/training_cost.{json,md,png}.
+Prints a table with ratios to the peft step, writes runs/training-cost/training_cost.{json,md,png}
+and the summary docs/results/training-cost.json (`{"<shape>": {"trainable", "trainable_by_part",
+"step_ratio", "peak_ratio"}}`, ratios of the full step to the peft step of the same run), from which
+the README's table is generated (`python -m tagi.results --write`).
 """
 
 from __future__ import annotations
@@ -37,28 +45,52 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SHAPES = {  # backbone shape, and a batch typical of its setting
+REAL = "configs/sni-t5-base/parts/architecture.yaml"
+SHAPES = {  # backbone shape, its shipped architecture, and a batch typical of its setting
     "demo": dict(model=dict(d_model=128, num_layers=3, num_heads=4, d_kv=32, d_ff=256, vocab_size=1024),
-                 rank=8, hidden=128, batch=32, tasks=4, instruction=32, input=12, target=8),
+                 architecture="configs/demo/parts/architecture.yaml", batch=32, tasks=4, instruction=32, input=12, target=8),
     "t5-small": dict(model=dict(d_model=512, num_layers=8, num_heads=6, d_kv=64, d_ff=1024, vocab_size=32128),
-                     rank=32, hidden=512, batch=8, tasks=4, instruction=60, input=100, target=10),
+                     architecture=REAL, batch=8, tasks=4, instruction=60, input=100, target=10),
+    "t5-base": dict(model=dict(d_model=768, num_layers=12, num_heads=12, d_kv=64, d_ff=2048, vocab_size=32128),
+                    architecture=REAL, batch=8, tasks=4, instruction=60, input=100, target=10),
 }
+TIMED = ["demo", "t5-small"]
+RESULTS = ROOT / "docs" / "results" / "training-cost.json"
 PARTS = ["full step", "hypernetwork", "teacher", "student", "optimizer", "optimizer (unfused)", "peft LoRA"]
 CLUSTERS = 8
 
 
 # ------------------------------------------------------------------ one part, in a child process
 
+def architecture(shape: dict):
+    import yaml
+
+    from tagi.stages import Architecture
+
+    return Architecture(**yaml.safe_load((ROOT / shape["architecture"]).read_text()))
+
+
+def trainable_by_part(shape: dict) -> dict[str, int]:
+    """The finetune stage's trainable weights per part, counted on the meta device (nothing allocated)."""
+    from dataclasses import asdict
+
+    from tagi.model import TAGIModel, load_backbone
+
+    with torch.device("meta"):
+        model = TAGIModel(load_backbone("tiny", shape["model"]), **asdict(architecture(shape)))
+    return model.trainable_by_part()
+
+
 def build_module(shape: dict, device: str, fused: bool = True):
     from tagi.lora import LoRAWeights
-    from tagi.stages import Architecture, Backbone, Distillation, FinetuneModule, Generation, Optimization
+    from tagi.stages import Backbone, Distillation, FinetuneModule, Generation, Optimization
 
     torch.manual_seed(0)
     module = FinetuneModule(
         backbone=Backbone("tiny", tiny_config=shape["model"]),
-        architecture=Architecture(lora_rank=shape["rank"], lora_alpha=2.0 * shape["rank"], generator_hidden_dim=shape["hidden"]),
+        architecture=architecture(shape),
         tokenizer="synthetic", optimization=Optimization(fused=fused), generation=Generation(),
-        distillation=Distillation(kl_weight=1.0, param_weight=1.0, param_form="delta"),
+        distillation=Distillation(kl_weight=1.0, param_weight=1.0, param_form="delta", grad_share_every=0),
     ).to(device)
     # The teacher bank as the finetune stage holds it: one (A, B) per cluster, same sites and rank.
     probe = module.model.encode_task(torch.ones(1, 4, dtype=torch.long, device=device), torch.ones(1, 4, dtype=torch.long, device=device)).lora
@@ -213,7 +245,7 @@ def run_child(shape: str, part: str, steps: int, device: str, fused: bool) -> di
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], counts: dict[str, dict[str, int]]) -> str:
     lines = ["| shape | part | s / step | × peft step | peak MiB above start | × peft |", "|---|---|---:|---:|---:|---:|"]
     for shape in dict.fromkeys(row["shape"] for row in rows):
         mine = [row for row in rows if row["shape"] == shape]
@@ -222,10 +254,28 @@ def table(rows: list[dict]) -> str:
             memory = row["peak_bytes_above_start"] / 2**20
             lines.append(f"| {shape} | {row['part']} | {row['seconds']:.3f} | {row['seconds'] / peft['seconds']:.2f} | "
                          f"{memory:.1f} | {row['peak_bytes_above_start'] / max(peft['peak_bytes_above_start'], 1):.2f} |")
-    for shape in dict.fromkeys(row["shape"] for row in rows):
-        params = next(row["finetune_trainable_params"] for row in rows if row["shape"] == shape)
-        lines.append(f"\n{shape}: {params / 1e6:.1f}M trainable weights in the finetune stage (hypernetwork + fusion)")
+    for shape, parts in counts.items():
+        split = ", ".join(f"{name} {count / 1e6:.2f}M" for name, count in parts.items() if count)
+        lines.append(f"\n{shape}: {sum(parts.values()) / 1e6:.2f}M trainable weights in the finetune stage ({split})")
     return "\n".join(lines)
+
+
+def summary(rows: list[dict], counts: dict[str, dict[str, int]], device: str, steps: int, fused: bool) -> dict:
+    """docs/results/training-cost.json: per shape, trainable weights and the full step's ratios to peft."""
+    from tagi.results import git_commit
+
+    out: dict = {"commit": git_commit(ROOT), "device": device, "threads": torch.get_num_threads(), "steps": steps,
+                 "fused": fused}
+    for shape, parts in counts.items():
+        mine = {row["part"]: row for row in rows if row["shape"] == shape}
+        entry = {"trainable": sum(parts.values()), "trainable_by_part": parts, "step_ratio": None, "peak_ratio": None}
+        if mine:
+            full, peft = mine["full step"], mine["peft LoRA"]
+            entry["step_ratio"] = round(full["seconds"] / peft["seconds"], 3)
+            entry["peak_ratio"] = round(full["peak_bytes_above_start"] / max(peft["peak_bytes_above_start"], 1), 3)
+            entry["seconds"] = {part: round(row["seconds"], 4) for part, row in mine.items()}
+        out[shape] = entry
+    return out
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -248,7 +298,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--shapes", nargs="+", default=TIMED, choices=list(SHAPES), help="shapes to time")
+    parser.add_argument("--results", default=str(RESULTS), help="summary JSON the README is generated from")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", default=str(ROOT / "runs" / "training-cost"), help="folder for the table, JSON and plot")
@@ -266,9 +317,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"  {shape} / {part}: {rows[-1]['seconds']:.3f} s", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    counts = {shape: trainable_by_part(SHAPES[shape]) for shape in SHAPES}
     text = (f"## Finetune step cost ({args.device}, {torch.get_num_threads()} threads, median of {args.steps} steps, "
             f"{'fused' if args.fused else 'unfused'} AdamW)\n\n"
-            f"{table(rows)}\n")
+            f"{table(rows, counts)}\n")
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results).write_text(json.dumps(summary(rows, counts, args.device, args.steps, args.fused), indent=2) + "\n")
     (out / "training_cost.md").write_text(text)
     (out / "training_cost.json").write_text(json.dumps(rows, indent=2) + "\n")
     plot(rows, out / "training_cost.png")

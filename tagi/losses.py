@@ -2,7 +2,7 @@
 
     L = CE + λ_kl · kl_distillation(student, teacher)        token-level, target positions only
            + λ_param · lora_param_distance(form, generated LoRA, teacher LoRA)
-           (+ λ_cst · consistency_loss(HART hidden states, previous batch mean))
+           (+ λ_cst · consistency_loss(HART per-layer states, previous step's batch mean))
 
 LoRA tensors use peft's layout stacked over rows (examples/tasks) and sites:
 
@@ -81,14 +81,15 @@ def _frobenius_inner(B1: Tensor, A1: Tensor, B2: Tensor, A2: Tensor) -> Tensor:
 
 
 def lora_delta_distance(
-    A_s: Tensor, B_s: Tensor, s_s: Scaling, A_t: Tensor, B_t: Tensor, s_t: Scaling
+    A_s: Tensor, B_s: Tensor, s_s: Scaling, A_t: Tensor, B_t: Tensor, s_t: Scaling, eps: float = 1e-12
 ) -> Tensor:
-    """Element-wise MSE of ΔW = s·B·A between student and teacher, mean over rows and sites.
+    """‖ΔW_s − ΔW_t‖²_F / ‖ΔW_t‖²_F per site (ΔW = s·B·A), mean over rows and sites.
 
-    ‖s_s B_s A_s − s_t B_t A_t‖²_F / (out·in), expanded into r×r Gram products, so the cost is
-    O(r² (out + in)) per site instead of O(r · out · in). Ranks may differ. Invariant to
-    A → RA, B → BR⁻¹. Teacher tensors are constants. Absolute round-off is relative to ‖ΔW‖², not
-    to the difference, hence the clamp at 0.
+    Relative to the teacher's own size, so a generated delta of zero costs 1 at every shape (the
+    absolute MSE is ~1e-5 against CE ≈ 1, a weight no setting could share). Expanded into r×r Gram
+    products, so the cost is O(r² (out + in)) per site instead of O(r · out · in). Ranks may differ.
+    Invariant to A → RA, B → BR⁻¹. Teacher tensors are constants. Absolute round-off is relative to
+    ‖ΔW‖², not to the difference, hence the clamp at 0.
     """
     if A_s.shape[-1] != A_t.shape[-1] or B_s.shape[-2] != B_t.shape[-2]:
         raise ValueError(
@@ -97,13 +98,11 @@ def lora_delta_distance(
         )
     A_s, B_s = _upcast(A_s), _upcast(B_s)
     A_t, B_t = _upcast(A_t.detach()), _upcast(B_t.detach())
-    out_features, in_features = B_s.shape[-2], A_s.shape[-1]
+    teacher_sq = s_t * s_t * _frobenius_inner(B_t, A_t, B_t, A_t)  # (N, S)
     sq_norm = (
-        s_s * s_s * _frobenius_inner(B_s, A_s, B_s, A_s)
-        - 2 * s_s * s_t * _frobenius_inner(B_s, A_s, B_t, A_t)
-        + s_t * s_t * _frobenius_inner(B_t, A_t, B_t, A_t)
+        s_s * s_s * _frobenius_inner(B_s, A_s, B_s, A_s) - 2 * s_s * s_t * _frobenius_inner(B_s, A_s, B_t, A_t) + teacher_sq
     )  # (N, S)
-    return (sq_norm.clamp(min=0) / (out_features * in_features)).mean()
+    return (sq_norm.clamp(min=0) / teacher_sq.clamp(min=eps)).mean()
 
 
 def lora_param_distance(

@@ -24,7 +24,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
-from tagi.hypernet import HyperNetwork, LoRAGenerator
+from tagi.hypernet import GeneratorKind, LoRAGenerator, SiteLayout
 from tagi.lora import LoRAWeights, apply_lora, lora_site_names, merged_lora
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class TaskEncoding:
     lora: LoRAWeights  # A (N, S, r, in), B (N, S, out, r)
     instruction: Tensor  # (N, L, d) encoded instruction I
     instruction_mask: Tensor  # (N, L)
-    generator_hidden: Tensor  # (N, M, 2, H)
+    generator_hidden: Tensor  # (N, T, P) the generator's per-layer context states
 
     def __len__(self) -> int:
         return len(self.lora)
@@ -158,10 +158,16 @@ class TAGIModel(nn.Module):
         backbone: T5ForConditionalGeneration,
         lora_rank: int = 8,
         lora_alpha: float = 16.0,
-        generator_hidden_dim: int = 128,
+        generator: GeneratorKind = "mlp",
+        generator_width: int = 128,
+        generator_hidden_dim: int = 64,
         site_embed_dim: int = 32,
         b_init_std: float = 1e-3,
+        hart_layers: int = 1,
+        hart_heads: int = 4,
         fusion: bool = True,
+        fusion_heads: int | None = None,
+        fusion_d_kv: int | None = None,
         fid: bool = True,
         freeze_backbone: bool = True,
     ):
@@ -172,24 +178,36 @@ class TAGIModel(nn.Module):
         self.use_fusion, self.use_fid = fusion, fid
         self.site_names = lora_site_names(backbone)
         self._site_index = {backbone.get_submodule(name): i for i, name in enumerate(self.site_names)}
-        inner = config.num_heads * config.d_kv
-        self.hypernet = HyperNetwork(
-            LoRAGenerator(
-                num_modules=len(self.site_names) // 2,
-                instruction_dim=config.d_model,
-                in_features=config.d_model,
-                out_features=inner,
-                rank=lora_rank,
-                hidden_dim=generator_hidden_dim,
-                site_embed_dim=site_embed_dim,
-                b_init_std=b_init_std,
-            )
+        self.hypernet = LoRAGenerator(
+            SiteLayout.from_names(self.site_names),
+            instruction_dim=config.d_model,
+            in_features=config.d_model,
+            out_features=config.num_heads * config.d_kv,
+            rank=lora_rank,
+            kind=generator,
+            width=generator_width,
+            hidden_dim=generator_hidden_dim,
+            site_embed_dim=site_embed_dim,
+            b_init_std=b_init_std,
+            hart_layers=hart_layers,
+            hart_heads=hart_heads,
         )
+        # The fusion attention's width is its own: at the backbone's width it would be 4·d² weights per
+        # encoder block (28M at t5-base), more than the whole hypernetwork.
+        heads, d_kv = fusion_heads or config.num_heads, fusion_d_kv or config.d_kv
         self.fusion = nn.ModuleList(
-            FusionCrossAttention(config.d_model, config.num_heads, config.d_kv, config.layer_norm_epsilon)
-            for _ in backbone.encoder.block
+            FusionCrossAttention(config.d_model, heads, d_kv, config.layer_norm_epsilon) for _ in backbone.encoder.block
         ) if fusion else None
         self.backbone.requires_grad_(not freeze_backbone)
+
+    def trainable_by_part(self) -> dict[str, int]:
+        """Trainable weights per part: the instruction reader (pooler, or HART's decoder), the shared
+        head with its site embeddings, the fusion attention, and the backbone where it is trained."""
+        parts = {"pooler": self.hypernet.reader(), "generator": self.hypernet, "fusion": self.fusion, "backbone": self.backbone}
+        counts = {name: sum(p.numel() for p in module.parameters() if p.requires_grad) if module is not None else 0
+                  for name, module in parts.items()}
+        counts["generator"] -= counts["pooler"]
+        return counts
 
     @property
     def lora_scale(self) -> float:
@@ -207,7 +225,7 @@ class TAGIModel(nn.Module):
     def encode_task(self, instruction_ids: Tensor, instruction_mask: Tensor) -> TaskEncoding:
         """Run the hypernetwork on N instructions. Do this once per task and reuse the result."""
         instruction = self.encode_instruction(instruction_ids, instruction_mask)  # (N, L, d)
-        generated = self.hypernet(instruction, instruction_mask)
+        generated = self.hypernet(instruction, instruction_mask)  # A (N, S, r, in), B (N, S, out, r)
         lora = LoRAWeights(generated.A, generated.B, self.lora_scale)
         return TaskEncoding(lora, instruction, instruction_mask, generated.hidden)
 

@@ -127,7 +127,11 @@ def render_block(name: str, data: Mapping) -> str:
         return _render_quality(data)
     if "rows" in data:
         return _render_demo(data)
-    raise ValueError(f"results {name!r}: neither 'variants' nor 'rows' in its JSON (keys {sorted(data)})")
+    if any(isinstance(v, Mapping) and "trainable" in v for v in data.values()):
+        return _render_training_cost(data)
+    if "costs" in data:
+        return _render_inference_cost(data)
+    raise ValueError(f"results {name!r}: no 'variants', 'rows' or per-shape 'trainable' in its JSON (keys {sorted(data)})")
 
 
 def _render_quality(data: Mapping) -> str:
@@ -165,6 +169,41 @@ def _render_demo(data: Mapping) -> str:
     lines = [f"| model ({data.get('split', 'test')} tasks) | exact match | ROUGE-L |", "|---|---:|---:|"]
     lines += [_row([label, _num(r.get("exact_match")), _num(r.get("rougeL"))]) for label, r in data["rows"].items()]
     return "\n".join(lines)
+
+
+def _render_training_cost(data: Mapping) -> str:
+    """Per shape: the finetune stage's trainable weights by part and its full step against a peft-LoRA step."""
+    shapes = {name: v for name, v in data.items() if isinstance(v, Mapping) and "trainable" in v}
+    parts = list(dict.fromkeys(part for v in shapes.values() for part in v.get("trainable_by_part", {})))
+    lines = [_row(["shape", "trainable", *parts, "step × peft", "peak memory × peft"]),
+             "|---|" + "---:|" * (len(parts) + 3)]
+    for name, v in shapes.items():
+        by_part = v.get("trainable_by_part", {})
+        lines.append(_row([name, _millions(v["trainable"]), *(_millions(by_part.get(p, 0)) for p in parts),
+                           _num(v.get("step_ratio")), _num(v.get("peak_ratio"))]))
+    lines += ["", f"{data.get('device', DASH)}, {data.get('threads', DASH)} threads, median of {data.get('steps', DASH)} "
+                  f"steps; commit {str(data.get('commit', DASH))[:10]}; {DASH} = not timed at this shape."]
+    return "\n".join(lines)
+
+
+def _render_inference_cost(data: Mapping) -> str:
+    """One task of n examples, TAGI (hypernetwork once + the inputs) against instruction concatenation."""
+    lines = [_row(["shape, instruction", "TAGI GFLOPs", "concat GFLOPs", "**FLOPs ratio**", "TAGI s", "concat s",
+                   "**time ratio**", "batched FLOPs / time ratio"]), "|---|" + "---:|" * 7]
+    for row in data["costs"]:
+        tagi, base, ratio = row["tagi"], row["baseline"], row["ratio"]
+        lines.append(_row([f"{row['shape']}, {row['form']} ({row['instruction_tokens']} tokens)",
+                           f"{tagi['flops'] / 1e9:.1f}", f"{base['flops'] / 1e9:.1f}", f"**{ratio['flops']:.3f}**",
+                           f"{tagi['seconds']:.2f}", f"{base['seconds']:.2f}", f"**{ratio['seconds']:.3f}**",
+                           f"{ratio['flops_batched']:.3f} / {ratio['seconds_batched']:.3f}"]))
+    commits = ", ".join(dict.fromkeys(f"{row['shape']} {str(row['commit'])[:10]} ({row['threads']} threads)"
+                                      for row in data["costs"]))
+    lines += ["", f"{data.get('examples', DASH)} examples per task; commit per shape: {commits}."]
+    return "\n".join(lines)
+
+
+def _millions(count: int) -> str:
+    return f"{count / 1e6:.2f}M"
 
 
 def _footer(data: Mapping) -> str:

@@ -20,7 +20,7 @@ import torch
 from tagi.adapters import save_adapter
 from tagi.cache import TaskCache
 from tagi.data.sni import Demonstration, Task
-from tagi.data.templates import instruction_text, model_input_text
+from tagi.data.templates import instruction_text, student_input_text
 from tagi.data.tokenization import encode, load_tokenizer
 from tagi.errors import TagiError
 from tagi.model import TAGIModel, TaskEncoding, load_backbone
@@ -41,8 +41,10 @@ def format_instruction(definition: str, positive_examples: Sequence[tuple[str, s
 
 
 class Student:
-    def __init__(self, model: TAGIModel, tokenizer, backbone: dict, max_instruction_length: int = 1024, cache_size: int = 1024):
+    def __init__(self, model: TAGIModel, tokenizer, backbone: dict, max_instruction_length: int = 1024, cache_size: int = 1024,
+                 student_input: str = "template"):
         self.model = model.eval()
+        self.student_input = student_input  # the input format it was trained on (`sni_dataset.StudentInput`)
         self.tokenizer = tokenizer
         self.backbone = backbone  # the Backbone spec the model was trained on (name, tiny_config, seed)
         self.max_instruction_length = max_instruction_length
@@ -62,6 +64,8 @@ class Student:
         model = TAGIModel(load_backbone(spec["name"], tiny, spec.get("seed", 0)), **described["architecture"])
         state = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items() if key.startswith("model.")}
         model.load_state_dict(state)
+        # The data module's own record; checkpoints from before `student_input` existed read bare inputs.
+        kwargs.setdefault("student_input", checkpoint.get("datamodule_hyper_parameters", {}).get("student_input", "bare"))
         return cls(model, tokenizer, spec, **kwargs)
 
     # -- per task, once
@@ -85,7 +89,7 @@ class Student:
         task = self.encode(instruction)
         outputs = []
         for start in range(0, len(inputs), batch_size):
-            texts = [model_input_text(x) for x in inputs[start : start + batch_size]]
+            texts = [student_input_text(x, self.student_input, instruction) for x in inputs[start : start + batch_size]]
             batch = self.tokenizer(texts, return_tensors="pt", padding=True)
             sequences = self.model.generate(task, batch["input_ids"], batch["attention_mask"], merge=True, lora_only=lora_only,
                                             max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)

@@ -1,5 +1,6 @@
 """`python -m tagi fit` on the demo configs, a few steps per stage, asserting the artifacts written."""
 
+import csv
 import json
 import logging
 import shutil
@@ -70,6 +71,12 @@ def test_finetune_stage_warm_starts_and_uses_teachers(workdir, teachers):
     assert float(logged["train/kl"]) > 0 and float(logged["train/param"]) > 0
     assert "val/rougeL" in logged
     assert (workdir / "checkpoints/demo/finetune/checkpoints/last.ckpt").is_file()
+    # step 0: each term's share of the gradient at the generated LoRA, logged once (not repeated later)
+    rows = [row for row in csv.DictReader((workdir / "checkpoints/demo/finetune/metrics.csv").open())
+            if row.get("train/grad_share/ce")]
+    assert [row["step"] for row in rows] == ["0"]
+    shares = [float(rows[0][f"train/grad_share/{term}"]) for term in ("ce", "kl", "param")]
+    assert all(share > 0 for share in shares) and abs(sum(shares) - 1) < 1e-5
 
 
 def test_print_config_and_misspelt_key(workdir, capsys):

@@ -83,6 +83,20 @@ def test_finetune_module(suite):
     assert first["cluster_ids"][0] == dm.clusters[first["categories"][0]]
 
 
+@pytest.mark.parametrize("form", ["template", "bare", "concat"])
+def test_student_input_forms(suite, form):
+    """The student reads the instance prompt θ0 knows (default), the bare input, or the whole concatenation."""
+    dm = FinetuneDataModule(data_dir=suite, batch_size=4, num_pos=2, student_input=form)
+    dm.setup("fit")
+    first = next(iter(dm.val_dataloader()))
+    task, x = dm.datasets["val"].tasks[0], dm.datasets["val"].tasks[0].instances[0].input
+    student = decode(dm.tokenizer, first["input_ids"][0], first["attention_mask"][0])
+    expected = {"template": templates.concat_prompt_text(x), "bare": x,
+                "concat": templates.concat_input_text(task, x, 2)}[form]
+    assert student == expected
+    assert student == templates.student_input_text(x, form, templates.instruction_text(task, 2))  # serving agrees
+
+
 def test_finetune_plain_shuffle_and_generated_suite(tmp_path):
     dm = FinetuneDataModule(data_dir="synthetic", cache_dir=str(tmp_path), batch_size=4, num_pos=0,
                             max_train_instances_per_task=3, max_test_instances_per_task=2, max_val_instances_per_task=1)

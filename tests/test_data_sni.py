@@ -68,7 +68,9 @@ def test_ni_v1_formatted_inputs_on_a_real_task():
     x = task.instances[0]
     concat = templates.concat_input_text(task, x.input, num_pos=2)
     assert concat == two_pos + f"\n\nNow complete the following example -\nInput: {x.input}\nOutput: "
-    assert templates.model_input_text(x.input) == x.input
+    assert templates.student_input_text(x.input, "bare") == x.input
+    assert templates.student_input_text(x.input, "template") == templates.concat_prompt_text(x.input)
+    assert templates.student_input_text(x.input, "concat", two_pos) == concat  # serving builds what training read
     assert templates.instruction_text(task, num_pos=5) == two_pos  # only 2 exist: use what there is
 
 

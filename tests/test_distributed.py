@@ -25,8 +25,9 @@ HELD_OUT = 10 * 2  # held-out tasks × max_test_instances_per_task: what all but
 STAGE_ARGS = {
     "backbone": ["--model.init_args.output_dir=theta0-{mode}"],
     "teacher": ["--model.init_args.output_dir=teachers-{mode}", "--data.init_args.val_instances_per_task=1"],
-    "pretrain": [],
+    "pretrain": ["--model.init_args.architecture.generator=hart"],
     "finetune": ["--model.init_args.init_from=ddp/pretrain/checkpoints/last.ckpt", "--model.init_args.teachers=teachers-ddp",
+                 "--model.init_args.architecture.generator=hart",
                  "--model.init_args.distillation.consistency_weight=0.1"],  # HART state: all-gathered across ranks
 }
 

@@ -85,7 +85,21 @@ def _lora(seed, n=2, s=3, r=4, out=6, inp=5, dtype=torch.float64):
 
 
 def _slow_delta(A1, B1, s1, A2, B2, s2):
-    return ((s1 * B1 @ A1 - s2 * B2 @ A2) ** 2).mean()
+    teacher = s2 * B2 @ A2  # (N, S, out, in)
+    return (((s1 * B1 @ A1 - teacher) ** 2).sum((-2, -1)) / (teacher**2).sum((-2, -1))).mean()
+
+
+def test_delta_distance_is_relative_to_the_teacher():
+    """A zero student costs exactly 1 whatever the shape or scale, so weight 1 means the same everywhere."""
+    for out, inp, scale in ((8, 6, 1.0), (64, 48, 1e-3)):
+        A_t, B_t = _lora(1, out=out, inp=inp)
+        zero_A, zero_B = torch.zeros_like(A_t), torch.zeros_like(B_t)
+        torch.testing.assert_close(lora_delta_distance(zero_A, zero_B, 2.0, scale * A_t, B_t, 2.0),
+                                   torch.tensor(1.0, dtype=torch.float64))
+    A_s, B_s = _lora(0)
+    A_t, B_t = _lora(1)
+    base = lora_delta_distance(A_s, B_s, 2.0, A_t, B_t, 2.0)
+    torch.testing.assert_close(lora_delta_distance(10 * A_s, B_s, 2.0, 10 * A_t, B_t, 2.0), base)  # scale-free
 
 
 @pytest.mark.parametrize("r_s,r_t", [(4, 4), (2, 8), (8, 1)])

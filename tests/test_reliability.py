@@ -83,7 +83,8 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(workdir, stage
     (workdir / "ckpt-every-4.yaml").write_text(CHECKPOINT_EVERY % 4)  # step 40 is saved
     args = [*finetune_args(stages), "--config", "ckpt-every-4.yaml", "--trainer.max_steps=40",
             "--trainer.val_check_interval=20", "--trainer.deterministic=true",
-            "--model.init_args.distillation.consistency_weight=0.1",  # the HART state must resume too
+            "--model.init_args.architecture.generator=hart", "--model.init_args.init_from=null",
+            "--model.init_args.distillation.consistency_weight=0.1",  # the HART generator and its state must resume too
             "--trainer.logger.init_args.flush_logs_every_n_steps=1000"]  # the log reaches disk with each checkpoint
     _run_stage(args, "uninterrupted")
 

@@ -17,7 +17,7 @@ INSTRUCTION = format_instruction("Reverse the words.", [("a b", "b a")])
 def student() -> Student:
     torch.manual_seed(0)
     backbone = load_backbone("tiny", dict(d_model=32, num_heads=2))
-    model = TAGIModel(backbone, lora_rank=4, lora_alpha=8.0, generator_hidden_dim=16, site_embed_dim=8, b_init_std=0.3)
+    model = TAGIModel(backbone, lora_rank=4, lora_alpha=8.0, generator_hidden_dim=16, site_embed_dim=8, b_init_std=0.05)
     return Student(model, ByT5Tokenizer(), {"name": "tiny", "tiny_config": {"d_model": 32, "num_heads": 2}, "seed": 0})
 
 

@@ -10,14 +10,14 @@ from .sampler import TaskBatchSampler
 from .sni import Instance, InvalidTaskError, Task, build_clusters, load_clusters, load_split, save_clusters
 from .sni_dataset import Lengths, SNIDataset
 from .synthetic import write_suite
-from .templates import concat_input_text, instruction_text, model_input_text
+from .templates import concat_input_text, instruction_text, student_input_text
 from .tokenization import load_tokenizer
 
 _MODULES = ("TeacherDataModule", "PretrainDataModule", "FinetuneDataModule")
 
 __all__ = ["C4Segments", "Collator", "IGNORE_INDEX", "Instance", "InvalidTaskError", "Lengths", "SNIDataset",
            "Task", "TaskBatchSampler", "build_clusters", "concat_input_text", "instruction_text",
-           "iter_documents", "load_clusters", "load_split", "load_tokenizer", "model_input_text",
+           "iter_documents", "load_clusters", "load_split", "load_tokenizer", "student_input_text",
            "save_clusters", "split_four_way", "split_pieces", "split_three_way", "write_suite", *_MODULES]
 
 

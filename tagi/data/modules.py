@@ -13,7 +13,8 @@ the test tasks are read by `test`/`predict` only. After `setup()` each exposes `
 `clusters` (category → id, over all three sets), `train_clusters` (categories with train tasks:
 the teacher bank), `eval_tasks` ((task, category) pairs of the test loader) and `val_tasks` (what
 its val loader covers); the teacher module also `cluster_tasks` (category → its train task
-names). `instruction_control` replaces the evaluation tasks' instructions (`controls.py`).
+names). `instruction_control` replaces the evaluation tasks' instructions (`controls.py`);
+`student_input` is what the student reads as its input (`sni_dataset.StudentInput`).
 Batch keys: see `collate.py`. `data_dir="synthetic"` (or None) generates the embedded task suite
 into `cache_dir` on first use.
 """
@@ -34,7 +35,7 @@ from .sampler import ShuffledBatchSampler, TaskBatchSampler
 from .controls import Control, apply_control
 from .synthetic import ensure_corpus
 from .sni import Task
-from .sni_dataset import (SYNTHETIC, Lengths, SNIDataset, TaskSets, cap_instances, holdout_instances, load_tasks,
+from .sni_dataset import (SYNTHETIC, Lengths, SNIDataset, StudentInput, TaskSets, cap_instances, holdout_instances, load_tasks,
                           prepare_data_dir)
 from .tokenization import load_tokenizer
 
@@ -210,7 +211,8 @@ class FinetuneDataModule(_TaskDataModule):
                  max_train_instances_per_task: int | None = None, max_val_instances_per_task: int | None = None,
                  max_test_instances_per_task: int | None = 100, tasks_per_batch: int | None = None,
                  num_workers: int = 0, seed: int = 0, on_error: str = "raise", synthetic_seed: int = 0,
-                 cache_dir: str = "runs/data", splits_dir: str | None = None, instruction_control: Control = "real"):
+                 cache_dir: str = "runs/data", splits_dir: str | None = None, instruction_control: Control = "real",
+                 student_input: StudentInput = "template"):
         super().__init__()
         self.save_hyperparameters()
         self._init_state()
@@ -224,18 +226,19 @@ class FinetuneDataModule(_TaskDataModule):
         val = self._validation_tasks(sets)
         self.val_tasks = _pairs(val)
         lengths = Lengths(h.max_instruction_length, h.max_input_length, h.max_target_length, h.max_concat_length)
-        self.datasets = _finetune_datasets(self.tokenizer, self.clusters, h.num_pos, lengths, val, sets.test,
-                                           sets.train)
+        self.datasets = _finetune_datasets(self.tokenizer, self.clusters, h.num_pos, lengths, h.student_input, val,
+                                           sets.test, sets.train)
 
     def train_dataloader(self) -> DataLoader:
         ds = self.datasets["train"]
         return self._train_loader(ds, ds.task_of, self.hparams.tasks_per_batch)
 
 
-def _finetune_datasets(tokenizer, clusters: dict[str, int], num_pos: int, lengths: Lengths,
+def _finetune_datasets(tokenizer, clusters: dict[str, int], num_pos: int, lengths: Lengths, student_input: StudentInput,
                        val: list[Task], test: list[Task], train: list[Task] | None = None) -> dict:
     """Finetune-format datasets; the evaluation ones carry metadata."""
-    make = partial(SNIDataset, tokenizer=tokenizer, clusters=clusters, num_pos=num_pos, lengths=lengths)
+    make = partial(SNIDataset, tokenizer=tokenizer, clusters=clusters, num_pos=num_pos, lengths=lengths,
+                   student_input=student_input)
     out = {"val": make(val, with_meta=True), "test": make(test, with_meta=True)}
     if train is not None:
         out["train"] = make(train)
@@ -256,7 +259,8 @@ class PretrainDataModule(_TaskDataModule):
                  max_concat_length: int = 1024, max_val_instances_per_task: int | None = None,
                  max_test_instances_per_task: int | None = 100, num_workers: int = 0, seed: int = 0,
                  on_error: str = "raise", synthetic_seed: int = 0, cache_dir: str = "runs/data",
-                 splits_dir: str | None = None, instruction_control: Control = "real"):
+                 splits_dir: str | None = None, instruction_control: Control = "real",
+                 student_input: StudentInput = "template"):
         super().__init__()
         self.save_hyperparameters()
         self._init_state()
@@ -291,7 +295,8 @@ class PretrainDataModule(_TaskDataModule):
             self.val_tasks = _pairs(val)
             lengths = Lengths(h.max_instruction_length, h.max_input_length, h.max_target_length,
                               h.max_concat_length)
-            self.datasets = _finetune_datasets(self.tokenizer, self.clusters, h.num_pos, lengths, val, sets.test)
+            self.datasets = _finetune_datasets(self.tokenizer, self.clusters, h.num_pos, lengths, h.student_input, val,
+                                               sets.test)
             skip = 0
         self.datasets["train"] = self._segments(num_segments=h.num_train_segments, max_documents=h.max_documents,
                                                 skip_documents=skip)

@@ -13,6 +13,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from torch.utils.data import Dataset
 
@@ -24,6 +25,11 @@ from .tokenization import encode
 log = logging.getLogger(__name__)
 
 SYNTHETIC = "synthetic"
+# What the student model reads besides its generated LoRA: the instance prompt of the template θ0 and
+# the teachers were trained on, without the definition ("template"); the instance input alone
+# ("bare"); or the whole Tk-Instruct concatenation ("concat": the official TAGI code's setup, where
+# the student reads the definition too, so it is not instruction-free).
+StudentInput = Literal["template", "bare", "concat"]
 
 
 @dataclass(frozen=True)
@@ -53,20 +59,25 @@ class SNIDataset(Dataset):
     """
 
     def __init__(self, tasks: list[Task], tokenizer, clusters: dict[str, int], num_pos: int = 2,
-                 lengths: Lengths = Lengths(), teacher: bool = False, with_meta: bool = False):
+                 lengths: Lengths = Lengths(), teacher: bool = False, with_meta: bool = False,
+                 student_input: StudentInput = "template"):
+        if student_input not in ("template", "bare", "concat"):
+            raise ValueError(f"student_input must be 'template', 'bare' or 'concat', got {student_input!r}")
         self.tasks, self.clusters, self.teacher, self.with_meta = tasks, clusters, teacher, with_meta
+        self.student_input = student_input
         self.tokenizer = tokenizer
         eos, counts = tokenizer.eos_token_id, Counter()
         instructions = encode(tokenizer, [templates.instruction_text(t, num_pos) for t in tasks])
         self.instructions = [_fit(ids, lengths.instruction, eos, counts, "instruction") for ids in instructions]
         self.prefixes = encode(tokenizer, [templates.concat_prefix_text(t, num_pos) for t in tasks])
         self.rows = [(ti, inst) for ti, t in enumerate(tasks) for inst in t.instances]  # task order
-        inputs = encode(tokenizer, [templates.model_input_text(inst.input) for _, inst in self.rows])
-        self.inputs = [_fit(ids, lengths.input, eos, counts, "input") for ids in inputs]
-        targets = encode(tokenizer, [inst.outputs[0] for _, inst in self.rows])
-        self.labels = [_fit(ids, lengths.target, eos, counts, "target") for ids in targets]
         self.prompts = encode(tokenizer, [templates.concat_prompt_text(inst.input) for _, inst in self.rows])
         self.max_concat, self.eos = lengths.concat, eos
+        if student_input != "concat":  # "concat" reads `self.concat(i)`, truncated as the teachers' input
+            bare = encode(tokenizer, [inst.input for _, inst in self.rows]) if student_input == "bare" else self.prompts
+            self.inputs = [_fit(ids, lengths.input, eos, counts, "input") for ids in bare]
+        targets = encode(tokenizer, [inst.outputs[0] for _, inst in self.rows])
+        self.labels = [_fit(ids, lengths.target, eos, counts, "target") for ids in targets]
         counts["concat"] = sum(len(self.prefixes[ti]) + len(p) + 1 > lengths.concat
                                for (ti, _), p in zip(self.rows, self.prompts))
         _log_truncation(counts, len(tasks), len(self.rows), lengths)
@@ -97,7 +108,9 @@ class SNIDataset(Dataset):
         if self.teacher:
             ex["input"] = self.concat(i)
         else:
-            ex.update(instruction=self.instructions[ti], input=self.inputs[i], concat=self.concat(i))
+            concat = self.concat(i)
+            ex.update(instruction=self.instructions[ti], concat=concat,
+                      input=concat if self.student_input == "concat" else self.inputs[i])
         if self.with_meta:
             ex.update(task_name=task.name, category=task.category, instance_id=inst.id,
                       input_text=inst.input, references=list(inst.outputs), options=self._options(inst))

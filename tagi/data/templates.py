@@ -1,7 +1,8 @@
 """The one place that turns a task into text.
 
     instruction_text(task, k)       → hypernetwork input:  `Def` (k = 0) or `Def + kPos`
-    model_input_text(x)             → model input: the instance input alone
+    concat_prompt_text(x)           → the instance prompt: the student's input by default
+                                      (`student_input: template`, the format θ0 and the teachers know)
     concat_input_text(task, x, k)   → Tk-Instruct-style input for teachers and the concat baseline:
                                       instruction_text(task, k) + "\n\n" + the instance prompt
 
@@ -40,10 +41,6 @@ def instruction_text(task: Task, num_pos: int = 2) -> str:
     return "\n\n".join(parts)
 
 
-def model_input_text(instance_input: str) -> str:
-    return instance_input
-
-
 def concat_prompt_text(instance_input: str) -> str:
     """The instance part of the Tk-Instruct input (kept whole when the concatenation is truncated)."""
     return f"Now complete the following example -\nInput: {instance_input}\nOutput: "
@@ -52,6 +49,16 @@ def concat_prompt_text(instance_input: str) -> str:
 def concat_prefix_text(task: Task, num_pos: int = 2) -> str:
     text = instruction_text(task, num_pos)
     return text + "\n\n" if text else ""  # an empty instruction leaves the instance prompt alone
+
+
+def student_input_text(instance_input: str, form: str = "template", instruction: str = "") -> str:
+    """What the student reads (`sni_dataset.StudentInput`), for serving one input: the instance prompt
+    ("template"), the input alone ("bare"), or `instruction` + the prompt ("concat"), token for token
+    what `SNIDataset` builds in training."""
+    if form == "bare":
+        return instance_input
+    prefix = instruction + "\n\n" if form == "concat" and instruction else ""
+    return prefix + concat_prompt_text(instance_input)
 
 
 def concat_input_text(task: Task, instance_input: str, num_pos: int = 2) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -30,8 +31,12 @@ class Distillation:
     kl_weight: float = 1.0
     temperature: float = 1.0
     param_weight: float = 1.0
-    param_form: str = "delta"  # "ab": MSE on A and B (paper eq. 4); "delta": MSE on ΔW = s·B·A
-    consistency_weight: float = 0.0  # HART local consistency; off by default
+    # "delta": ‖ΔW_student − ΔW_teacher‖² / ‖ΔW_teacher‖² per site (ΔW = s·B·A), so weight 1 means the
+    # same at every shape; "ab": MSE on A and on B (the paper's eq. 4, raw scale)
+    param_form: Literal["ab", "delta"] = "delta"
+    consistency_weight: float = 0.0  # HART local consistency (needs architecture.generator: hart); off by default
+    # every this many steps, log each term's share of the gradient reaching the generated LoRA (0: never)
+    grad_share_every: int = 50
 
 
 class FinetuneModule(HyperStage):
@@ -52,12 +57,17 @@ class FinetuneModule(HyperStage):
         super().__init__(backbone, architecture, tokenizer, optimization, generation, adapter_only)
         if distillation.param_form not in ("ab", "delta"):
             raise ConfigurationError(f"distillation.param_form must be 'ab' or 'delta', got {distillation.param_form!r}")
+        if distillation.consistency_weight > 0 and architecture.generator != "hart":
+            raise ConfigurationError(
+                "distillation.consistency_weight > 0 is HART's local consistency loss on its per-layer states; "
+                f"it needs model.init_args.architecture.generator: hart (this run has {architecture.generator!r})")
         self.distillation = distillation
         self.init_from, self.teachers = init_from, teachers
         self.teacher_bank: LoRAWeights | None = None
-        hidden = (self.model.hypernet.generator.num_modules, 2, architecture.generator_hidden_dim)
-        # HART consistency state: the previous step's batch-mean generator hidden state (resumable).
-        self.register_buffer("consistency_mean", torch.zeros(hidden))
+        generator = self.model.hypernet
+        states = (generator.layout.num_steps if architecture.generator == "hart" else 1, architecture.generator_width)
+        # HART consistency state: the previous step's batch-mean per-layer states (T, P) (resumable).
+        self.register_buffer("consistency_mean", torch.zeros(states))
         self.register_buffer("consistency_steps", torch.zeros((), dtype=torch.long))
         self._warm_started = False
 
@@ -194,7 +204,27 @@ class FinetuneModule(HyperStage):
         if d.consistency_weight > 0:
             terms["cst"] = self._consistency(task)
         weights = {"ce": 1.0, "kl": d.kl_weight, "param": d.param_weight, "cst": d.consistency_weight}
+        if len(terms) > 1 and d.grad_share_every and self.global_step % d.grad_share_every == 0 and self._trainer is not None:
+            self._log_grad_shares(terms, weights, task)
         return self.training_loss(terms, batch["input_ids"].shape[0], weights)
+
+    def _log_grad_shares(self, terms: dict[str, Tensor], weights: dict[str, float], task) -> None:
+        """Each weighted term's share of the gradient norm at the generated LoRA (A, B): which loss is
+        actually steering the generator. One extra backward per term, so only every few steps."""
+        norms = {}
+        for name, value in terms.items():
+            if not value.requires_grad:
+                continue
+            grads = torch.autograd.grad(weights[name] * value, [task.lora.A, task.lora.B], retain_graph=True, allow_unused=True)
+            squares = [g.float().pow(2).sum() for g in grads if g is not None]
+            if squares:
+                norms[name] = torch.stack(squares).sum().sqrt()
+        total = sum(norms.values())
+        # Straight to the logger: a `self.log` value would be re-emitted at every later logging step until
+        # the epoch ends. Computed on every rank (a sharded backbone gathers its weights in backward).
+        if norms and float(total) > 0 and self._trainer is not None and self.logger is not None:
+            self.logger.log_metrics({f"train/grad_share/{name}": float(norm / total) for name, norm in norms.items()},
+                                    step=self.global_step)
 
     def describe(self) -> dict:
         return {**super().describe(), "distillation": asdict(self.distillation), "init_from": self.init_from, "teachers": self.teachers}

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from tagi.cache import TaskCache
 from tagi.cost import CostTally, task_cost
+from tagi.hypernet import GeneratorKind
 from tagi.model import TAGIModel
 from tagi.stages.base import Backbone, Generation, GenerativeStage, Optimization, group_rows
 
@@ -20,10 +21,16 @@ class Architecture:
 
     lora_rank: int = 8
     lora_alpha: float = 16.0
-    generator_hidden_dim: int = 128
-    site_embed_dim: int = 32
+    generator: GeneratorKind = "mlp"  # "mlp": pooler + shared MLP head; "hart": autoregressive per-layer states (HART §3.1)
+    generator_width: int = 128  # pooler output / HART decoder width
+    generator_hidden_dim: int = 64  # the shared head's hidden layer
+    site_embed_dim: int = 32  # (stack, layer, q/v) embedding
     b_init_std: float = 1e-3
+    hart_layers: int = 1
+    hart_heads: int = 4
     fusion: bool = True  # instruction-fusion cross-attention in the encoder blocks
+    fusion_heads: int | None = None  # None: the backbone's number of heads
+    fusion_d_kv: int | None = None  # None: the backbone's d_kv
     fid: bool = True  # decoder attends to [instruction ; input]
     freeze_backbone: bool = True
 
