@@ -37,6 +37,8 @@ from tagi.results import git_commit, paired_bootstrap, per_example, render_block
 
 NO_FUSION = ["--model.init_args.architecture.fusion=false", "--model.init_args.architecture.fid=false"]
 HART = ["--model.init_args.architecture.generator=hart"]
+H256 = ["--model.init_args.architecture.generator_hidden_dim=256"]
+LAYER_NORMS = ["--model.init_args.architecture.train_layer_norms=true"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,15 @@ VARIANTS: dict[str, Variant] = {
     # The official code's setup: the student also reads the definition, so it is not instruction-free.
     "tagi-concat-input": Variant("finetune.yaml", "TAGI, student also reads the instruction (official code's setup)",
                                  ("--data.init_args.student_input=concat",), ("teacher", "pretrain"), reference="concat"),
+    # Tuning candidates, compared on the validation tasks (`--out docs/results/tuning`).
+    "tagi-lr3e-3": Variant("finetune.yaml", "TAGI, learning rate 3e-3", ("--model.init_args.optimization.learning_rate=0.003",),
+                           ("teacher", "pretrain"), reference="tagi"),
+    "tagi-wd": Variant("finetune.yaml", "TAGI, weight decay 0.01", ("--model.init_args.optimization.weight_decay=0.01",),
+                       ("teacher", "pretrain"), reference="tagi"),
+    "tagi-h256": Variant("finetune.yaml", "TAGI, generator hidden 256", tuple(H256), ("teacher", "pretrain"),
+                         pretrain_overrides=tuple(H256), reference="tagi"),
+    "tagi-ln": Variant("finetune.yaml", "TAGI, backbone layer norms trained (official code)", tuple(LAYER_NORMS),
+                       ("teacher", "pretrain"), pretrain_overrides=tuple(LAYER_NORMS), reference="tagi"),
     "tagi-no-pretrain": Variant("finetune.yaml", "TAGI without stage 2", ("--model.init_args.init_from=null",),
                                 ("teacher",), reference="tagi"),
     # The instruction reaches the model only through the generated LoRA: no encoder fusion, no FiD;

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 from transformers import T5Config, T5ForConditionalGeneration
+from transformers.models.t5.modeling_t5 import T5LayerNorm
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
@@ -170,6 +171,7 @@ class TAGIModel(nn.Module):
         fusion_d_kv: int | None = None,
         fid: bool = True,
         freeze_backbone: bool = True,
+        train_layer_norms: bool = False,
     ):
         super().__init__()
         config = backbone.config
@@ -199,6 +201,23 @@ class TAGIModel(nn.Module):
             FusionCrossAttention(config.d_model, heads, d_kv, config.layer_norm_epsilon) for _ in backbone.encoder.block
         ) if fusion else None
         self.backbone.requires_grad_(not freeze_backbone)
+        # The official TAGI code trains the backbone's layer norms. They are shared by every task, so
+        # they are part of the student, not of its generated LoRA; θ0's values are kept for the teachers.
+        self.theta0_norms: dict[str, Tensor] = {}
+        if train_layer_norms:
+            for name, module in backbone.named_modules():
+                if isinstance(module, T5LayerNorm):
+                    module.requires_grad_(True)
+                    self.theta0_norms[f"{name}.weight"] = module.weight.detach().clone()
+
+    def theta0_backbone(self, **kwargs: Any) -> Any:
+        """The backbone as θ0 is (its own layer norms, whatever the student trained), called with
+        `kwargs`; forward hooks (a teacher's LoRA) still apply. No in-place swap: the student's graph
+        of this step holds the trained norm weights."""
+        if not self.theta0_norms:
+            return self.backbone(**kwargs)
+        norms = {name: weight.to(self.backbone.device) for name, weight in self.theta0_norms.items()}
+        return torch.func.functional_call(self.backbone, norms, args=(), kwargs=kwargs, strict=False)
 
     def trainable_by_part(self) -> dict[str, int]:
         """Trainable weights per part: the instruction reader (pooler, or HART's decoder), the shared

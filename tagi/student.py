@@ -102,7 +102,8 @@ class Student:
         """A standard PEFT adapter directory for the backbone: the generated LoRA only (no fusion, no FiD).
 
         Its adapter_config.json names a backbone that loads offline: θ0's folder (absolute), or, for a
-        θ0 built in code ("tiny"), a copy written beside the adapter in `<out_dir>/backbone/`.
+        θ0 built in code ("tiny") or a student that trained the layer norms, a copy of the student's
+        backbone written beside the adapter in `<out_dir>-backbone/`.
         """
         out = Path(out_dir)
         base = self._offline_backbone(out)
@@ -112,7 +113,7 @@ class Student:
 
     def _offline_backbone(self, out: Path) -> str:
         name = self.backbone["name"]
-        if name != "tiny":
+        if name != "tiny" and not self.model.theta0_norms:  # trained layer norms: the base is no longer θ0
             local = Path(name)
             return str(local.resolve()) if local.exists() else name  # a hub id stays a hub id
         folder = out.with_name(f"{out.name}-{BACKBONE_FOLDER}")

@@ -120,3 +120,25 @@ def test_hart_consistency_needs_the_hart_generator():
     module = FinetuneModule(backbone=tiny_backbone, architecture=Architecture(generator="hart", generator_width=32),
                             distillation=Distillation(consistency_weight=0.1))
     assert module.consistency_mean.shape == (4, 32)  # (T backbone layers, P): the states the loss compares
+
+
+def test_trained_layer_norms_leave_the_teachers_on_theta0():
+    """Only the norms join the trainable weights, and `theta0_backbone` (the teachers' forward) keeps θ0's."""
+    torch.manual_seed(0)
+    model = TAGIModel(tiny(), lora_rank=4, generator_width=32, generator_hidden_dim=16, site_embed_dim=8,
+                      train_layer_norms=True)
+    norms = [p for n, p in model.backbone.named_parameters() if "layer_norm" in n]
+    assert model.trainable_by_part()["backbone"] == sum(p.numel() for p in norms) > 0
+    ids = torch.randint(3, 300, (2, 6))
+    mask = torch.ones_like(ids)
+    before = model.theta0_backbone(input_ids=ids, attention_mask=mask, labels=ids).logits
+    task = model.encode_task(ids, mask)
+    model(task, ids, mask, labels=ids).loss.backward()
+    assert all(p.grad is not None for p in norms)
+    assert all(p.grad is None for n, p in model.backbone.named_parameters() if "layer_norm" not in n)
+    with torch.no_grad():
+        for p in norms:
+            p.mul_(1.3)  # as if trained
+    after = model.theta0_backbone(input_ids=ids, attention_mask=mask, labels=ids).logits
+    trained = model.backbone(input_ids=ids, attention_mask=mask, labels=ids).logits
+    assert torch.equal(before, after) and not torch.allclose(trained, before)

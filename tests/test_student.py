@@ -63,3 +63,25 @@ def test_exported_adapter_reproduces_the_student_without_fusion_and_fid(student,
     assert (exported - plain).abs().max() > 1e-3  # the adapter changes the model
     assert torch.allclose(exported, ours, atol=1e-5)
     assert (full - ours).abs().max() > 1e-4  # fusion + FiD are what the adapter leaves out
+
+
+def test_a_student_with_trained_layer_norms_exports_its_own_backbone(tmp_path):
+    """The trained norms are part of the student: the adapter's base is a copy with them, not θ0's folder."""
+    torch.manual_seed(0)
+    load_backbone("tiny", dict(d_model=32, num_heads=2)).save_pretrained(tmp_path / "theta0")
+    model = TAGIModel(load_backbone(str(tmp_path / "theta0")), lora_rank=4, lora_alpha=8.0, generator_hidden_dim=16,
+                      site_embed_dim=8, b_init_std=0.05, train_layer_norms=True)
+    with torch.no_grad():
+        model.backbone.encoder.final_layer_norm.weight.mul_(1.5)  # as if trained
+    student = Student(model, ByT5Tokenizer(), {"name": str(tmp_path / "theta0"), "tiny_config": None, "seed": 0})
+    out = student.export_adapter(INSTRUCTION, tmp_path / "reverse")
+    base_path = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base_path == str((tmp_path / "reverse-backbone").resolve())
+    batch = student.tokenizer(["cow fox"], return_tensors="pt")
+    decoder_input_ids = torch.tensor([[0, 99, 104]])
+    with torch.no_grad():
+        peft = PeftModel.from_pretrained(T5ForConditionalGeneration.from_pretrained(base_path).eval(), str(out)).eval()
+        exported = peft(**batch, decoder_input_ids=decoder_input_ids).logits
+        ours = student.model(student.encode(INSTRUCTION), batch["input_ids"], batch["attention_mask"],
+                             decoder_input_ids=decoder_input_ids, lora_only=True).logits
+    assert torch.allclose(exported, ours, atol=1e-5)

@@ -171,7 +171,7 @@ class FinetuneModule(HyperStage):
         """θ0 + the row's cluster LoRA on the instruction-concatenated input: (B, T, V), no gradient."""
         rows = self._teacher_bank().select(batch["cluster_ids"])
         with torch.no_grad(), apply_lora(self.model.sites(), rows):
-            return self.model.backbone(
+            return self.model.theta0_backbone(
                 input_ids=batch["concat_input_ids"], attention_mask=batch["concat_attention_mask"], labels=batch["labels"]
             ).logits
 

@@ -33,6 +33,7 @@ class Architecture:
     fusion_d_kv: int | None = None  # None: the backbone's d_kv
     fid: bool = True  # decoder attends to [instruction ; input]
     freeze_backbone: bool = True
+    train_layer_norms: bool = False  # the backbone's layer norms train with the hypernetwork (official code)
 
 
 class HyperStage(GenerativeStage):
