@@ -13,11 +13,13 @@ from tagi.student import Student, format_instruction
 INSTRUCTION = format_instruction("Reverse the words.", [("a b", "b a")])
 
 
-@pytest.fixture()
-def student() -> Student:
+@pytest.fixture(params=["mlp", "hart"])
+def student(request) -> Student:
+    """A student of each generator family: caching, serving and export must not depend on it."""
     torch.manual_seed(0)
     backbone = load_backbone("tiny", dict(d_model=32, num_heads=2))
-    model = TAGIModel(backbone, lora_rank=4, lora_alpha=8.0, generator_hidden_dim=16, site_embed_dim=8, b_init_std=0.05)
+    model = TAGIModel(backbone, lora_rank=4, lora_alpha=8.0, generator=request.param, generator_width=32,
+                      generator_hidden_dim=16, site_embed_dim=8, b_init_std=0.05)
     return Student(model, ByT5Tokenizer(), {"name": "tiny", "tiny_config": {"d_model": 32, "num_heads": 2}, "seed": 0})
 
 
