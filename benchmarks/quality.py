@@ -77,6 +77,8 @@ VARIANTS: dict[str, Variant] = {
     # Tuning candidates, compared on the validation tasks (`--out docs/results/tuning`).
     "tagi-lr3e-3": Variant("finetune.yaml", "TAGI, learning rate 3e-3", ("--model.init_args.optimization.learning_rate=0.003",),
                            ("teacher", "pretrain"), reference="tagi"),
+    "tagi-lr1e-2": Variant("finetune.yaml", "TAGI, learning rate 1e-2", ("--model.init_args.optimization.learning_rate=0.01",),
+                           ("teacher", "pretrain"), reference="tagi"),
     "tagi-wd": Variant("finetune.yaml", "TAGI, weight decay 0.01", ("--model.init_args.optimization.weight_decay=0.01",),
                        ("teacher", "pretrain"), reference="tagi"),
     "tagi-h256": Variant("finetune.yaml", "TAGI, generator hidden 256", tuple(H256), ("teacher", "pretrain"),
