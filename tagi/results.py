@@ -105,14 +105,15 @@ def _round(value: float) -> float:
 
 
 def git_commit(root: str | os.PathLike | None = None) -> str:
-    """The checkout's HEAD commit (+ "-dirty" with uncommitted changes to tracked files), or "unknown"."""
+    """The checkout's HEAD commit (+ "-dirty" with uncommitted changes to tracked files), or "unknown".
+    Changes under docs/results/ do not count: they are what the benchmarks write, not what they run."""
     import subprocess
 
     cwd = Path(root) if root else Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
-                               text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", ":(exclude,top)docs/results"],
+                               cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha + ("-dirty" if dirty else "")
