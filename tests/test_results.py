@@ -197,3 +197,25 @@ def test_readme_results_match_their_json():
         pytest.skip("README has no results blocks yet")
     assert render_readme(text, ROOT / "docs/results") == text, (
         "README results blocks differ from docs/results/*.json; run `python -m tagi.results --write`")
+
+
+def test_git_commit_is_dirty_for_code_changes_not_for_written_results(tmp_path):
+    import subprocess
+
+    from tagi.results import git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "docs/results").mkdir(parents=True)
+    (tmp_path / "docs/results/x.json").write_text("{}")
+    (tmp_path / "code.py").write_text("a = 1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "init")
+    sha = git_commit(tmp_path)
+    (tmp_path / "docs/results/x.json").write_text('{"b": 2}')  # a benchmark's output
+    assert git_commit(tmp_path) == sha and len(sha) == 40
+    (tmp_path / "code.py").write_text("a = 2\n")
+    assert git_commit(tmp_path) == sha + "-dirty"
