@@ -210,7 +210,7 @@ def last_validation(metrics_csv: Path) -> dict[str, float]:
     return last
 
 
-def summary(raw: dict[str, dict[int, dict]], setting: str, seconds: float) -> dict:
+def summary(raw: dict[str, dict[int, dict]], setting: str, seconds: float, commit: str | None = None) -> dict:
     """The docs/results/quality-<setting>.json document (schema: tagi.results)."""
     variants, validation = {}, {}
     for name, runs in raw.items():
@@ -220,7 +220,7 @@ def summary(raw: dict[str, dict[int, dict]], setting: str, seconds: float) -> di
             controls = [run["controls"] for run in runs.values()]
             variants[name]["controls"] = {c: round(statistics.mean(r[c] for r in controls), 2) for c in controls[0]}
         validation[name] = {"mean": _mean_std([run["validation"] for run in runs.values()])["mean"]}
-    data = {"setting": setting, "commit": git_commit(), "metric": HEADLINE, "split": "test", "seconds": seconds,
+    data = {"setting": setting, "commit": commit or git_commit(), "metric": HEADLINE, "split": "test", "seconds": seconds,
             "variants": variants, "validation": validation, "paired": paired(raw)}
     return {**data, "checks": checks(data)}
 
@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
     args = parser.parse_args(argv)
     raw = {name: {} for name in args.variants}
+    commit = git_commit()  # what the runs of this invocation train with; runs reused from earlier ones are not re-checked
     ledger = Ledger(Path(args.runs_dir) / args.setting / "seconds.json")
     for seed in args.seeds:
         folder = Path(args.runs_dir) / args.setting / f"seed{seed}"
@@ -294,7 +295,10 @@ def main(argv: list[str] | None = None) -> dict:
         chain = Chain(args.setting, seed, folder, theta0, ledger, args.share_theta0)
         for name in args.variants:
             raw[name][seed] = run_variant(chain, name, args.controls)
-    data = summary(raw, args.setting, ledger.total())
+    data = summary(raw, args.setting, ledger.total(), commit)
+    if git_commit() != commit:
+        print(f"warning: the checkout changed during the run ({commit} → {git_commit()}); the results name {commit}",
+              file=sys.stderr)
     out = Path(args.out)
     atomic_write_text(out / f"quality-{args.setting}.json", json.dumps(data, indent=2) + "\n")
     text = render_block(f"quality-{args.setting}", data)
