@@ -27,7 +27,7 @@ import numpy as np
 METRIC_NAMES = {"exact_match": ("EM", "exact match"), "rougeL": ("ROUGE-L", "ROUGE-L")}
 CONTROLS = ("real", "paraphrase", "other_task", "empty", "random")
 DASH = "–"
-BLOCK = re.compile(r"(<!--\s*results:\s*([\w.-]+)\s*-->)(.*?)(<!--\s*/results\s*-->)", re.DOTALL)
+BLOCK = re.compile(r"(<!--\s*results:\s*([\w./-]+)\s*-->)(.*?)(<!--\s*/results\s*-->)", re.DOTALL)
 OPENING = re.compile(r"<!--\s*results:")
 _CHUNK = 1 << 22  # bootstrap indices drawn per batch (32 MB of int64)
 
@@ -150,7 +150,8 @@ def _render_quality(data: Mapping) -> str:
         cells = [_variant(name, v), _pm(v, metric), per_seed, _pm(v, other),
                  DASH if val is None else _num(val), "; ".join(deltas) or DASH]
         lines.append(_row(cells))
-    with_controls = {name: v["controls"] for name, v in data["variants"].items() if v.get("controls")}
+    with_controls = {name: v["controls"] for name, v in data["variants"].items()
+                     if any(c != "real" for c in v.get("controls") or {})}  # tested with at least one control
     if with_controls:
         lines += ["", _row(["variant", *(f"{split} {short}, {c}" for c in CONTROLS)]),
                   "|---|" + "---:|" * len(CONTROLS)]
