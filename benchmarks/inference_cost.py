@@ -109,7 +109,8 @@ def write_results(path: Path, rows: list[dict], examples: int) -> None:
     order = list(SHAPES)
     costs.sort(key=lambda row: (order.index(row["shape"]) if row["shape"] in order else len(order), row["instruction_tokens"]))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"examples": examples, "costs": costs}, indent=2) + "\n")
+    # "commit": the newest run's; each row keeps the commit it was measured on
+    path.write_text(json.dumps({"commit": commit, "examples": examples, "costs": costs}, indent=2) + "\n")
 
 
 def table(rows: list[dict], examples: int) -> str:
