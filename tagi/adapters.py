@@ -55,20 +55,26 @@ def save_adapter(
     meta: dict[str, Any] | None = None,
 ) -> Path:
     """Write one task's LoRA (row 0 of `lora`) as a PEFT adapter directory, atomically."""
+    with atomic_directory(out_dir) as staging:
+        write_adapter(staging, lora, site_names, alpha, base_model, meta)
+    return Path(out_dir)
+
+
+def write_adapter(folder: Path, lora: LoRAWeights, site_names: Sequence[str], alpha: float, base_model: str | None,
+                  meta: dict[str, Any] | None) -> None:
+    """The adapter's files, into an existing (staging) folder."""
     if len(lora) != 1:
-        raise ValueError(f"save_adapter writes one task's LoRA; got {len(lora)} rows")
+        raise ValueError(f"an adapter holds one task's LoRA; got {len(lora)} rows")
     if abs(alpha / lora.rank - lora.scale) > 1e-9:
         raise ValueError(f"alpha {alpha} / rank {lora.rank} does not give the LoRA's scale {lora.scale}")
     tensors = {}
     for index, site in enumerate(site_names):
         tensors[_key(site, "A")] = lora.A[0, index].detach().float().cpu().contiguous()  # (r, in)
         tensors[_key(site, "B")] = lora.B[0, index].detach().float().cpu().contiguous()  # (out, r)
-    with atomic_directory(out_dir) as staging:
-        lora_config(lora.rank, alpha, base_model).save_pretrained(str(staging))
-        save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
-        if meta is not None:
-            (staging / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return Path(out_dir)
+    lora_config(lora.rank, alpha, base_model).save_pretrained(str(folder))
+    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    if meta is not None:
+        (folder / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def read_adapter_config(adapter_dir: str | os.PathLike) -> LoraConfig:

@@ -52,7 +52,7 @@ def main(argv: list[str]) -> Path:
     parser.add_argument("--ckpt", required=True, help="student checkpoint (finetune stage)")
     parser.add_argument("--instruction", required=True, help="the task definition, or @file to read it from")
     parser.add_argument("--positive-examples", help="JSONL file of {\"input\", \"output\"} demonstrations")
-    parser.add_argument("--out", required=True, help="adapter directory to write (replaced atomically)")
+    parser.add_argument("--out", required=True, help="adapter folder to write: a new one, or an earlier export (replaced atomically); anything else is refused")
     args = parser.parse_args(argv)
     from tagi.student import CheckpointError, Student, format_instruction  # heavy imports after --help
 

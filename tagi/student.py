@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 
-from tagi.adapters import save_adapter
+from tagi.adapters import write_adapter
 from tagi.cache import TaskCache
 from tagi.data.sni import Demonstration, Task
 from tagi.data.templates import instruction_text, student_input_text
 from tagi.data.tokenization import encode, load_tokenizer
 from tagi.errors import TagiError
+from tagi.io import atomic_directories
 from tagi.model import TAGIModel, TaskEncoding, load_backbone
 
 log = logging.getLogger(__name__)
@@ -99,23 +100,33 @@ class Student:
     # -- export
 
     def export_adapter(self, instruction: str, out_dir: str | Path) -> Path:
-        """A standard PEFT adapter directory for the backbone: the generated LoRA only (no fusion, no FiD).
+        """A standard PEFT adapter directory for the backbone: the generated LoRA only (no fusion, no FiD),
+        with the student's tokenizer, so plain transformers + peft can use it.
 
         Its adapter_config.json names a backbone that loads offline: θ0's folder (absolute), or, for a
         θ0 built in code ("tiny") or a student that trained the layer norms, a copy of the student's
-        backbone written beside the adapter in `<out_dir>-backbone/`.
+        backbone (and tokenizer) written beside the adapter in `<out_dir>-backbone/`. An existing
+        folder is replaced only if it holds nothing but an earlier export's files.
         """
         out = Path(out_dir)
-        base = self._offline_backbone(out)
+        copy = self._needs_backbone_copy()
+        folders = [out, out.with_name(f"{out.name}-{BACKBONE_FOLDER}")] if copy else [out]
+        base = str(folders[-1].resolve()) if copy else self._named_backbone()
         meta = {"instruction": instruction, "backbone": self.backbone,
                 "note": "backbone + this LoRA only; the student's instruction fusion and FiD are not part of a PEFT adapter"}
-        return save_adapter(out, self.encode(instruction).lora, self.model.site_names, self.model.lora_alpha, base, meta)
+        lora = self.encode(instruction).lora
+        with atomic_directories(folders, own_only="--out") as stagings:
+            write_adapter(stagings[0], lora, self.model.site_names, self.model.lora_alpha, base, meta)
+            self.tokenizer.save_pretrained(stagings[0])
+            if copy:
+                self.model.backbone.save_pretrained(stagings[1])
+                self.tokenizer.save_pretrained(stagings[1])
+        return out
 
-    def _offline_backbone(self, out: Path) -> str:
-        name = self.backbone["name"]
-        if name != "tiny" and not self.model.theta0_norms:  # trained layer norms: the base is no longer θ0
-            local = Path(name)
-            return str(local.resolve()) if local.exists() else name  # a hub id stays a hub id
-        folder = out.with_name(f"{out.name}-{BACKBONE_FOLDER}")
-        self.model.backbone.save_pretrained(folder)
-        return str(folder.resolve())
+    def _needs_backbone_copy(self) -> bool:
+        """θ0 built in code has no folder to name; with trained layer norms the base is no longer θ0."""
+        return self.backbone["name"] == "tiny" or bool(self.model.theta0_norms)
+
+    def _named_backbone(self) -> str:
+        local = Path(self.backbone["name"])
+        return str(local.resolve()) if local.exists() else self.backbone["name"]  # a hub id stays a hub id

@@ -211,8 +211,10 @@ def test_adapter_subcommand_writes_a_peft_adapter(workdir, student_checkpoint, c
         (["--ckpt", str(checkpoint), "--instruction", "@nope.txt", "--out", "a"], "file nope.txt does not exist"),
         (["--ckpt", str(workdir / "checkpoints/demo/teacher/checkpoints/last.ckpt"), "--instruction", "x", "--out", "a"],
          "is not a TAGI student checkpoint"),
+        (["--ckpt", str(checkpoint), "--instruction", "x", "--out", "pos.jsonl"], "--out pos.jsonl: a file is there"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             tagi_main(["adapter", *bad])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not (workdir / "a").exists()  # nothing written on error
+    assert (workdir / "pos.jsonl").read_text() == '{"input": "cow ape", "output": "ape cow"}\n'

@@ -1,12 +1,14 @@
 """Serving a student: per-task cache, generation, and `tagi adapter`'s PEFT export."""
 
 import json
+import re
 
 import pytest
 import torch
 from peft import PeftModel
-from transformers import ByT5Tokenizer, T5ForConditionalGeneration
+from transformers import AutoTokenizer, ByT5Tokenizer, T5ForConditionalGeneration
 
+from tagi.errors import InputError
 from tagi.model import TAGIModel, load_backbone
 from tagi.student import Student, format_instruction
 
@@ -87,3 +89,39 @@ def test_a_student_with_trained_layer_norms_exports_its_own_backbone(tmp_path):
         ours = student.model(student.encode(INSTRUCTION), batch["input_ids"], batch["attention_mask"],
                              decoder_input_ids=decoder_input_ids, lora_only=True).logits
     assert torch.allclose(exported, ours, atol=1e-5)
+
+
+def test_export_replaces_its_own_output_and_nothing_else(student, tmp_path):
+    out = tmp_path / "reverse"
+    student.export_adapter(INSTRUCTION, out)
+    student.export_adapter("Sort the words.", out)  # an earlier export: replaced
+    assert json.loads((out / "meta.json").read_text())["instruction"] == "Sort the words."
+
+    notes = tmp_path / "notes"
+    (notes / "sub").mkdir(parents=True)
+    (notes / "notes.txt").write_text("mine")
+    (notes / "sub" / "data.csv").write_text("a,b\n")
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("mine")
+    for target, message in [(notes, "the folder holds notes.txt, sub, which this command did not write"),
+                            (a_file, "a file is there, not a folder")]:
+        before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+        with pytest.raises(InputError, match=re.escape(f"--out {target}: {message}")):
+            student.export_adapter(INSTRUCTION, target)
+        assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before  # nothing written
+    assert (notes / "notes.txt").read_text() == "mine" and a_file.read_text() == "mine"
+
+    # The backbone copy beside the adapter is checked before either folder is written.
+    (tmp_path / "fresh-backbone").mkdir()
+    (tmp_path / "fresh-backbone" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="fresh-backbone: the folder holds notes.txt"):
+        student.export_adapter(INSTRUCTION, tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_exported_adapter_carries_the_tokenizer(student, tmp_path):
+    """Plain transformers must tokenize as the student does, from the adapter or its backbone folder."""
+    out = student.export_adapter(INSTRUCTION, tmp_path / "reverse")
+    for folder in (out, tmp_path / "reverse-backbone"):
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        assert tokenizer("cow fox").input_ids == student.tokenizer("cow fox").input_ids
