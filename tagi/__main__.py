@@ -17,9 +17,10 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_info
 
 from tagi.errors import ConfigurationError, TagiError
-from tagi.preflight import CKPT_ALIASES, check_config
+from tagi.preflight import CKPT_ALIASES, EVAL_SUBCOMMANDS, check_config, eval_checkpoint, is_training_run, logger_dir
 
 
 class TAGICLI(LightningCLI):
@@ -32,7 +33,21 @@ class TAGICLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand in EVAL_SUBCOMMANDS:
+            config.ckpt_path = eval_checkpoint(self.subcommand, config.as_dict())
+            self._own_eval_folder(config)
         check_config(config.as_dict())
+
+    def _own_eval_folder(self, config) -> None:
+        """An evaluation logged into a training run's folder would replace its metrics.csv and config.yaml:
+        it writes into <run>/<subcommand>/ instead (results.json, predictions.jsonl, its own config)."""
+        run = logger_dir(config.as_dict().get("trainer") or {})
+        if run is None or not is_training_run(run):
+            return
+        logger = config.trainer.logger[0] if isinstance(config.trainer.logger, list) else config.trainer.logger
+        version = logger.init_args.version
+        logger.init_args.version = f"{version}/{self.subcommand}" if version not in ("", None) else self.subcommand
+        rank_zero_info(f"{self.subcommand}: {run} is a training run; writing into {run / self.subcommand}")
 
     def before_fit(self) -> None:
         self._check_ckpt_path()

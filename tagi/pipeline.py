@@ -22,7 +22,7 @@ from jsonargparse import ArgumentParser, ActionConfigFile
 
 from tagi.io import atomic_write_text
 from tagi.results import git_commit, render_block
-from tagi.stages.base import COMPLETE_NAME
+from tagi.reports import COMPLETE_NAME
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,12 @@ from pathlib import Path
 import torch
 
 from tagi.errors import ConfigurationError, InputError
+from tagi.reports import COMPLETE_NAME
 
 SYNTHETIC = "synthetic"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "t5-base", "google/t5-base-lm-adapt"
 CKPT_ALIASES = {"last", "best", "hpc", "registry"}
+EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 
 
 def check_config(config: dict) -> None:
@@ -118,3 +120,37 @@ def check_source(source: str) -> None:
 def check_file(option: str, value: str, what: str) -> None:
     if not Path(value).is_file():
         raise InputError(f"{option}: {value} is not a file; point it at {what}.")
+
+
+def logger_dir(trainer: dict) -> Path | None:
+    """The folder the configured logger writes to (save_dir/name/version), where the config fixes it."""
+    logger = trainer.get("logger")
+    logger = logger[0] if isinstance(logger, list) and logger else logger
+    args = (logger.get("init_args") or {}) if isinstance(logger, dict) else {}
+    if args.get("save_dir") is None or args.get("version") is None:
+        return None  # no logger, or Lightning numbers a fresh version_N folder
+    name, version = args.get("name", "lightning_logs"), args["version"]
+    root = Path(args["save_dir"]) / name if name else Path(args["save_dir"])
+    return root / (f"version_{version}" if isinstance(version, int) else str(version))
+
+
+def is_training_run(folder: Path) -> bool:
+    return (folder / COMPLETE_NAME).is_file() or (folder / "checkpoints").is_dir()
+
+
+def eval_checkpoint(subcommand: str, config: dict) -> str:
+    """The checkpoint `validate` / `test` / `predict` evaluates: required (a model is never scored
+    untrained), and `last` resolved to the training run's file, which must exist."""
+    path, run = config.get("ckpt_path"), logger_dir(config.get("trainer") or {})
+    example = (run / "checkpoints" / "last.ckpt") if run else "checkpoints/<run>/<stage>/checkpoints/last.ckpt"
+    if not path:
+        raise ConfigurationError(f"--ckpt_path: `{subcommand}` needs the checkpoint to evaluate (without one it would "
+                                 f"score a model that was never trained); give e.g. --ckpt_path {example}")
+    if path == "last":
+        if run is None or not Path(example).is_file():
+            raise InputError(f"--ckpt_path last: there is no {example if run else 'fixed logger folder to look in'}; "
+                             "give the checkpoint file to evaluate (e.g. the training run's checkpoints/last.ckpt)")
+        return str(example)
+    if path in CKPT_ALIASES:
+        raise ConfigurationError(f"--ckpt_path {path}: `{subcommand}` resolves only `last`; give the checkpoint file")
+    return str(path)

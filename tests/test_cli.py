@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from peft import PeftModel
 
@@ -193,6 +194,47 @@ def test_test_writes_results_and_streams_predictions(workdir, student_checkpoint
              "--trainer.logger.init_args.name=predict", f"--ckpt_path={checkpoint}"])
     predicted = read_predictions(workdir / "checkpoints/demo/predict/predictions.jsonl")
     assert [row["prediction"] for row in predicted] == [row["prediction"] for row in predictions]  # same model, greedy
+
+
+def test_evaluating_never_touches_the_training_run(workdir, student_checkpoint, capsys):
+    """The README's `test` and `predict` commands name the training run's logger folder: they write into
+    <run>/test and <run>/predict, and the run's log, config and marker stay as training left them."""
+    checkpoint, links = student_checkpoint
+    run = workdir / "checkpoints/demo/finetune"
+    kept = ("metrics.csv", "config.yaml", "complete.json")
+    before = {name: (run / name).read_bytes() for name in kept}
+    command = ["--config", str(ROOT / "configs/demo/finetune.yaml"), TINY, *FAST, *links]
+    run_cli(["test", *command, f"--ckpt_path={checkpoint}"])
+    run_cli(["predict", *command, "--ckpt_path=last"])  # resolved to the training run's last.ckpt
+    assert {name: (run / name).read_bytes() for name in kept} == before
+    results = json.loads((run / "test/results.json").read_text())
+    assert results["checkpoint"] == str(checkpoint) and results["global_step"] == 4
+    assert len(read_predictions(run / "predict/predictions.jsonl")) == 20
+
+    tree = sorted(str(path) for path in workdir.rglob("*"))
+    for bad, message in [
+        ([], "--ckpt_path: `test` needs the checkpoint to evaluate"),  # would score an untrained hypernetwork
+        (["--ckpt_path=last", "--trainer.logger.init_args.name=elsewhere"],
+         "--ckpt_path last: there is no checkpoints/demo/elsewhere/checkpoints/last.ckpt"),
+        (["--ckpt_path=best"], "--ckpt_path best: `test` resolves only `last`"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            tagi_main(["test", *command, *bad])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert sorted(str(path) for path in workdir.rglob("*")) == tree  # nothing written
+
+
+def test_last_checkpoint_is_the_final_step(workdir, tmp_path):
+    """max_steps not a multiple of the save interval: last.ckpt (and the marker's checkpoint) hold the last step."""
+    every5 = tmp_path / "every5.yaml"
+    every5.write_text("trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+                      "      init_args: {save_last: true, every_n_train_steps: 5}\n")
+    run_cli(["fit", "--config", str(ROOT / "configs/demo/teacher.yaml"), "--config", str(every5), TINY, *FAST,
+             "--trainer.max_steps=7", "--trainer.logger.init_args.name=seven", "--model.init_args.output_dir=teachers/seven"])
+    done = json.loads((workdir / "checkpoints/demo/seven/complete.json").read_text())
+    assert done["global_step"] == 7 and Path(done["last_checkpoint"]).name == "last.ckpt"
+    assert torch.load(done["last_checkpoint"], map_location="cpu", weights_only=False)["global_step"] == 7
+    assert (workdir / "checkpoints/demo/seven/checkpoints/epoch=0-step=5.ckpt").is_file()  # the periodic save is kept
 
 
 def test_adapter_subcommand_writes_a_peft_adapter(workdir, student_checkpoint, capsys):

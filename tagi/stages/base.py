@@ -26,12 +26,11 @@ from tagi.errors import NonFiniteLossError
 from tagi.io import atomic_write_text
 from tagi.metrics import InstructionMetrics, results_table
 from tagi.rank import RankAccuracy, rank_classify
-from tagi.reports import PREDICTIONS, RESULTS_MD, PredictionWriter, write_results
+from tagi.reports import COMPLETE_NAME, PREDICTIONS, RESULTS_MD, PredictionWriter, write_results
 from tagi.model import load_backbone
 
 log = logging.getLogger(__name__)
 
-COMPLETE_NAME = "complete.json"
 
 
 @dataclass
@@ -272,7 +271,7 @@ class GenerativeStage(L.LightningModule):
         if scores and self.trainer.is_global_zero and log_dir is not None:
             path = write_results(log_dir, scores, self.eval_metrics.task_category, self.results_meta(),
                                  self.results_markdown())
-            rank_zero_info(f"wrote {path} and {RESULTS_MD}")
+            rank_zero_info(f"wrote {path} and {RESULTS_MD}: {self.trainer.ckpt_path} at step {self.global_step}")
 
     def results_meta(self) -> dict:
         """What the results describe: the model and its provenance (extended by subclasses)."""
@@ -295,6 +294,16 @@ class GenerativeStage(L.LightningModule):
         self._close_predictions()
 
     # -- completion marker
+
+    def on_train_end(self) -> None:
+        """The run's `last.ckpt` holds its final state. Lightning skips the final "last" save once a periodic
+        one happened (max_steps 150, every_n_train_steps 100: last.ckpt stays at step 100), so save it here,
+        after the callbacks' own train-end hooks; private API of the pinned Lightning (ModelCheckpoint)."""
+        if self.trainer.interrupted:
+            return
+        for callback in self.trainer.checkpoint_callbacks:
+            if getattr(callback, "save_last", False) and callback._last_global_step_saved != self.global_step:
+                callback._save_last_checkpoint(self.trainer, callback._monitor_candidates(self.trainer))
 
     def on_fit_end(self) -> None:
         """Mark the run folder finished (the pipeline skips a stage whose marker exists). At fit end,
