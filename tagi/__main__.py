@@ -1,143 +1,33 @@
-"""`python -m tagi`: the LightningCLI (fit / validate / test / predict), plus `pipeline` and `adapter`.
-
-Model and data classes are chosen in YAML with `class_path`/`init_args`; values that must agree
-between them (the tokenizer) are linked, so they are set once, in `data`. Bad input is caught
-before anything is written (`tagi.preflight` on the parsed config, then the stage's `prepare`
-once model and data exist) and reported as one paragraph with exit status 2.
-"""
+"""`tagi` / `python -m tagi`: the command line. Help is printed without importing torch or Lightning;
+a command imports them (`tagi.cli`) when it runs."""
 
 from __future__ import annotations
 
-import csv
 import sys
-import warnings
-from pathlib import Path
 
-import lightning as L
-import torch
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.utilities import rank_zero_info
+USAGE = """usage: tagi <command> [options]        (or: python -m tagi <command> [options])
 
-from tagi.errors import ConfigurationError, TagiError
-from tagi.preflight import CKPT_ALIASES, EVAL_SUBCOMMANDS, check_config, eval_checkpoint, is_training_run, logger_dir
+commands:
+  fit        train one stage from its config, e.g. tagi fit --config configs/demo/finetune.yaml
+  validate   score a checkpoint on the validation tasks (--ckpt_path required)
+  test       score a checkpoint on the test tasks: results.json, results.md, predictions.jsonl
+             (written to <run>/test/ when the config names a training run's folder)
+  predict    predictions.jsonl for the test tasks (--ckpt_path required)
+  pipeline   every stage of a setting, then the tests: tagi pipeline --config configs/demo/pipeline.yaml
+  adapter    a student checkpoint + an instruction -> a PEFT adapter folder
 
-
-class TAGICLI(LightningCLI):
-    def add_arguments_to_parser(self, parser) -> None:
-        # The model must build its vocabulary from the same tokenizer the data is encoded with.
-        parser.link_arguments("data.init_args.tokenizer", "model.init_args.tokenizer")
-        # Our loaders shard across ranks themselves (tagi.data.sampler, _eval_loader); Lightning's
-        # injection cannot re-instantiate a custom batch sampler.
-        parser.set_defaults({"trainer.use_distributed_sampler": False})
-
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        if self.subcommand in EVAL_SUBCOMMANDS:
-            config.ckpt_path = eval_checkpoint(self.subcommand, config.as_dict())
-            self._own_eval_folder(config)
-        check_config(config.as_dict())
-
-    def _own_eval_folder(self, config) -> None:
-        """An evaluation logged into a training run's folder would replace its metrics.csv and config.yaml:
-        it writes into <run>/<subcommand>/ instead (results.json, predictions.jsonl, its own config)."""
-        run = logger_dir(config.as_dict().get("trainer") or {})
-        if run is None or not is_training_run(run):
-            return
-        logger = config.trainer.logger[0] if isinstance(config.trainer.logger, list) else config.trainer.logger
-        version = logger.init_args.version
-        logger.init_args.version = f"{version}/{self.subcommand}" if version not in ("", None) else self.subcommand
-        rank_zero_info(f"{self.subcommand}: {run} is a training run; writing into {run / self.subcommand}")
-
-    def before_fit(self) -> None:
-        self._check_ckpt_path()
-        self._keep_metrics_history()
-        self.datamodule.prepare_data()
-        self.datamodule.setup("fit")  # idempotent: Lightning's own setup call reuses the datasets
-        if hasattr(self.model, "prepare"):
-            self.model.prepare(self.datamodule)
-
-    def before_test(self) -> None:
-        self._check_ckpt_path()
-
-    before_validate = before_predict = before_test
-
-    def _check_ckpt_path(self) -> None:
-        """A checkpoint of another stage or backbone would fail deep in load_state_dict: say so first."""
-        path = self.config[self.subcommand].get("ckpt_path")
-        if not path or path in CKPT_ALIASES or Path(path).is_dir() or not hasattr(self.model, "describe"):
-            return  # aliases resolve later; a folder is a DeepSpeed checkpoint, which DeepSpeed itself resumes
-        saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("tagi") or {}
-        stage = self.model.describe()["stage"]
-        if saved.get("stage") != stage or not self.model.backbone_spec.matches(saved.get("backbone")):
-            raise ConfigurationError(
-                f"--ckpt_path {path}: it was written by the {saved.get('stage')!r} stage on backbone "
-                f"{saved.get('backbone')}, but this config is the {stage!r} stage on {self.model.describe()['backbone']}. "
-                "Give this stage's config (the config.yaml saved beside the checkpoint), or a checkpoint of this stage.")
-
-    def _resume_checkpoint(self) -> Path | None:
-        """The file `--ckpt_path` resumes from (`last`: where ModelCheckpoint(save_last=True) writes it)."""
-        path = self.config[self.subcommand].get("ckpt_path")
-        callback, logger = self.trainer.checkpoint_callback, self.trainer.logger
-        if path == "last" and callback is not None and logger is not None:
-            path = Path(callback.dirpath or Path(logger.log_dir) / "checkpoints") / "last.ckpt"
-        return Path(path) if path and Path(path).is_file() else None
-
-    def _keep_metrics_history(self) -> None:
-        """On resume, Lightning's CSVLogger deletes the run's metrics.csv; keep the rows logged before the
-        checkpoint's step, so the resumed run's log continues the killed one's instead of replacing it."""
-        logger, checkpoint = self.trainer.logger, self._resume_checkpoint()
-        if not isinstance(logger, CSVLogger) or checkpoint is None or self.trainer.global_rank != 0:
-            return
-        metrics = Path(logger.log_dir) / "metrics.csv"
-        if not metrics.is_file():
-            return
-        step = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["global_step"]
-        with metrics.open(newline="") as file:
-            reader = csv.DictReader(file)
-            fields, rows = reader.fieldnames, [row for row in reader if int(row["step"]) < step]
-        # Creating the writer removes metrics.csv. It appends to an existing file, and rewrites it
-        # with a wider header when new keys come, so it must know the old file's keys.
-        logger.experiment.metrics_keys = list(fields)
-        with metrics.open("w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-
-
-def run_cli(args: list[str] | None = None, run: bool = True) -> TAGICLI:
-    # `args` is how `main` and the pipeline pass argv; Lightning warns when sys.argv is also set.
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    # The data modules save and restore their position themselves (tagi.data.sampler), so a
-    # mid-epoch resume is exact; Lightning cannot see that and warns otherwise.
-    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
-    return TAGICLI(
-        L.LightningModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,  # False: parse and build model, data and trainer, without a subcommand
-    )
+`tagi <command> --help` lists a command's options.
+"""
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        if argv and argv[0] == "pipeline":
-            from tagi.pipeline import main as pipeline_main
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stdout if argv else sys.stderr, end="")
+        raise SystemExit(0 if argv else 2)
+    from tagi.cli import main as run
 
-            pipeline_main(argv[1:])
-        elif argv and argv[0] == "adapter":
-            from tagi.export import main as adapter_main
-
-            adapter_main(argv[1:])
-        else:
-            run_cli(argv)
-    except TagiError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run(argv)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import torch
 from peft import LoraConfig
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tagi.errors import TagiError
@@ -109,7 +110,11 @@ def load_adapter(adapter_dir: str | os.PathLike, site_names: Sequence[str]) -> L
     weights_file = adapter_dir / WEIGHTS_NAME
     if not weights_file.is_file():
         raise AdapterError(f"{weights_file}: missing (only safetensors adapters are read)")
-    tensors = load_file(str(weights_file))
+    try:
+        tensors = load_file(str(weights_file))
+    except (SafetensorError, OSError) as error:
+        raise AdapterError(f"{weights_file}: not a readable safetensors file ({error}); the adapter is truncated or "
+                           "corrupted: export it again (teachers: rerun the teacher stage)") from None
     missing = [key for site in site_names for key in (_key(site, "A"), _key(site, "B")) if key not in tensors]
     if missing:
         raise AdapterError(f"{weights_file}: {len(missing)} LoRA tensors missing for this backbone, e.g. {missing[0]!r}")

@@ -20,12 +20,19 @@ from tagi.errors import InputError
 
 
 def read_instruction(value: str) -> str:
-    if not value.startswith("@"):
-        return value
-    path = Path(value[1:])
-    if not path.is_file():
-        raise InputError(f"--instruction {value}: file {path} does not exist")
-    return path.read_text(encoding="utf-8").strip()
+    text = value
+    if value.startswith("@"):
+        path = Path(value[1:])
+        if not path.is_file():
+            raise InputError(f"--instruction {value}: file {path} does not exist")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise InputError(f"--instruction {value}: {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    if not text.strip():
+        raise InputError(f"--instruction {value!r}: the instruction is empty; an adapter is generated from the task's "
+                         "definition, so give its text (or @file holding it)")
+    return text.strip()
 
 
 def read_examples(path: str | None) -> list[tuple[str, str]]:
@@ -35,7 +42,11 @@ def read_examples(path: str | None) -> list[tuple[str, str]]:
     if not file.is_file():
         raise InputError(f"--positive-examples: file {file} does not exist")
     examples = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise InputError(f"--positive-examples: {file} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:

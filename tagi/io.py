@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from tagi.errors import InputError
+from tagi.errors import ConfigurationError, InputError
+
+LOCK_SUFFIX = ".lock"  # `.<run folder>.lock` beside a run folder while a process writes it
+BACKBONE_META = "tagi_backbone.json"  # in a θ0 folder stage 0 wrote: what made it, and its weights' digest
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 
 
 @contextmanager
@@ -85,3 +93,98 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike, option: str) -> Iterator[None]:
+    """Own `folder` while this process writes into it: a second writer is refused, naming the holder.
+    The lock is a sibling file, `.<name>.lock`, so the folder itself is untouched (Lightning warns
+    about a non-empty log folder). A lock left by a process that is gone (a killed run on this host)
+    is taken over; folders this call created for the lock are removed again if nothing else came."""
+    folder, holder = Path(folder), f"{socket.gethostname()}:{os.getpid()}"
+    lock = folder.parent / f".{folder.name}{LOCK_SUFFIX}"
+    created = [parent for parent in [lock.parent, *lock.parent.parents] if not parent.exists()]
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            with open(lock, "x", encoding="utf-8") as handle:
+                handle.write(f"{holder} {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            break
+        except FileExistsError:
+            other = lock.read_text(encoding="utf-8").strip()
+            if _holder_alive(other.split(" ")[0]):
+                raise ConfigurationError(
+                    f"{option} {folder}: another run is writing into it ({other}; host:pid, start). Wait for it, "
+                    f"or give another folder; if that process is gone, delete {lock}") from None
+            lock.unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        for parent in created:  # innermost first
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+
+
+def _holder_alive(holder: str) -> bool:
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine's process (shared filesystem): cannot tell, so it holds
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def weights_digest(folder: str | os.PathLike) -> str | None:
+    """An identity of a saved model folder's weights that changes when they change: the sha256 of its
+    weight files (None: there are none). The digest stage 0 recorded is reused while the files still
+    have the sizes and times it recorded, so a large θ0 is not re-read by every stage."""
+    folder = Path(folder)
+    record = weights_record(folder, digest=False)
+    meta = folder / BACKBONE_META
+    saved = json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {}
+    if not record["weights_stamps"]:
+        return None
+    if saved.get("weights_sha256") and saved.get("weights_stamps") == record["weights_stamps"]:
+        return saved["weights_sha256"]
+    return weights_record(folder)["weights_sha256"]
+
+
+def weights_record(folder: Path, digest: bool = True) -> dict:
+    """{weights_sha256: first 16 hex digits over the weight files' names and bytes, weights_stamps:
+    {file: [size, mtime_ns]}}: what stage 0 writes into BACKBONE_META."""
+    files = sorted(path for pattern in WEIGHT_PATTERNS for path in folder.glob(pattern))
+    stamps = {path.name: [path.stat().st_size, path.stat().st_mtime_ns] for path in files}
+    if not digest:
+        return {"weights_stamps": stamps}
+    sha = hashlib.sha256()
+    for path in files:
+        sha.update(path.name.encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(block)
+    return {"weights_sha256": sha.hexdigest()[:16], "weights_stamps": stamps}
+
+
+def read_checkpoint(path: str | os.PathLike, option: str, mmap: bool = False) -> dict:
+    """`torch.load` of a checkpoint the user named; a file that is not one (empty, truncated, another
+    format) is an `InputError` naming the option and the file instead of an unpickling traceback."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    except (EOFError, RuntimeError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
+        reason = "not a zip-format torch file" if "mmap can only be used" in reason else reason
+        raise InputError(f"{option} {path}: not a readable checkpoint ({reason}); it is empty, truncated or in another "
+                         "format. Give a .ckpt a stage wrote, e.g. checkpoints/<run>/<stage>/checkpoints/last.ckpt") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise InputError(f"{option} {path}: not a Lightning checkpoint (it holds no state_dict)")
+    return checkpoint

@@ -34,7 +34,7 @@ HEADLINE = "exact_match"  # a model that copies its input cannot score it on the
 
 
 def _run(args: list[str]):
-    from tagi.__main__ import run_cli  # late import: the CLI module imports this one
+    from tagi.cli import run_cli  # late import: the CLI module imports this one
 
     log.info("python -m tagi %s", " ".join(args))
     return run_cli(args)
@@ -67,13 +67,15 @@ def _fit(stage: str, config: StageConfig, run_dir: Path, extra: list[str], force
     done = None if force else _complete(folder)
     if done:
         log.info("%s: finished artifacts in %s, skipping", stage, folder)
-        return done
+        return {**done, "skipped": True}
     start = time.perf_counter()
     # A stage killed mid-run left checkpoints but no marker: resume it instead of starting over.
     resume = ["--ckpt_path=last"] if (folder / "checkpoints" / "last.ckpt").is_file() and not force else []
     if resume:
         log.info("%s: resuming from %s", stage, folder / "checkpoints" / "last.ckpt")
-    _run(["fit", *_config_args(config), *_stage_folder(run_dir, stage), *extra, *resume])
+    else:
+        log.info("%s: training in %s", stage, folder)
+    _run(["fit", *_config_args(config), *_stage_folder(run_dir, stage), *extra, *resume, f"--overwrite={force}"])
     done = _complete(folder)
     if done is None:
         raise RuntimeError(f"{stage}: the run ended without writing {folder / COMPLETE_NAME}; see the log above")
@@ -136,12 +138,25 @@ def run_pipeline(
     if backbone is not None:
         scores["θ0, instruction concatenated (stage 0)"] = _test(backbone, run_dir, stages["backbone"]["last_checkpoint"], theta0_args, "test-theta0")
     summary = dict(run=run, stages=stages, scores=scores, seconds=round(time.perf_counter() - start, 1))
-    (run_dir / "pipeline.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    summary = _keep_earlier(run_dir / "pipeline.json", summary)
+    atomic_write_text(run_dir / "pipeline.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     results = results_file(summary)
     if results_json:
         atomic_write_text(results_json, json.dumps(results, indent=2) + "\n")
     print(render_block(run, results) + "\n\n" + category_table(scores["student (TAGI)"]))
     return summary
+
+
+def _keep_earlier(path: Path, summary: dict) -> dict:
+    """A rerun keeps what the earlier run recorded and it did not redo: a skipped stage's training
+    seconds, and, when no stage was retrained, the score rows it did not test this time."""
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    stages = {name: {**({"seconds": earlier["stages"][name]["seconds"]} if stage.get("skipped") and "seconds" in
+                        earlier.get("stages", {}).get(name, {}) else {}), **stage}
+              for name, stage in summary["stages"].items()}
+    retrained = not all(stage.get("skipped") for stage in summary["stages"].values())
+    scores = summary["scores"] if retrained else {**earlier.get("scores", {}), **summary["scores"]}
+    return {**summary, "stages": stages, "scores": scores}
 
 
 def results_file(summary: dict) -> dict:

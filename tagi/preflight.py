@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import torch
@@ -32,6 +33,12 @@ def check_config(config: dict) -> None:
     for key in ("data_dir", "eval_data_dir"):
         check_data_dir(f"data.init_args.{key}", data.get(key))
     check_splits(data)
+    check_counts(data)
+    logger = (config.get("trainer") or {}).get("logger")
+    logger = logger[0] if isinstance(logger, list) and logger else logger
+    if isinstance(logger, dict):
+        check_writable("trainer.logger.init_args.save_dir", (logger.get("init_args") or {}).get("save_dir"))
+    check_writable("model.init_args.output_dir", model.get("output_dir"))
     if "source" in data:
         check_source(data["source"])
     if model.get("init_from") and not Path(model["init_from"]).is_dir():  # a folder: a DeepSpeed ZeRO checkpoint
@@ -39,6 +46,17 @@ def check_config(config: dict) -> None:
     ckpt_path = config.get("ckpt_path")
     if ckpt_path and ckpt_path not in CKPT_ALIASES and "://" not in str(ckpt_path) and not Path(ckpt_path).is_dir():
         check_file("--ckpt_path", ckpt_path, "a checkpoint of this stage, or `last` to resume the latest")
+
+
+COUNTS = {"batch_size": 1, "eval_batch_size": 1, "tasks_per_batch": 1, "clusters_per_batch": 1, "num_pos": 0,
+          "num_workers": 0, "max_instruction_length": 1, "max_input_length": 1, "max_target_length": 1}  # least value
+
+
+def check_counts(data: dict) -> None:
+    for key, least in COUNTS.items():
+        value = data.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value < least:
+            raise InputError(f"data.init_args.{key}: {value}; it must be at least {least}")
 
 
 def check_strategy(trainer: dict) -> None:
@@ -154,3 +172,41 @@ def eval_checkpoint(subcommand: str, config: dict) -> str:
     if path in CKPT_ALIASES:
         raise ConfigurationError(f"--ckpt_path {path}: `{subcommand}` resolves only `last`; give the checkpoint file")
     return str(path)
+
+
+def check_fit_target(config: dict) -> None:
+    """A fresh fit must not replace a finished run or an exported artifact (θ0, the teachers) that later
+    stages read; `--overwrite=true` allows it, `--ckpt_path` continues the run. (A killed run's folder
+    may be restarted: that is what a user does after fixing the cause.)"""
+    trainer = config.get("trainer") or {}
+    for key in ("max_steps", "max_epochs"):
+        if trainer.get(key) == 0:
+            raise ConfigurationError(f"trainer.{key}: 0 trains nothing (the stage would be marked finished with no "
+                                     "checkpoint); give a positive number, or leave it unset")
+    if config.get("overwrite") or config.get("ckpt_path"):
+        return
+    run = logger_dir(config.get("trainer") or {})
+    choose = "give another --trainer.logger.init_args.name, or --overwrite=true to replace it (nothing was written)"
+    if run is not None and (run / COMPLETE_NAME).is_file():
+        raise ConfigurationError(f"trainer.logger: {run} holds a finished run ({COMPLETE_NAME}); this fit would replace "
+                                 f"its checkpoints and metrics.csv; continue it with --ckpt_path last, or {choose}")
+    out = ((config.get("model") or {}).get("init_args") or {}).get("output_dir")
+    if out and Path(out).is_dir() and any(Path(out).iterdir()):
+        raise ConfigurationError(f"model.init_args.output_dir: {out} already holds an exported artifact that later "
+                                 "stages read; give another output_dir, or --overwrite=true to replace it (nothing was written)")
+
+
+def check_writable(option: str, path: str | None) -> None:
+    """The folder (or the nearest existing one above it) accepts new files: probed with a temporary
+    folder that is removed at once, so a run never fails on its first write after building everything."""
+    if path is None:
+        return
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{option}: {path}: {existing} is a file, not a folder")
+    try:
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as error:
+        raise InputError(f"{option}: {path} cannot be written ({error.strerror} in {existing}); give a folder you can write") from None

@@ -23,7 +23,7 @@ from tagi.data.sni import Demonstration, Task
 from tagi.data.templates import instruction_text, student_input_text
 from tagi.data.tokenization import encode, load_tokenizer
 from tagi.errors import TagiError
-from tagi.io import atomic_directories
+from tagi.io import atomic_directories, read_checkpoint, weights_digest
 from tagi.model import TAGIModel, TaskEncoding, load_backbone
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,15 @@ def format_instruction(definition: str, positive_examples: Sequence[tuple[str, s
     return instruction_text(task, num_pos=len(positive_examples))
 
 
+def _check_backbone_unchanged(path: str | Path, spec: dict) -> None:
+    """The student's LoRA was learned for θ0's weights: a θ0 folder retrained in place since is an error."""
+    recorded, folder = spec.get("weights"), Path(spec["name"])
+    if recorded and folder.is_dir() and weights_digest(folder) != recorded:
+        raise CheckpointError(f"{path} was trained on backbone {folder} with weights {recorded}, but the weights there "
+                              f"are now {weights_digest(folder)} (θ0 was retrained or replaced since); use the θ0 it "
+                              "was trained on, or retrain the student on this one")
+
+
 class Student:
     def __init__(self, model: TAGIModel, tokenizer, backbone: dict, max_instruction_length: int = 1024, cache_size: int = 1024,
                  student_input: str = "template"):
@@ -54,13 +63,14 @@ class Student:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> "Student":
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = read_checkpoint(path, "--ckpt")
         described = checkpoint.get("tagi", {})
         if described.get("stage") not in ("pretrain", "finetune") or "architecture" not in described:
             raise CheckpointError(f"{path} is not a TAGI student checkpoint (stage {described.get('stage')!r}); "
                                   "give a finetune-stage checkpoint such as checkpoints/<run>/finetune/checkpoints/last.ckpt")
         tokenizer = load_tokenizer(described["tokenizer"])
         spec = described["backbone"]
+        _check_backbone_unchanged(path, spec)
         tiny = {"vocab_size": len(tokenizer), **(spec.get("tiny_config") or {})}
         model = TAGIModel(load_backbone(spec["name"], tiny, spec.get("seed", 0)), **described["architecture"])
         state = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items() if key.startswith("model.")}
@@ -113,6 +123,7 @@ class Student:
         folders = [out, out.with_name(f"{out.name}-{BACKBONE_FOLDER}")] if copy else [out]
         base = str(folders[-1].resolve()) if copy else self._named_backbone()
         meta = {"instruction": instruction, "backbone": self.backbone,
+                "input_template": student_input_text("{input}", self.student_input, instruction),  # what the student reads
                 "note": "backbone + this LoRA only; the student's instruction fusion and FiD are not part of a PEFT adapter"}
         lora = self.encode(instruction).lora
         with atomic_directories(folders, own_only="--out") as stagings:

@@ -3,7 +3,9 @@
 import csv
 import json
 import logging
+import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,13 +16,25 @@ import yaml
 from peft import PeftModel
 
 from helpers import FAST, ROOT, TINY, chdir_scratch, fit, fit_teachers
-from tagi.__main__ import main as tagi_main, run_cli
+from tagi.__main__ import main as tagi_main
+from tagi.cli import run_cli
 from tagi.reports import read_predictions
 from tagi.data.tokenization import load_tokenizer
 from tagi.model import load_backbone
 from tagi.pipeline import main as pipeline_main
-from transformers import T5ForConditionalGeneration
+from tagi.student import Student
+from transformers import AutoTokenizer, T5ForConditionalGeneration
 
+
+
+def test_help_lists_every_command_without_importing_torch():
+    code = ("import sys\nfrom tagi.__main__ import main\ntry:\n    main(['--help'])\nexcept SystemExit as e:\n"
+            "    assert e.code == 0\nassert 'torch' not in sys.modules and 'lightning' not in sys.modules\n")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("usage: tagi <command>")
+    for command in ("fit", "validate", "test", "predict", "pipeline", "adapter"):
+        assert f"\n  {command} " in shown.stdout, command
 
 
 @pytest.fixture(scope="module")
@@ -127,13 +141,21 @@ def test_pipeline_runs_every_stage_skips_finished_ones_and_resumes_a_killed_one(
     assert written["rows"] == {name: {"exact_match": round(s["exact_match"], 2), "rougeL": round(s["rougeL"], 2)}
                                for name, s in summary["scores"].items()}
     assert (tmp_path / "checkpoints/t/theta0/config.json").is_file() and (tmp_path / "teachers/t/case").is_dir()
+    saved = AutoTokenizer.from_pretrained(str(tmp_path / "checkpoints/t/theta0"))  # plain transformers, θ0's vocabulary
+    assert saved("cow ape").input_ids == load_tokenizer("synthetic")("cow ape").input_ids
     teacher = json.loads((tmp_path / "teachers/t/case/meta.json").read_text())
     assert teacher["backbone"]["name"] == "checkpoints/t/theta0"  # every stage adapted the stage-0 backbone
     assert json.loads((tmp_path / "checkpoints/t/pipeline.json").read_text())["scores"] == summary["scores"]
 
     again = pipeline_main(["--config", config, "--run=t", f"--overrides={json.dumps(overrides)}"])
     assert {name: stage["global_step"] for name, stage in again["stages"].items()} == {name: 4 for name in summary["stages"]}
-    assert all("seconds" not in stage for stage in again["stages"].values())  # skipped: nothing re-ran
+    assert all(stage["skipped"] for stage in again["stages"].values())  # nothing re-ran
+    assert [again["stages"][name]["seconds"] for name in again["stages"]] == [summary["stages"][name]["seconds"]
+                                                                            for name in summary["stages"]]  # kept
+    fewer = pipeline_main(["--config", config, "--run=t", f"--overrides={json.dumps(overrides)}", "--controls=[]",
+                           "--adapter_check=false"])  # a rerun with the checks off keeps the earlier rows
+    assert fewer["scores"].keys() == summary["scores"].keys()
+    assert json.loads((tmp_path / "checkpoints/t/pipeline.json").read_text())["scores"].keys() == summary["scores"].keys()
 
     (tmp_path / "checkpoints/t/finetune/complete.json").unlink()  # as if killed after its last checkpoint
     with caplog.at_level(logging.INFO, logger="tagi.pipeline"):
@@ -237,6 +259,36 @@ def test_last_checkpoint_is_the_final_step(workdir, tmp_path):
     assert (workdir / "checkpoints/demo/seven/checkpoints/epoch=0-step=5.ckpt").is_file()  # the periodic save is kept
 
 
+def test_a_run_folder_has_one_writer_and_a_finished_run_is_kept(workdir, capsys):
+    folder, out = workdir / "checkpoints/demo/owned", workdir / "teachers/owned"
+    command = ["fit", "--config", str(ROOT / "configs/demo/teacher.yaml"), TINY, *FAST, "--trainer.max_steps=2",
+               "--trainer.logger.init_args.name=owned", "--model.init_args.output_dir=teachers/owned"]
+    lock = folder.parent / ".owned.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(f"{socket.gethostname()}:{os.getpid()} 2026-12-02 00:00:00\n")  # a live writer
+    with pytest.raises(SystemExit) as exit_info:
+        tagi_main(command)
+    assert exit_info.value.code == 2 and "another run is writing into it" in capsys.readouterr().err
+    assert not folder.exists() and not out.exists()
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    lock.write_text(f"{socket.gethostname()}:{gone} 2026-12-02 00:00:00\n")  # a killed run's lock
+    tagi_main(command)
+    assert not lock.exists() and (folder / "complete.json").is_file()
+
+    finished = {path: path.read_bytes() for path in sorted(folder.rglob("*")) + sorted(out.rglob("*")) if path.is_file()}
+    for bad, message in [
+        ([], "owned holds a finished run (complete.json)"),  # a quick trial over a trained stage
+        (["--trainer.logger.init_args.name=trial"], "model.init_args.output_dir: teachers/owned already holds"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            tagi_main([*command, *bad])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in finished} == finished and not (workdir / "checkpoints/demo/trial").exists()
+    tagi_main([*command, "--overwrite=true"])  # asked for
+    assert "overwrite: false" in (folder / "config.yaml").read_text()  # not carried into the next run's config
+
+
 def test_adapter_subcommand_writes_a_peft_adapter(workdir, student_checkpoint, capsys):
     checkpoint, _ = student_checkpoint
     (workdir / "definition.txt").write_text("Given a list of words, sort the words alphabetically.\n")
@@ -248,12 +300,25 @@ def test_adapter_subcommand_writes_a_peft_adapter(workdir, student_checkpoint, c
     base = json.loads((workdir / "adapters/sort/adapter_config.json").read_text())["base_model_name_or_path"]
     PeftModel.from_pretrained(T5ForConditionalGeneration.from_pretrained(base), str(workdir / "adapters/sort"))
 
+    # The README's loading snippet, as written, in a fresh process without tagi: it gives the adapter-only student's output
+    readme = (ROOT / "README.md").read_text()
+    snippet = readme.split("<!-- snippet: peft-load -->\n```python\n")[1].split("```")[0]
+    shown = subprocess.run([sys.executable, "-c", "import sys; sys.modules['tagi'] = None\n" + snippet],
+                           capture_output=True, text=True, cwd=workdir)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    student = Student.from_checkpoint(checkpoint)
+    expected = student.generate(meta["instruction"], ["cow ape"], max_new_tokens=16, lora_only=True)
+    assert shown.stdout.strip() == repr(expected)
+
+    (workdir / "latin1.txt").write_bytes("Trier les mots, café.".encode("latin-1"))
     for bad, message in [
         (["--ckpt", "missing.ckpt", "--instruction", "x", "--out", "a"], "--ckpt missing.ckpt: no such checkpoint file"),
         (["--ckpt", str(checkpoint), "--instruction", "@nope.txt", "--out", "a"], "file nope.txt does not exist"),
         (["--ckpt", str(workdir / "checkpoints/demo/teacher/checkpoints/last.ckpt"), "--instruction", "x", "--out", "a"],
          "is not a TAGI student checkpoint"),
         (["--ckpt", str(checkpoint), "--instruction", "x", "--out", "pos.jsonl"], "--out pos.jsonl: a file is there"),
+        (["--ckpt", str(checkpoint), "--instruction", "  ", "--out", "a"], "the instruction is empty"),
+        (["--ckpt", str(checkpoint), "--instruction", "@latin1.txt", "--out", "a"], "latin1.txt is not UTF-8 text"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             tagi_main(["adapter", *bad])

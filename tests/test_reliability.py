@@ -17,6 +17,7 @@ from helpers import FAST, TINY, chdir_scratch, config, fit, fit_teachers
 from tagi.__main__ import main as tagi_main
 from tagi.adapters import load_adapter, save_adapter
 from tagi.data.modules import FinetuneDataModule
+from tagi.data.synthetic import write_suite
 from tagi.lora import LoRAWeights
 
 CHECKPOINT_EVERY = """
@@ -228,6 +229,50 @@ def test_resuming_from_another_stage_checkpoint(workdir, stages, capsys):
                       "--ckpt_path", "'pretrain' stage", "'finetune' stage")
 
 
+@pytest.mark.parametrize("option, message", [
+    ("--trainer.max_steps=0", "trainer.max_steps: 0 trains nothing"),
+    ("--data.init_args.batch_size=0", "data.init_args.batch_size: 0; it must be at least 1"),
+    ("--data.init_args.tasks_per_batch=-1", "data.init_args.tasks_per_batch: -1; it must be at least 1"),
+    ("--data.init_args.max_input_length=0", "data.init_args.max_input_length: 0; it must be at least 1"),
+])
+def test_counts_that_cannot_train(workdir, stages, capsys, option, message):
+    run_fails_cleanly(finetune_args(stages, option), capsys, message)
+
+
+def test_files_that_are_not_what_they_claim(workdir, stages, capsys):
+    """Truncated checkpoints and adapters, undecodable task files, unknown names: one message, exit 2."""
+    Path("empty.ckpt").write_bytes(b"")
+    Path("garbage.ckpt").write_bytes(b"not a checkpoint at all")
+    run_fails_cleanly(["test", "--config", config("finetune"), TINY, "--ckpt_path=empty.ckpt"], capsys,
+                      "--ckpt_path empty.ckpt: not a readable checkpoint")
+    run_fails_cleanly(finetune_args(stages, "--model.init_args.init_from=garbage.ckpt"), capsys,
+                      "model.init_args.init_from garbage.ckpt: not a readable checkpoint")
+    broken = Path("teachers-truncated")
+    if not broken.exists():
+        shutil.copytree(stages["teachers"], broken)
+        weights = broken / "case" / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:50])
+    run_fails_cleanly(finetune_args(stages, f"--model.init_args.teachers={broken}"), capsys,
+                      "teachers-truncated/case/adapter_model.safetensors: not a readable safetensors file")
+    run_fails_cleanly(finetune_args(stages, "--data.init_args.tokenizer=no-such-tokenizer"), capsys,
+                      "data.init_args.tokenizer: 'no-such-tokenizer' is not a tokenizer")
+    run_fails_cleanly(finetune_args(stages, "--data.init_args.split=nope"), capsys, "splits/nope/train_tasks.txt: split file not found")
+    run_fails_cleanly(finetune_args(stages, "--trainer.logger.init_args.save_dir=/proc/tagi"), capsys,
+                      "trainer.logger.init_args.save_dir: /proc/tagi cannot be written")
+    # a ConfigurationError raised in a constructor, which jsonargparse wraps in its own ValueError
+    run_fails_cleanly(finetune_args(stages, "--model.init_args.distillation.consistency_weight=0.1"), capsys,
+                      "consistency_weight > 0", "needs model.init_args.architecture.generator: hart")
+
+
+def test_a_task_file_that_is_not_utf8(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    suite = write_suite(tmp_path / "suite", num_instances=4)
+    task = sorted((suite / "tasks").glob("*.json"))[0]
+    task.write_bytes(task.read_bytes().replace(b"Definition", b"D\xe9finition", 1))  # latin-1, not UTF-8
+    run_fails_cleanly(["fit", "--config", config("backbone"), TINY, *FAST, f"--data.init_args.data_dir={suite}",
+                       "--model.init_args.output_dir=theta0"], capsys, f"{task.name}: field '<file>': not UTF-8 text")
+
+
 def test_deepspeed_without_cuda_says_to_use_auto_or_ddp(workdir, stages, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: DeepSpeed is allowed")
@@ -265,3 +310,28 @@ def test_instruction_longer_than_the_limit_is_truncated_counted_and_warned(workd
     warning = next(record.getMessage() for record in caplog.records if "truncated to the configured lengths" in record.getMessage())
     truncated, total = warning.split("instruction ")[1].split(" tasks")[0].split("/")
     assert int(truncated) == int(total) > 0 and "(max 6)" in warning
+
+
+# ---------------------------------------------------------------- provenance
+
+def test_a_backbone_folder_retrained_in_place_is_noticed(tmp_path):
+    """Checkpoints, teachers and adapters record θ0's weight digest; a θ0 replaced since no longer matches."""
+    from tagi.io import BACKBONE_META, weights_digest, weights_record
+    from tagi.model import load_backbone
+    from tagi.stages.base import Backbone
+
+    folder = tmp_path / "theta0"
+    load_backbone("tiny", dict(d_model=32, num_heads=2)).save_pretrained(folder)
+    spec = Backbone(name=str(folder))
+    saved = spec.record()
+    assert len(saved["weights"]) == 16 and spec.matches(saved)
+    assert spec.matches({key: value for key, value in saved.items() if key != "weights"})  # a record from before digests
+
+    load_backbone("tiny", dict(d_model=32, num_heads=2), seed=1).save_pretrained(folder)  # retrained in place
+    assert not spec.matches(saved) and spec.record()["weights"] != saved["weights"]
+
+    # stage 0's recorded digest is trusted only while the files are the ones it recorded
+    (folder / BACKBONE_META).write_text(json.dumps({**weights_record(folder), "weights_sha256": "recorded"}))
+    assert weights_digest(folder) == "recorded"
+    load_backbone("tiny", dict(d_model=32, num_heads=2), seed=2).save_pretrained(folder)
+    assert weights_digest(folder) not in ("recorded", saved["weights"])

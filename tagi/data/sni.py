@@ -40,6 +40,10 @@ class InvalidTaskError(TagiError, ValueError):
         super().__init__(f"{path}: field '{field}': {problem}" + (f" -- {fix}" if fix else ""))
 
 
+class SplitFileError(TagiError, FileNotFoundError):
+    """A split's task list that does not exist (an unknown split name, or not an SNI-layout folder)."""
+
+
 @dataclass(frozen=True)
 class Instance:
     id: str
@@ -160,6 +164,9 @@ def read_task(path: Path | str, max_instances: int | None = None,
                                f"{e.msg}") from e
     except FileNotFoundError as e:
         raise InvalidTaskError(path, "<file>", "task file does not exist") from e
+    except UnicodeDecodeError as e:
+        raise InvalidTaskError(path, "<file>", f"not UTF-8 text ({e.reason} at byte {e.start})",
+                               "re-save it as UTF-8") from None
     if not isinstance(raw, dict):
         raise InvalidTaskError(path, "<json>", "top level must be an object")
     for field in REQUIRED_FIELDS:
@@ -176,7 +183,11 @@ def read_task(path: Path | str, max_instances: int | None = None,
 
 def _read_names(path: Path) -> list[str]:
     names = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise InvalidTaskError(path, "<file>", f"not UTF-8 text ({e.reason} at byte {e.start})", "re-save it as UTF-8") from None
+    for line in lines:
         line = line.strip()
         if line and not line.startswith("#"):
             names.append(line.removesuffix(".json"))
@@ -204,7 +215,7 @@ def task_names(root: Path | str, split: str = "default", subset: str = "train",
         if subset == "val":
             return []
         have = sorted(p.name for p in folder.parent.glob("*")) if folder.parent.is_dir() else []
-        raise FileNotFoundError(f"{path}: split file not found (splits present under {folder.parent}: "
+        raise SplitFileError(f"{path}: split file not found (splits present under {folder.parent}: "
                                 f"{have or 'none'}); is {root} a Super-NaturalInstructions-layout directory?")
     names = _read_names(path)
     excluded_path = folder / "excluded_tasks.txt"

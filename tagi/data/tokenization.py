@@ -7,6 +7,8 @@ from functools import lru_cache
 
 from transformers import AutoTokenizer, ByT5Tokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from tagi.errors import InputError
+
 SYNTHETIC_TOKENIZER = "synthetic"
 
 
@@ -17,7 +19,12 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
         return ByT5Tokenizer()
     if name == SYNTHETIC_TOKENIZER:
         return synthetic_tokenizer()
-    return AutoTokenizer.from_pretrained(name)
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as error:  # not a folder with a tokenizer, nor a reachable hub id
+        raise InputError(f"data.init_args.tokenizer: {name!r} is not a tokenizer ({str(error).splitlines()[0][:160]}); give "
+                         "`byt5`, `synthetic`, a folder holding a saved tokenizer (e.g. a θ0 folder stage 0 wrote), or a "
+                         "hub id already in the local cache") from None
 
 
 @lru_cache(maxsize=1)

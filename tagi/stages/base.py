@@ -7,6 +7,7 @@ Subclasses implement `training_step` and `generate_texts(batch) -> list[str]`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from tagi.data.tokenization import load_tokenizer
 from tagi.errors import NonFiniteLossError
-from tagi.io import atomic_write_text
+from tagi.io import atomic_write_text, read_checkpoint, weights_digest
 from tagi.metrics import InstructionMetrics, results_table
 from tagi.rank import RankAccuracy, rank_classify
 from tagi.reports import COMPLETE_NAME, PREDICTIONS, RESULTS_MD, PredictionWriter, write_results
@@ -45,14 +46,34 @@ class Backbone:
         tiny = {"vocab_size": vocab_size, **(self.tiny_config or {})}
         return load_backbone(self.name, tiny, self.seed)
 
+    def record(self) -> dict:
+        """What a checkpoint, teacher or adapter records of its backbone: the spec, and for a local folder
+        the digest of its weights (`tagi.io.weights_digest`), so a θ0 retrained in place is noticed."""
+        weights = _weights_digest(_resolved(self.name)) if self.name != "tiny" and Path(self.name).is_dir() else None
+        return {**asdict(self), **({"weights": weights} if weights else {})}
+
     def matches(self, saved: dict | None) -> bool:
         """Is `saved` (a checkpoint's or teacher's record of its backbone) this backbone? Local
-        folders compare by resolved path, so a relative and an absolute spelling agree."""
+        folders compare by resolved path, so a relative and an absolute spelling agree, and by the
+        weights' digest where both sides have one (records from before digests have none)."""
         if not saved:
             return False
         if self.name == "tiny" or saved.get("name") == "tiny":
-            return asdict(self) == {**asdict(Backbone()), **saved}
-        return _resolved(self.name) == _resolved(saved.get("name", ""))
+            return asdict(self) == {**asdict(Backbone()), **{k: v for k, v in saved.items() if k != "weights"}}
+        mine = self.record().get("weights")
+        same_weights = mine is None or saved.get("weights") is None or mine == saved["weights"]
+        return _resolved(self.name) == _resolved(saved.get("name", "")) and same_weights
+
+
+@functools.lru_cache(maxsize=8)
+def _weights_digest_at(folder: str, mtime_ns: int) -> str | None:
+    return weights_digest(folder)
+
+
+def _weights_digest(folder: str) -> str | None:
+    """Cached per folder state: a stage asks several times (describe, checks) and θ0 may be large."""
+    stamps = [path.stat().st_mtime_ns for path in Path(folder).iterdir()]
+    return _weights_digest_at(folder, max(stamps, default=0))
 
 
 def load_stage_checkpoint(path: str | Path) -> dict:
@@ -69,7 +90,7 @@ def load_stage_checkpoint(path: str | Path) -> dict:
             convert_zero_checkpoint_to_fp32_state_dict(str(path), str(staging))
             os.replace(staging, single)  # a killed conversion never leaves a half file under the final name
         path = single
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return read_checkpoint(path, "model.init_args.init_from")
 
 
 def _rng_states_to_tensors(states: dict) -> dict:
@@ -130,7 +151,7 @@ class GenerativeStage(L.LightningModule):
         return dict(
             stage=self.stage,
             tokenizer=self.tokenizer_name,
-            backbone=asdict(self.backbone_spec),
+            backbone=self.backbone_spec.record(),
             optimization=asdict(self.optimization),
             generation=asdict(self.generation),
         )
@@ -143,6 +164,8 @@ class GenerativeStage(L.LightningModule):
             self.trainer.logger.save()  # the log up to this checkpoint is on disk, so a resume continues it
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # test/predict do not restore the loop counters: keep the step the evaluated weights were trained to
+        self.checkpoint_step = checkpoint.get("global_step")
         if "rng_states" in checkpoint:
             _set_rng_states(_rng_states_from_tensors(checkpoint["rng_states"]))
 
@@ -271,14 +294,20 @@ class GenerativeStage(L.LightningModule):
         if scores and self.trainer.is_global_zero and log_dir is not None:
             path = write_results(log_dir, scores, self.eval_metrics.task_category, self.results_meta(),
                                  self.results_markdown())
-            rank_zero_info(f"wrote {path} and {RESULTS_MD}: {self.trainer.ckpt_path} at step {self.global_step}")
+            rank_zero_info(f"wrote {path} and {RESULTS_MD}: {self.trainer.ckpt_path} at step {self.evaluated_step}")
 
     def results_meta(self) -> dict:
         """What the results describe: the model and its provenance (extended by subclasses)."""
         data = getattr(self.trainer, "datamodule", None)
         control = getattr(getattr(data, "hparams", None), "instruction_control", "real")
-        return {"model": type(self).__name__, "checkpoint": self.trainer.ckpt_path, "global_step": self.global_step,
+        return {"model": type(self).__name__, "checkpoint": self.trainer.ckpt_path, "global_step": self.evaluated_step,
                 "describe": self.describe(), "instruction_control": control}
+
+    @property
+    def evaluated_step(self) -> int:
+        """The training step of the weights being evaluated (the checkpoint's, outside fit)."""
+        step = getattr(self, "checkpoint_step", None)
+        return self.global_step if self.trainer.state.fn == "fit" or step is None else step
 
     def results_markdown(self) -> str:
         """Extra Markdown appended to results.md (subclasses: inference cost)."""

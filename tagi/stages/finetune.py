@@ -89,7 +89,7 @@ class FinetuneModule(HyperStage):
         if not self.backbone_spec.matches(theirs):
             raise ConfigurationError(
                 f"model.init_args.init_from: {path} was trained on backbone {theirs}, but this run uses "
-                f"{asdict(self.backbone_spec)}; use the same model.init_args.backbone in both stages, or the stage-2 "
+                f"{self.backbone_spec.record()}; use the same model.init_args.backbone in both stages, or the stage-2 "
                 "checkpoint trained on this backbone"
             )
         if not described.get("architecture", {}).get("freeze_backbone", True):
@@ -146,7 +146,7 @@ class FinetuneModule(HyperStage):
     def _check_teacher(self, directory: Path, meta: dict) -> None:
         differences = []
         if not self.backbone_spec.matches(meta.get("backbone")):
-            differences.append(f"backbone {meta.get('backbone')} ≠ {asdict(self.backbone_spec)}")
+            differences.append(f"backbone {meta.get('backbone')} ≠ {self.backbone_spec.record()}")
         if meta.get("lora_rank") != self.architecture.lora_rank:
             differences.append(f"LoRA rank {meta.get('lora_rank')} ≠ the hypernetwork's {self.architecture.lora_rank}")
         if meta.get("tokenizer") != self.tokenizer_name:

@@ -19,12 +19,10 @@ from typing import Literal
 
 import torch
 
-from tagi.io import atomic_directory
+from tagi.io import BACKBONE_META, atomic_directory, weights_record
 from tagi.stages.base import Backbone, Generation, GenerativeStage, Optimization
 
 log = logging.getLogger(__name__)
-
-BACKBONE_META = "tagi_backbone.json"
 
 
 class FullFinetuneModule(GenerativeStage):
@@ -66,10 +64,11 @@ class FullFinetuneModule(GenerativeStage):
         super().on_fit_end()
 
     def save_backbone(self, out_dir: Path) -> Path:
-        """A standard `from_pretrained` folder (+ what made it), written aside and renamed."""
+        """A standard `from_pretrained` folder with its tokenizer (+ what made it), written aside and renamed."""
         with atomic_directory(out_dir) as tmp:
             self.backbone.save_pretrained(tmp)
-            meta = {**self.describe(), "global_step": self.global_step}
+            self.tokenizer.save_pretrained(tmp)  # AutoTokenizer on the folder must give the vocabulary θ0 was trained on
+            meta = {**self.describe(), "global_step": self.global_step, **weights_record(tmp)}
             (tmp / BACKBONE_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         log.info("wrote the trained backbone to %s", out_dir)
         return out_dir

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -106,7 +105,7 @@ class TeacherModule(GenerativeStage):
                 cluster=name,
                 cluster_id=index,
                 tasks=sorted(tasks),
-                backbone=asdict(self.backbone_spec),
+                backbone=self.backbone_spec.record(),
                 tokenizer=self.tokenizer_name,
                 lora_rank=self.lora_rank,
                 lora_alpha=self.lora_alpha,
