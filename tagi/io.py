@@ -45,6 +45,7 @@ def atomic_directories(targets: list[str | os.PathLike], own_only: str | None = 
         for target in targets:
             target.parent.mkdir(parents=True, exist_ok=True)
             stagings.append(Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent)))
+            with_umask(stagings[-1])
         yield stagings
         for target, staging in zip(targets, stagings) if own_only is not None else ():
             _refuse_foreign(target, {entry.name for entry in staging.iterdir()}, own_only)
@@ -66,6 +67,14 @@ def _replace(target: Path, staging: Path) -> None:
         os.replace(staging, target)
 
 
+def with_umask(path: str | os.PathLike) -> None:
+    """tempfile creates 0600 files and 0700 folders; an artifact renamed from one gets the mode any other
+    file of the user's would (0666 / 0777 minus the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+
+
 def _refuse_non_folder(target: Path, option: str) -> None:
     if target.exists() and not target.is_dir():
         raise InputError(f"{option} {target}: a file is there, not a folder; give a new folder (nothing was written)")
@@ -84,6 +93,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    with_umask(tmp)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tagi.io import atomic_write_text
+from tagi.io import atomic_write_text, with_umask
 from tagi.metrics import results_table
 
 RESULTS_JSON, RESULTS_MD, PREDICTIONS = "results.json", "results.md", "predictions.jsonl"
@@ -57,6 +57,7 @@ class PredictionWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self._tmp = tempfile.mkstemp(prefix=f".tmp-{self.path.name}-", dir=self.path.parent)
+        with_umask(self._tmp)
         self._file = os.fdopen(fd, "w", encoding="utf-8")
         self.count = 0
 

@@ -335,3 +335,18 @@ def test_a_backbone_folder_retrained_in_place_is_noticed(tmp_path):
     assert weights_digest(folder) == "recorded"
     load_backbone("tiny", dict(d_model=32, num_heads=2), seed=2).save_pretrained(folder)
     assert weights_digest(folder) not in ("recorded", saved["weights"])
+
+
+def test_artifacts_get_the_users_umask(tmp_path):
+    """Written to a temporary name (0600 / 0700) and renamed, they still get the user's usual mode."""
+    from tagi.io import atomic_directory, atomic_write_text
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "results.json", "{}\n")
+        with atomic_directory(tmp_path / "adapter") as staging:
+            (staging / "adapter_config.json").write_text("{}\n")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "adapter").stat().st_mode & 0o777 == 0o755
