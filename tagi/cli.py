@@ -18,6 +18,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
@@ -131,6 +133,31 @@ class TAGICLI(LightningCLI):
             writer = csv.DictWriter(file, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
+
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
+        """With a progress bar on and none configured, the step-counting one below."""
+        configured = [*(config.get("callbacks") or []), *callbacks]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured) \
+                and _RICH_AVAILABLE:
+            callbacks = [*callbacks, StepProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's bar, led by the optimizer step out of max_steps: a run set by max_steps has
+    max_epochs −1, for which Lightning's own bar reads "Epoch 6/-2"."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if not self.trainer.max_steps or self.trainer.max_steps < 0:
+            return super()._get_train_description(current_epoch)
+        description = f"step {self.trainer.global_step}/{self.trainer.max_steps}"
+        return f"{description:{len(self.validation_description)}}"
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.progress is not None and self.train_progress_bar_id is not None:
+            self.progress.update(self.train_progress_bar_id, description=self._get_train_description(trainer.current_epoch))
 
 
 class _NoAdvertising(logging.Filter):

@@ -37,6 +37,20 @@ def test_help_lists_every_command_without_importing_torch():
         assert f"\n  {command} " in shown.stdout, command
 
 
+def test_progress_bar_counts_optimizer_steps(tmp_path, monkeypatch):
+    """A run set by max_steps reads "step N/max_steps", not Lightning's "Epoch 6/-2"."""
+    from tagi.cli import StepProgressBar
+
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli(["--config", str(ROOT / "configs/demo/teacher.yaml"), TINY, "--trainer.max_steps=7"], run=False)
+    bars = [c for c in cli.trainer.callbacks if isinstance(c, StepProgressBar)]
+    assert len(bars) == 1
+    bars[0]._trainer = cli.trainer  # what Lightning sets when fitting starts
+    assert bars[0]._get_train_description(3).strip() == "step 0/7"
+    quiet = run_cli(["--config", str(ROOT / "configs/demo/teacher.yaml"), TINY, "--trainer.enable_progress_bar=false"], run=False)
+    assert not any(isinstance(c, StepProgressBar) for c in quiet.trainer.callbacks)
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     yield from chdir_scratch(tmp_path_factory, "cli")
