@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -96,6 +99,49 @@ BASELINES = ["no-instruction", "concat", "hint", "tagi"]
 EXTRA_PAIRS = [("hint", "no-instruction")]  # a hypernetwork should at least beat ignoring the instruction
 
 
+RECIPE = "recipe.json"  # beside a run: the YAML files it was configured by (content digests) and its overrides
+
+
+def recipe(config: str, extra: list[str]) -> dict:
+    """What a run is made of: its config file and every YAML file that file names (parts/*.yaml),
+    by content digest, and the command-line overrides."""
+    files, pending = {}, [Path(config)]
+    while pending:
+        path = pending.pop()
+        if path in files or not path.is_file():
+            continue
+        files[path] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        pending += [path.parent / value for value in _strings(yaml.safe_load(path.read_text())) if value.endswith(".yaml")]
+    return {"configs": {_shown(path): digest for path, digest in files.items()}, "args": list(extra)}
+
+
+def _strings(tree) -> list[str]:
+    if isinstance(tree, str):
+        return [tree]
+    values = tree.values() if isinstance(tree, dict) else tree if isinstance(tree, list) else []
+    return [string for value in values for string in _strings(value)]
+
+
+def _shown(path: Path) -> str:
+    return str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
+
+
+def check_recipe(run: Path, wanted: dict) -> None:
+    """A run folder is reused (or resumed) only for the recipe it was trained with: a folder left by
+    other configs or overrides is an error naming what differs, not a silently reused result."""
+    path = run / RECIPE
+    if not path.is_file():
+        if (run / "checkpoints").is_dir():
+            print(f"warning: {run} has no {RECIPE} (trained before recipes were recorded); reused as it is", file=sys.stderr)
+        return
+    saved = json.loads(path.read_text())
+    if saved != wanted:
+        changed = sorted({*saved["configs"].items()} ^ {*wanted["configs"].items()})
+        args = sorted(set(saved["args"]) ^ set(wanted["args"]))
+        raise SystemExit(f"error: {run} was trained from another recipe (configs that differ: {[c for c, _ in changed]}; "
+                         f"overrides that differ: {args}); delete the folder to retrain it with the current one")
+
+
 class Ledger:
     """Seconds spent per run and test folder, kept beside the runs: a run resumed over several
     sessions adds its parts, and a reused one keeps the time it took (the total CPU time reported)."""
@@ -111,7 +157,11 @@ class Ledger:
         atomic_write_text(self.path, json.dumps(self.seconds, indent=1, sort_keys=True) + "\n")
 
     def fit(self, folder: Path, stage: str, config: str, extra: list[str]) -> dict:
+        wanted = recipe(config, extra)
+        check_recipe(folder / stage, wanted)
         done = _fit(stage, config, folder, extra, force=False)
+        if not done.get("skipped"):
+            atomic_write_text(folder / stage / RECIPE, json.dumps(wanted, indent=1, sort_keys=True) + "\n")
         self.add(str(folder / stage), done.get("seconds"))
         return done
 

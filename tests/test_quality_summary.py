@@ -4,6 +4,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -55,3 +57,22 @@ def test_last_validation_reads_the_final_val_row(tmp_path):
     csv = tmp_path / "metrics.csv"
     csv.write_text("epoch,step,train/ce,val/exact_match,val/rougeL\n0,9,1.0,,\n0,99,,10.0,20.0\n0,109,0.5,,\n0,199,,12.5,30.0\n")
     assert quality.last_validation(csv) == {"exact_match": 12.5, "rougeL": 30.0}
+
+
+def test_a_run_is_reused_only_for_the_recipe_it_was_trained_with(tmp_path):
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "architecture.yaml").write_text("generator: mlp\n")
+    config = tmp_path / "finetune.yaml"
+    config.write_text("model:\n  init_args:\n    architecture: parts/architecture.yaml\n    lr: 0.003\n")
+    wanted = quality.recipe(str(config), ["--seed_everything=0"])
+    assert len(wanted["configs"]) == 2  # the part the config names is part of the recipe
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / quality.RECIPE).write_text(json.dumps(wanted))
+    quality.check_recipe(run, wanted)  # same recipe: reused
+    (tmp_path / "parts" / "architecture.yaml").write_text("generator: hart\n")
+    with pytest.raises(SystemExit, match=r"another recipe \(configs that differ: \[.*architecture\.yaml"):
+        quality.check_recipe(run, quality.recipe(str(config), ["--seed_everything=0"]))
+    with pytest.raises(SystemExit, match=r"overrides that differ: \['--seed_everything=0', '--seed_everything=1'\]"):
+        quality.check_recipe(run, {**wanted, "args": ["--seed_everything=1"]})
