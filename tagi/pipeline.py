@@ -20,6 +20,7 @@ from typing import Literal
 
 from jsonargparse import ArgumentParser, ActionConfigFile
 
+from tagi.errors import InputError
 from tagi.io import atomic_write_text
 from tagi.results import git_commit, render_block
 from tagi.reports import COMPLETE_NAME
@@ -42,7 +43,16 @@ def _run(args: list[str]):
 
 def _complete(folder: Path) -> dict | None:
     marker = folder / COMPLETE_NAME
-    return json.loads(marker.read_text()) if marker.is_file() else None
+    if not marker.is_file():
+        return None
+    try:
+        done = json.loads(marker.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        done = None
+    if not isinstance(done, dict) or "last_checkpoint" not in done:
+        raise InputError(f"{marker}: not the completion marker a stage writes (unreadable, or no last_checkpoint); "
+                         "delete it, and the pipeline resumes the stage from its last checkpoint")
+    return done
 
 
 def _stage_folder(run_dir: Path, stage: str) -> list[str]:

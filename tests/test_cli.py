@@ -135,7 +135,7 @@ def test_backbone_stage_writes_a_from_pretrained_folder(workdir):
     assert json.loads((workdir / "checkpoints/demo/backbone/complete.json").read_text())["global_step"] == 4
 
 
-def test_pipeline_runs_every_stage_skips_finished_ones_and_resumes_a_killed_one(tmp_path, monkeypatch, caplog):
+def test_pipeline_runs_every_stage_skips_finished_ones_and_resumes_a_killed_one(tmp_path, monkeypatch, caplog, capsys):
     monkeypatch.chdir(tmp_path)
     overrides = [TINY, *FAST]
     config = str(ROOT / "configs/demo/pipeline.yaml")
@@ -171,6 +171,11 @@ def test_pipeline_runs_every_stage_skips_finished_ones_and_resumes_a_killed_one(
     assert fewer["scores"].keys() == summary["scores"].keys()
     assert json.loads((tmp_path / "checkpoints/t/pipeline.json").read_text())["scores"].keys() == summary["scores"].keys()
 
+    (tmp_path / "checkpoints/t/finetune/complete.json").write_text('{"global_step": 4, "last_ch')  # cut off
+    with pytest.raises(SystemExit) as exit_info:
+        tagi_main(["pipeline", "--config", config, "--run=t", f"--overrides={json.dumps(overrides)}"])
+    assert exit_info.value.code == 2
+    assert "finetune/complete.json: not the completion marker a stage writes" in capsys.readouterr().err
     (tmp_path / "checkpoints/t/finetune/complete.json").unlink()  # as if killed after its last checkpoint
     with caplog.at_level(logging.INFO, logger="tagi.pipeline"):
         resumed = pipeline_main(["--config", config, "--run=t", f"--overrides={json.dumps(overrides)}"])
