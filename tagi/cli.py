@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from tagi.errors import ConfigurationError, TagiError
 from tagi.io import folder_lock, read_checkpoint
@@ -226,12 +227,13 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
 
 
-def user_error(error: BaseException | None) -> TagiError | None:
-    """The `TagiError` behind `error`: jsonargparse re-raises what a class's constructor raised as its own
-    ValueError ("Does not validate against any of the Union subtypes"), with ours as the cause."""
+def user_error(error: BaseException | None) -> Exception | None:
+    """The `TagiError` behind `error` (jsonargparse re-raises what a class's constructor raised as its own
+    ValueError, "Does not validate against any of the Union subtypes", with ours as the cause), or
+    Lightning's own verdict on a Trainer option (`MisconfigurationException`, e.g. devices=0)."""
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, TagiError):
+        if isinstance(error, (TagiError, MisconfigurationException)):
             return error
         seen.add(id(error))
         error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)

@@ -41,11 +41,38 @@ def check_config(config: dict) -> None:
     check_writable("model.init_args.output_dir", model.get("output_dir"))
     if "source" in data:
         check_source(data["source"])
-    if model.get("init_from") and not Path(model["init_from"]).is_dir():  # a folder: a DeepSpeed ZeRO checkpoint
-        check_file("model.init_args.init_from", model["init_from"], "the stage-2 (pretrain) checkpoint")
+    check_model_values(model)
+    if model.get("init_from"):
+        check_checkpoint("model.init_args.init_from", model["init_from"], "the stage-2 (pretrain) checkpoint")
     ckpt_path = config.get("ckpt_path")
-    if ckpt_path and ckpt_path not in CKPT_ALIASES and "://" not in str(ckpt_path) and not Path(ckpt_path).is_dir():
-        check_file("--ckpt_path", ckpt_path, "a checkpoint of this stage, or `last` to resume the latest")
+    if ckpt_path and ckpt_path not in CKPT_ALIASES and "://" not in str(ckpt_path):
+        check_checkpoint("--ckpt_path", ckpt_path, "a checkpoint of this stage, or `last` to resume the latest")
+
+
+def check_checkpoint(option: str, value: str, what: str) -> None:
+    """A checkpoint file, or the folder DeepSpeed writes for one (it holds a `latest` file)."""
+    path = Path(value)
+    if path.is_dir() and not (path / "latest").is_file():
+        raise InputError(f"{option}: {value} is a folder but not a DeepSpeed checkpoint (no `latest` file in it); "
+                         f"point it at {what}")
+    if not path.is_dir():
+        check_file(option, value, what)
+
+
+def check_model_values(model: dict) -> None:
+    """Values no run can use: a LoRA rank or alpha ≤ 0 (a division by zero later), a learning rate ≤ 0
+    or a negative weight decay (AdamW refuses them after everything is built)."""
+    values = {f"model.init_args.{key}": model.get(key) for key in ("lora_rank", "lora_alpha")}
+    architecture = model.get("architecture") if isinstance(model.get("architecture"), dict) else {}
+    values |= {f"model.init_args.architecture.{key}": architecture.get(key) for key in ("lora_rank", "lora_alpha")}
+    optimization = model.get("optimization") if isinstance(model.get("optimization"), dict) else {}
+    values["model.init_args.optimization.learning_rate"] = optimization.get("learning_rate")
+    for option, value in values.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+            raise InputError(f"{option}: {value}; it must be positive")
+    decay = optimization.get("weight_decay")
+    if isinstance(decay, (int, float)) and decay < 0:
+        raise InputError(f"model.init_args.optimization.weight_decay: {decay}; it must be 0 or more")
 
 
 COUNTS = {"batch_size": 1, "eval_batch_size": 1, "tasks_per_batch": 1, "clusters_per_batch": 1, "num_pos": 0,

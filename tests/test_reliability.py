@@ -234,6 +234,9 @@ def test_resuming_from_another_stage_checkpoint(workdir, stages, capsys):
     ("--data.init_args.batch_size=0", "data.init_args.batch_size: 0; it must be at least 1"),
     ("--data.init_args.tasks_per_batch=-1", "data.init_args.tasks_per_batch: -1; it must be at least 1"),
     ("--data.init_args.max_input_length=0", "data.init_args.max_input_length: 0; it must be at least 1"),
+    ("--model.init_args.architecture.lora_rank=0", "model.init_args.architecture.lora_rank: 0; it must be positive"),
+    ("--model.init_args.optimization.learning_rate=-1", "optimization.learning_rate: -1.0; it must be positive"),
+    ("--trainer.devices=0", "Trainer(devices='0')"),  # Lightning's own verdict, shown as one error line
 ])
 def test_counts_that_cannot_train(workdir, stages, capsys, option, message):
     run_fails_cleanly(finetune_args(stages, option), capsys, message)
@@ -245,6 +248,9 @@ def test_files_that_are_not_what_they_claim(workdir, stages, capsys):
     Path("garbage.ckpt").write_bytes(b"not a checkpoint at all")
     run_fails_cleanly(["test", "--config", config("finetune"), TINY, "--ckpt_path=empty.ckpt"], capsys,
                       "--ckpt_path empty.ckpt: not a readable checkpoint")
+    Path("a-folder.ckpt").mkdir(exist_ok=True)
+    run_fails_cleanly(["test", "--config", config("finetune"), TINY, "--ckpt_path=a-folder.ckpt"], capsys,
+                      "--ckpt_path: a-folder.ckpt is a folder but not a DeepSpeed checkpoint")
     run_fails_cleanly(finetune_args(stages, "--model.init_args.init_from=garbage.ckpt"), capsys,
                       "model.init_args.init_from garbage.ckpt: not a readable checkpoint")
     broken = Path("teachers-truncated")
