@@ -76,3 +76,12 @@ def test_a_run_is_reused_only_for_the_recipe_it_was_trained_with(tmp_path):
         quality.check_recipe(run, quality.recipe(str(config), ["--seed_everything=0"]))
     with pytest.raises(SystemExit, match=r"overrides that differ: \['--seed_everything=0', '--seed_everything=1'\]"):
         quality.check_recipe(run, {**wanted, "args": ["--seed_everything=1"]})
+
+
+def test_the_ratio_check_says_when_concatenation_scores_zero():
+    zero = {"mean": {"exact_match": 0.0}}
+    data = {"variants": {"no-instruction": {"mean": {"exact_match": 3.0}}, "concat": zero},
+            "validation": {"no-instruction": {"mean": {"exact_match": 1.0}}, "concat": zero}}
+    assert quality.checks(data) == {"no-instruction / concat, mean exact match":
+                                    "validation undefined (concat scores 0), test undefined (concat scores 0) "
+                                    "(the suite asks for at most 0.33)"}
