@@ -151,8 +151,10 @@ class Ledger:
     def __init__(self, path: Path):
         self.path = path
         self.seconds: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+        self.used: set[str] = set()  # the runs and tests this table is made of (the file holds every run of the setting)
 
     def add(self, key: str, seconds: float | None) -> None:
+        self.used.add(key)
         if seconds is None:
             return
         self.seconds[key] = round(self.seconds.get(key, 0.0) + seconds, 1)
@@ -168,7 +170,7 @@ class Ledger:
         return done
 
     def total(self) -> float:
-        return round(sum(self.seconds.values()), 1)
+        return round(sum(self.seconds.get(key, 0.0) for key in self.used), 1)
 
 
 @dataclass
@@ -194,7 +196,10 @@ class Chain:
 
     def ensure_theta0(self) -> Path:
         has_stage0 = (ROOT / "configs" / self.setting / "backbone.yaml").is_file()
-        if self.shared_theta0 or not has_stage0 or (self.folder / "backbone" / "complete.json").is_file():
+        if self.shared_theta0 or not has_stage0:
+            return self.theta0
+        if (self.folder / "backbone" / "complete.json").is_file():
+            self.ledger.add(str(self.folder / "backbone"), None)  # reused: its seconds still count
             return self.theta0
         self.ledger.fit(self.folder, "backbone", self.config("backbone.yaml"),
                         [*self.seed_args(), f"--model.init_args.backbone.seed={self.seed}",
@@ -229,10 +234,12 @@ def variant_args(chain: Chain, variant: Variant) -> list[str]:
 def test_once(chain: Chain, config: str, checkpoint: str, args: list[str], name: str) -> Path:
     """Test `checkpoint` into folder/name unless that test of this checkpoint is there already."""
     results = chain.folder / name / RESULTS_JSON
+    seconds = None
     if not (results.is_file() and json.loads(results.read_text())["checkpoint"] == checkpoint):
         start = time.perf_counter()
         _test(config, chain.folder, checkpoint, args, name)
-        chain.ledger.add(str(chain.folder / name), time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+    chain.ledger.add(str(chain.folder / name), seconds)
     return chain.folder / name
 
 

@@ -85,3 +85,12 @@ def test_the_ratio_check_says_when_concatenation_scores_zero():
     assert quality.checks(data) == {"no-instruction / concat, mean exact match":
                                     "validation undefined (concat scores 0), test undefined (concat scores 0) "
                                     "(the suite asks for at most 0.33)"}
+
+
+def test_the_seconds_total_counts_only_this_tables_runs(tmp_path):
+    ledger = quality.Ledger(tmp_path / "seconds.json")
+    ledger.add("seed0/tagi", 100.0)
+    ledger.add("seed0/tagi-lr1e-2", 50.0)  # another table's run
+    again = quality.Ledger(tmp_path / "seconds.json")  # a later invocation reusing seed0/tagi only
+    again.add("seed0/tagi", None)
+    assert again.total() == 100.0 and ledger.total() == 150.0
