@@ -1,4 +1,6 @@
-"""Atomic writes: a killed process never leaves a half-written artifact that looks valid."""
+"""Files a user can trust: atomic writes (a killed process never leaves a half-written artifact that
+looks valid, and nothing but a writer's own earlier output is replaced), one writer per run folder,
+checkpoints read with a clear error, and θ0 weight digests. Lightning-free."""
 
 from __future__ import annotations
 

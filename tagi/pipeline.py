@@ -161,9 +161,11 @@ def _keep_earlier(path: Path, summary: dict) -> dict:
     """A rerun keeps what the earlier run recorded and it did not redo: a skipped stage's training
     seconds, and, when no stage was retrained, the score rows it did not test this time."""
     earlier = json.loads(path.read_text()) if path.is_file() else {}
-    stages = {name: {**({"seconds": earlier["stages"][name]["seconds"]} if stage.get("skipped") and "seconds" in
-                        earlier.get("stages", {}).get(name, {}) else {}), **stage}
-              for name, stage in summary["stages"].items()}
+    stages = {}
+    for name, stage in summary["stages"].items():
+        before = earlier.get("stages", {}).get(name, {})
+        kept = {"seconds": before["seconds"]} if stage.get("skipped") and "seconds" in before else {}
+        stages[name] = {**kept, **stage}
     retrained = not all(stage.get("skipped") for stage in summary["stages"].values())
     scores = summary["scores"] if retrained else {**earlier.get("scores", {}), **summary["scores"]}
     return {**summary, "stages": stages, "scores": scores}
