@@ -34,10 +34,7 @@ def check_config(config: dict) -> None:
         check_data_dir(f"data.init_args.{key}", data.get(key))
     check_splits(data)
     check_counts(data)
-    logger = (config.get("trainer") or {}).get("logger")
-    logger = logger[0] if isinstance(logger, list) and logger else logger
-    if isinstance(logger, dict):
-        check_writable("trainer.logger.init_args.save_dir", (logger.get("init_args") or {}).get("save_dir"))
+    check_writable("trainer.logger.init_args.save_dir", logger_args(config.get("trainer") or {}).get("save_dir"))
     check_writable("model.init_args.output_dir", model.get("output_dir"))
     if "source" in data:
         check_source(data["source"])
@@ -167,11 +164,16 @@ def check_file(option: str, value: str, what: str) -> None:
         raise InputError(f"{option}: {value} is not a file; point it at {what}.")
 
 
-def logger_dir(trainer: dict) -> Path | None:
-    """The folder the configured logger writes to (save_dir/name/version), where the config fixes it."""
+def logger_args(trainer: dict) -> dict:
+    """The (first) configured logger's init_args; {} without one."""
     logger = trainer.get("logger")
     logger = logger[0] if isinstance(logger, list) and logger else logger
-    args = (logger.get("init_args") or {}) if isinstance(logger, dict) else {}
+    return (logger.get("init_args") or {}) if isinstance(logger, dict) else {}
+
+
+def logger_dir(trainer: dict) -> Path | None:
+    """The folder the configured logger writes to (save_dir/name/version), where the config fixes it."""
+    args = logger_args(trainer)
     if args.get("save_dir") is None or args.get("version") is None:
         return None  # no logger, or Lightning numbers a fresh version_N folder
     name, version = args.get("name", "lightning_logs"), args["version"]
@@ -212,7 +214,7 @@ def check_fit_target(config: dict) -> None:
                                      "checkpoint); give a positive number, or leave it unset")
     if config.get("overwrite") or config.get("ckpt_path"):
         return
-    run = logger_dir(config.get("trainer") or {})
+    run = logger_dir(trainer)
     choose = "give another --trainer.logger.init_args.name, or --overwrite=true to replace it (nothing was written)"
     if run is not None and (run / COMPLETE_NAME).is_file():
         raise ConfigurationError(f"trainer.logger: {run} holds a finished run ({COMPLETE_NAME}); this fit would replace "
