@@ -6,7 +6,8 @@
 
 `--positive-examples`: JSON lines with "input" and "output" (the Def+kPos template of training).
 The adapter holds the generated LoRA only; load it with
-`PeftModel.from_pretrained(T5ForConditionalGeneration.from_pretrained(<base>), <out>)`.
+`PeftModel.from_pretrained(T5ForConditionalGeneration.from_pretrained(<base>), <out>)`, where <base> is
+adapter_config.json's `base_model_name_or_path`: a path relative to <out>, or a hub id.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def main(argv: list[str]) -> Path:
     parser.add_argument("--instruction", required=True, help="the task definition, or @file to read it from")
     parser.add_argument("--positive-examples", help="JSONL file of {\"input\", \"output\"} demonstrations")
     parser.add_argument("--out", required=True, help="adapter folder to write: a new one, or an earlier export (replaced atomically); anything else is refused")
+    parser.add_argument("--with-backbone", action="store_true",
+                        help="copy the backbone into <out>/backbone/, so the folder stands alone (else it names θ0's folder "
+                             "by a path relative to <out>, or θ0's hub id)")
     args = parser.parse_args(argv)
     from tagi.student import CheckpointError, Student, format_instruction  # heavy imports after --help
 
@@ -71,10 +75,12 @@ def main(argv: list[str]) -> Path:
         if not Path(args.ckpt).is_file():
             raise InputError(f"--ckpt {args.ckpt}: no such checkpoint file")
         instruction = format_instruction(read_instruction(args.instruction), read_examples(args.positive_examples))
-        out = Student.from_checkpoint(args.ckpt).export_adapter(instruction, args.out)
+        out = Student.from_checkpoint(args.ckpt).export_adapter(instruction, args.out, with_backbone=args.with_backbone)
     except (InputError, CheckpointError) as error:
         parser.exit(2, f"error: {error}\n")
-    print(f"wrote a PEFT adapter to {out}")
+    base = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    where = f"relative to the adapter: {(out / base).resolve()}" if (out / base).is_dir() else "a hub id"
+    print(f"wrote a PEFT adapter to {out}; its base_model_name_or_path: {base} ({where})")
     return out
 
 

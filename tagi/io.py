@@ -13,7 +13,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Collection, Iterator
 
 from tagi.errors import ConfigurationError, InputError
 
@@ -23,40 +23,29 @@ WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 
 
 @contextmanager
-def atomic_directory(target: str | os.PathLike, own_only: str | None = None) -> Iterator[Path]:
+def atomic_directory(target: str | os.PathLike, own_only: str | None = None, also_own: Collection[str] = ()) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces `target` in one rename.
 
     A crash inside the block leaves `target` untouched (old contents or absent) and at most a
     `.tmp-*` sibling, which no reader treats as an artifact. With `own_only` (the option that named
     `target`, for the message), an existing `target` is replaced only if it is a folder holding
-    nothing but names the block wrote, i.e. an earlier run of the same writer; anything else is
-    refused before it is touched.
+    nothing but names the block wrote (or `also_own`, what an earlier run of the same writer may
+    have written besides); anything else is refused before it is touched.
     """
-    with atomic_directories([target], own_only) as (staging,):
-        yield staging
-
-
-@contextmanager
-def atomic_directories(targets: list[str | os.PathLike], own_only: str | None = None) -> Iterator[list[Path]]:
-    """`atomic_directory` for several folders written together: all are checked before any is replaced."""
-    targets = [Path(target) for target in targets]
-    for target in targets if own_only is not None else []:
+    target = Path(target)
+    if own_only is not None:
         _refuse_non_folder(target, own_only)
-    stagings = []
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     try:
-        for target in targets:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            stagings.append(Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent)))
-            with_umask(stagings[-1])
-        yield stagings
-        for target, staging in zip(targets, stagings) if own_only is not None else ():
-            _refuse_foreign(target, {entry.name for entry in staging.iterdir()}, own_only)
-        for target, staging in zip(targets, stagings):
-            _replace(target, staging)
+        with_umask(staging)
+        yield staging
+        if own_only is not None:
+            _refuse_foreign(target, {entry.name for entry in staging.iterdir()} | set(also_own), own_only)
+        _replace(target, staging)
     finally:
-        for staging in stagings:
-            if staging.exists():
-                shutil.rmtree(staging)
+        if staging.exists():
+            shutil.rmtree(staging)
 
 
 def _replace(target: Path, staging: Path) -> None:

@@ -12,23 +12,24 @@ runs the backbone with the LoRA merged into its weights. Lightning-free.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from tagi.adapters import write_adapter
+from tagi.adapters import CONFIG_NAME as ADAPTER_CONFIG, META_NAME, write_adapter
 from tagi.cache import TaskCache
 from tagi.data.sni import Demonstration, Task
 from tagi.data.templates import instruction_text, student_input_text
 from tagi.data.tokenization import encode, load_tokenizer
 from tagi.errors import TagiError
-from tagi.io import atomic_directories, read_checkpoint, weights_digest
+from tagi.io import atomic_directory, read_checkpoint, weights_digest
 from tagi.model import TAGIModel, TaskEncoding, load_backbone
 
 log = logging.getLogger(__name__)
 
-BACKBONE_FOLDER = "backbone"  # beside an exported adapter when θ0 was built in code (no folder to name)
+BACKBONE_FOLDER = "backbone"  # inside an exported adapter that carries its own backbone
 
 
 class CheckpointError(TagiError, ValueError):
@@ -109,35 +110,42 @@ class Student:
 
     # -- export
 
-    def export_adapter(self, instruction: str, out_dir: str | Path) -> Path:
+    def export_adapter(self, instruction: str, out_dir: str | Path, with_backbone: bool = False) -> Path:
         """A standard PEFT adapter directory for the backbone: the generated LoRA only (no fusion, no FiD),
         with the student's tokenizer, so plain transformers + peft can use it.
 
-        Its adapter_config.json names a backbone that loads offline: θ0's folder (absolute), or, for a
-        θ0 built in code ("tiny") or a student that trained the layer norms, a copy of the student's
-        backbone (and tokenizer) written beside the adapter in `<out_dir>-backbone/`. An existing
-        folder is replaced only if it holds nothing but an earlier export's files.
+        Its adapter_config.json names the backbone by a path relative to the adapter folder, or
+        by hub id: θ0's folder, or `backbone/` inside the adapter, a copy of the
+        student's backbone and tokenizer written when θ0 was built in code ("tiny"), when the student
+        trained the layer norms, or when asked (`with_backbone`: a folder that stands alone). An
+        existing folder is replaced only if it holds nothing but an earlier export's files.
         """
         out = Path(out_dir)
-        copy = self._needs_backbone_copy()
-        folders = [out, out.with_name(f"{out.name}-{BACKBONE_FOLDER}")] if copy else [out]
-        base = str(folders[-1].resolve()) if copy else self._named_backbone()
+        copy = with_backbone or self._needs_backbone_copy()
         meta = {"instruction": instruction, "backbone": self.backbone,
                 "input_template": student_input_text("{input}", self.student_input, instruction),  # what the student reads
                 "note": "backbone + this LoRA only; the student's instruction fusion and FiD are not part of a PEFT adapter"}
         lora = self.encode(instruction).lora
-        with atomic_directories(folders, own_only="--out") as stagings:
-            write_adapter(stagings[0], lora, self.model.site_names, self.model.lora_alpha, base, meta)
-            self.tokenizer.save_pretrained(stagings[0])
+        earlier_copy = {BACKBONE_FOLDER} if (out / ADAPTER_CONFIG).is_file() and (out / META_NAME).is_file() else set()
+        with atomic_directory(out, own_only="--out", also_own=earlier_copy) as staging:
+            base = BACKBONE_FOLDER if copy else self._named_backbone(out)
+            write_adapter(staging, lora, self.model.site_names, self.model.lora_alpha, base, meta)
+            self.tokenizer.save_pretrained(staging)
             if copy:
-                self.model.backbone.save_pretrained(stagings[1])
-                self.tokenizer.save_pretrained(stagings[1])
+                self.model.backbone.save_pretrained(staging / BACKBONE_FOLDER)
+                self.tokenizer.save_pretrained(staging / BACKBONE_FOLDER)
         return out
 
     def _needs_backbone_copy(self) -> bool:
         """θ0 built in code has no folder to name; with trained layer norms the base is no longer θ0."""
         return self.backbone["name"] == "tiny" or bool(self.model.theta0_norms)
 
-    def _named_backbone(self) -> str:
+    def _named_backbone(self, out: Path) -> str:
         local = Path(self.backbone["name"])
-        return str(local.resolve()) if local.exists() else self.backbone["name"]  # a hub id stays a hub id
+        if not local.exists():
+            return self.backbone["name"]  # a hub id stays a hub id
+        try:  # relative, so the adapter and θ0 can move together (a project folder copied elsewhere)
+            return os.path.relpath(local.resolve(), out.resolve())
+        except ValueError:  # no relative path between them (another drive on Windows)
+            return str(local.resolve())
+

@@ -317,7 +317,8 @@ def test_adapter_subcommand_writes_a_peft_adapter(workdir, student_checkpoint, c
     meta = json.loads((workdir / "adapters/sort/meta.json").read_text())
     assert meta["instruction"].startswith("Definition: Given a list of words, sort") and "Output: ape cow" in meta["instruction"]
     base = json.loads((workdir / "adapters/sort/adapter_config.json").read_text())["base_model_name_or_path"]
-    PeftModel.from_pretrained(T5ForConditionalGeneration.from_pretrained(base), str(workdir / "adapters/sort"))
+    assert not Path(base).is_absolute() and f"its base_model_name_or_path: {base}" in capsys.readouterr().out
+    PeftModel.from_pretrained(T5ForConditionalGeneration.from_pretrained(workdir / "adapters/sort" / base), str(workdir / "adapters/sort"))
 
     # The README's loading snippet, as written, in a fresh process without tagi: it gives the adapter-only student's output
     readme = (ROOT / "README.md").read_text()

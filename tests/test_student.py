@@ -50,8 +50,8 @@ def test_long_instruction_is_truncated_and_counted(student, caplog):
 def test_exported_adapter_reproduces_the_student_without_fusion_and_fid(student, tmp_path):
     out = student.export_adapter(INSTRUCTION, tmp_path / "reverse")
     config = json.loads((out / "adapter_config.json").read_text())
-    base = T5ForConditionalGeneration.from_pretrained(config["base_model_name_or_path"]).eval()  # offline folder
-    assert config["base_model_name_or_path"] == str((tmp_path / "reverse-backbone").resolve())
+    assert config["base_model_name_or_path"] == "backbone"  # θ0 built in code: a copy inside the adapter
+    base = T5ForConditionalGeneration.from_pretrained(out / "backbone").eval()
     assert json.loads((out / "meta.json").read_text())["instruction"] == INSTRUCTION
 
     batch = student.tokenizer(["cow fox", "ape"], return_tensors="pt", padding=True)
@@ -65,7 +65,7 @@ def test_exported_adapter_reproduces_the_student_without_fusion_and_fid(student,
         full = student.model(student.encode(INSTRUCTION), batch["input_ids"], batch["attention_mask"],
                              decoder_input_ids=decoder_input_ids).logits
     assert (exported - plain).abs().max() > 1e-3  # the adapter changes the model
-    assert torch.allclose(exported, ours, atol=1e-5)
+    assert torch.allclose(exported, ours, atol=1e-4)  # float32 rounding between two code paths (logits ~10)
     assert (full - ours).abs().max() > 1e-4  # fusion + FiD are what the adapter leaves out
 
 
@@ -79,16 +79,15 @@ def test_a_student_with_trained_layer_norms_exports_its_own_backbone(tmp_path):
         model.backbone.encoder.final_layer_norm.weight.mul_(1.5)  # as if trained
     student = Student(model, ByT5Tokenizer(), {"name": str(tmp_path / "theta0"), "tiny_config": None, "seed": 0})
     out = student.export_adapter(INSTRUCTION, tmp_path / "reverse")
-    base_path = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
-    assert base_path == str((tmp_path / "reverse-backbone").resolve())
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "backbone"
     batch = student.tokenizer(["cow fox"], return_tensors="pt")
     decoder_input_ids = torch.tensor([[0, 99, 104]])
     with torch.no_grad():
-        peft = PeftModel.from_pretrained(T5ForConditionalGeneration.from_pretrained(base_path).eval(), str(out)).eval()
+        peft = PeftModel.from_pretrained(T5ForConditionalGeneration.from_pretrained(out / "backbone").eval(), str(out)).eval()
         exported = peft(**batch, decoder_input_ids=decoder_input_ids).logits
         ours = student.model(student.encode(INSTRUCTION), batch["input_ids"], batch["attention_mask"],
                              decoder_input_ids=decoder_input_ids, lora_only=True).logits
-    assert torch.allclose(exported, ours, atol=1e-5)
+    assert torch.allclose(exported, ours, atol=1e-4)  # float32 rounding between two code paths (logits ~10)
 
 
 def test_export_replaces_its_own_output_and_nothing_else(student, tmp_path):
@@ -111,17 +110,52 @@ def test_export_replaces_its_own_output_and_nothing_else(student, tmp_path):
         assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before  # nothing written
     assert (notes / "notes.txt").read_text() == "mine" and a_file.read_text() == "mine"
 
-    # The backbone copy beside the adapter is checked before either folder is written.
-    (tmp_path / "fresh-backbone").mkdir()
-    (tmp_path / "fresh-backbone" / "notes.txt").write_text("mine")
-    with pytest.raises(InputError, match="fresh-backbone: the folder holds notes.txt"):
-        student.export_adapter(INSTRUCTION, tmp_path / "fresh")
-    assert not (tmp_path / "fresh").exists()
 
 
 def test_exported_adapter_carries_the_tokenizer(student, tmp_path):
     """Plain transformers must tokenize as the student does, from the adapter or its backbone folder."""
     out = student.export_adapter(INSTRUCTION, tmp_path / "reverse")
-    for folder in (out, tmp_path / "reverse-backbone"):
+    for folder in (out, out / "backbone"):
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
         assert tokenizer("cow fox").input_ids == student.tokenizer("cow fox").input_ids
+
+
+def _base_as_readme_loads_it(adapter):
+    """The README's rule: `base_model_name_or_path` is relative to the adapter folder, or a hub id."""
+    name = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    return adapter / name if (adapter / name).is_dir() else name
+
+
+def _adapter_logits(adapter):
+    base = T5ForConditionalGeneration.from_pretrained(_base_as_readme_loads_it(adapter)).eval()
+    batch = ByT5Tokenizer()(["cow fox"], return_tensors="pt")
+    with torch.no_grad():
+        return PeftModel.from_pretrained(base, str(adapter)).eval()(**batch, decoder_input_ids=torch.tensor([[0, 99]])).logits
+
+
+def test_adapters_survive_moving_with_theta0_or_alone_with_their_backbone(tmp_path):
+    project = tmp_path / "project"
+    torch.manual_seed(0)
+    load_backbone("tiny", dict(d_model=32, num_heads=2)).save_pretrained(project / "checkpoints" / "theta0")
+    model = TAGIModel(load_backbone(str(project / "checkpoints" / "theta0")), lora_rank=4, lora_alpha=8.0,
+                      generator_hidden_dim=16, site_embed_dim=8, b_init_std=0.05)
+    student = Student(model, ByT5Tokenizer(), {"name": str(project / "checkpoints" / "theta0"), "tiny_config": None, "seed": 0})
+    named = student.export_adapter(INSTRUCTION, project / "adapters" / "named")
+    alone = student.export_adapter(INSTRUCTION, project / "adapters" / "alone", with_backbone=True)
+    assert json.loads((named / "adapter_config.json").read_text())["base_model_name_or_path"] == "../../checkpoints/theta0"
+    assert not (named / "backbone").exists() and (alone / "backbone" / "config.json").is_file()
+    expected = _adapter_logits(named)
+
+    moved = tmp_path / "elsewhere" / "project"
+    moved.parent.mkdir()
+    project.rename(moved)  # the whole project: the relative path to θ0 still holds
+    assert torch.allclose(_adapter_logits(moved / "adapters" / "named"), expected)
+    (moved / "adapters" / "alone").rename(tmp_path / "alone")  # on its own, away from θ0
+    assert torch.allclose(_adapter_logits(tmp_path / "alone"), expected)
+
+    student.export_adapter(INSTRUCTION, tmp_path / "alone")  # an earlier export's backbone copy is its own
+    assert not (tmp_path / "alone" / "backbone").exists()
+    (tmp_path / "mine" / "backbone").mkdir(parents=True)  # a user's folder of that name is not
+    with pytest.raises(InputError, match="mine: the folder holds backbone, which this command did not write"):
+        student.export_adapter(INSTRUCTION, tmp_path / "mine")
+    assert (tmp_path / "mine" / "backbone").is_dir()
