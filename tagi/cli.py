@@ -20,7 +20,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -29,6 +29,16 @@ from tagi.errors import ConfigurationError, TagiError
 from tagi.io import folder_lock, read_checkpoint
 from tagi.preflight import (CKPT_ALIASES, EVAL_SUBCOMMANDS, check_config, check_fit_target, eval_checkpoint,
                             is_training_run, logger_dir)
+
+
+class ShortUsageParser(LightningArgumentParser):
+    """jsonargparse prints the whole usage (150 lines: every Trainer option) above each parse error,
+    burying the one line that names the bad option; the error comes with one usage line instead."""
+
+    def print_usage(self, file=None) -> None:
+        command = self.prog.replace(" [options]", "")  # jsonargparse's subcommand prog: "tagi [options] fit"
+        command = "tagi {fit,validate,test,predict}" if command == "tagi" else command
+        (file or sys.stdout).write(f"usage: {command} --config FILE [--<section>.<key> VALUE ...]\n")
 
 
 class TAGICLI(LightningCLI):
@@ -190,6 +200,8 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> TAGICLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        parser_class=ShortUsageParser,
+        parser_kwargs={"prog": "tagi"},
         args=args,
         run=run,  # False: parse and build model, data and trainer, without a subcommand
     )

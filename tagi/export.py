@@ -41,7 +41,8 @@ def read_examples(path: str | None) -> list[tuple[str, str]]:
         return []
     file = Path(path)
     if not file.is_file():
-        raise InputError(f"--positive-examples: file {file} does not exist")
+        what = "is not a regular file" if file.exists() else "does not exist"
+        raise InputError(f"--positive-examples: {file} {what}; give a JSON-lines file of {{\"input\", \"output\"}} rows")
     examples = []
     try:
         lines = file.read_text(encoding="utf-8").splitlines()
@@ -55,6 +56,9 @@ def read_examples(path: str | None) -> list[tuple[str, str]]:
             examples.append((str(row["input"]), str(row["output"])))
         except (json.JSONDecodeError, KeyError, TypeError):
             raise InputError(f"{file}:{number}: expected a JSON object with \"input\" and \"output\"") from None
+    if not examples:
+        raise InputError(f"--positive-examples: {file} holds no examples; give at least one JSON line, or leave the "
+                         "option out for a definition-only instruction")
     return examples
 
 
@@ -69,11 +73,20 @@ def main(argv: list[str]) -> Path:
                         help="copy the backbone into <out>/backbone/, so the folder stands alone (else it names θ0's folder "
                              "by a path relative to <out>, or θ0's hub id)")
     args = parser.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
     from tagi.student import CheckpointError, Student, format_instruction  # heavy imports after --help
 
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars for a backbone copy of a second
+
     try:
+        if Path(args.ckpt).is_dir():
+            raise InputError(f"--ckpt {args.ckpt}: a folder; give the checkpoint file in it (such as "
+                             "checkpoints/<run>/finetune/checkpoints/last.ckpt)")
         if not Path(args.ckpt).is_file():
             raise InputError(f"--ckpt {args.ckpt}: no such checkpoint file")
+        if not args.out.strip():
+            raise InputError("--out is empty; give the adapter folder to write")
         instruction = format_instruction(read_instruction(args.instruction), read_examples(args.positive_examples))
         out = Student.from_checkpoint(args.ckpt).export_adapter(instruction, args.out, with_backbone=args.with_backbone)
     except (InputError, CheckpointError) as error:

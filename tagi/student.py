@@ -11,6 +11,7 @@ runs the backbone with the LoRA merged into its weights. Lightning-free.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -23,13 +24,14 @@ from tagi.cache import TaskCache
 from tagi.data.sni import Demonstration, Task
 from tagi.data.templates import instruction_text, student_input_text
 from tagi.data.tokenization import encode, load_tokenizer
-from tagi.errors import TagiError
+from tagi.errors import InputError, TagiError
 from tagi.io import atomic_directory, read_checkpoint, weights_digest
 from tagi.model import TAGIModel, TaskEncoding, load_backbone
 
 log = logging.getLogger(__name__)
 
 BACKBONE_FOLDER = "backbone"  # inside an exported adapter that carries its own backbone
+EXPORT_MARK = "tagi adapter"  # meta.json's "written_by": a folder this export may replace
 
 
 class CheckpointError(TagiError, ValueError):
@@ -122,12 +124,12 @@ class Student:
         """
         out = Path(out_dir)
         copy = with_backbone or self._needs_backbone_copy()
-        meta = {"instruction": instruction, "backbone": self.backbone,
+        meta = {"written_by": EXPORT_MARK, "instruction": instruction, "backbone": self.backbone,
                 "input_template": student_input_text("{input}", self.student_input, instruction),  # what the student reads
                 "note": "backbone + this LoRA only; the student's instruction fusion and FiD are not part of a PEFT adapter"}
         lora = self.encode(instruction).lora
-        earlier_copy = {BACKBONE_FOLDER} if (out / ADAPTER_CONFIG).is_file() and (out / META_NAME).is_file() else set()
-        with atomic_directory(out, own_only="--out", also_own=earlier_copy) as staging:
+        earlier = _earlier_export(out)
+        with atomic_directory(out, own_only="--out", also_own={BACKBONE_FOLDER} if earlier else ()) as staging:
             base = BACKBONE_FOLDER if copy else self._named_backbone(out)
             write_adapter(staging, lora, self.model.site_names, self.model.lora_alpha, base, meta)
             self.tokenizer.save_pretrained(staging)
@@ -149,3 +151,23 @@ class Student:
         except ValueError:  # no relative path between them (another drive on Windows)
             return str(local.resolve())
 
+
+
+def _earlier_export(out: Path) -> bool:
+    """Whether `out` is empty, absent or an earlier export (the only folders an export replaces): a teacher
+    adapter holds the same file names, so its meta.json must say who wrote it. A folder holding
+    anything else is refused here, naming what is there."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return False
+    try:
+        meta = json.loads((out / META_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        meta = {}
+    # "input_template": exports written before the mark existed
+    if isinstance(meta, dict) and (meta.get("written_by") == EXPORT_MARK or "input_template" in meta):
+        return True
+    if (out / ADAPTER_CONFIG).is_file():
+        raise InputError(f"--out {out}: the folder holds an adapter this command did not write (a teacher's, or "
+                         "another tool's: its meta.json does not say `tagi adapter`); give a new or empty folder "
+                         "(nothing was written)")
+    return False  # atomic_directory names the files found

@@ -15,7 +15,7 @@ import torch
 import yaml
 from peft import PeftModel
 
-from helpers import FAST, ROOT, TINY, chdir_scratch, fit, fit_teachers
+from helpers import FAST, ROOT, TINY, chdir_scratch, config, fit, fit_teachers
 from tagi.__main__ import main as tagi_main
 from tagi.cli import run_cli
 from tagi.reports import read_predictions
@@ -35,6 +35,15 @@ def test_help_lists_every_command_without_importing_torch():
     assert shown.stdout.startswith("usage: tagi <command>")
     for command in ("fit", "validate", "test", "predict", "pipeline", "adapter"):
         assert f"\n  {command} " in shown.stdout, command
+
+
+def test_a_parse_error_is_short_and_names_the_option(capsys):
+    """Not jsonargparse's full usage (every Trainer option, ~150 lines) above the line that matters."""
+    with pytest.raises(SystemExit) as exit_info:
+        tagi_main(["test", "--config", config("finetune"), "--model.init_args.lora_rnak=8"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Option 'lora_rnak' is not accepted" in err
+    assert err.startswith("usage: tagi test --config FILE") and len(err.splitlines()) < 15
 
 
 def test_progress_bar_counts_optimizer_steps(tmp_path, monkeypatch):
@@ -331,6 +340,8 @@ def test_adapter_subcommand_writes_a_peft_adapter(workdir, student_checkpoint, c
     assert shown.stdout.strip() == repr(expected)
 
     (workdir / "latin1.txt").write_bytes("Trier les mots, café.".encode("latin-1"))
+    (workdir / "empty.jsonl").write_text("\n")
+    teacher = {path: path.read_bytes() for path in (workdir / "teachers/t/case").iterdir()}
     for bad, message in [
         (["--ckpt", "missing.ckpt", "--instruction", "x", "--out", "a"], "--ckpt missing.ckpt: no such checkpoint file"),
         (["--ckpt", str(checkpoint), "--instruction", "@nope.txt", "--out", "a"], "file nope.txt does not exist"),
@@ -339,9 +350,18 @@ def test_adapter_subcommand_writes_a_peft_adapter(workdir, student_checkpoint, c
         (["--ckpt", str(checkpoint), "--instruction", "x", "--out", "pos.jsonl"], "--out pos.jsonl: a file is there"),
         (["--ckpt", str(checkpoint), "--instruction", "  ", "--out", "a"], "the instruction is empty"),
         (["--ckpt", str(checkpoint), "--instruction", "@latin1.txt", "--out", "a"], "latin1.txt is not UTF-8 text"),
+        (["--ckpt", str(checkpoint.parent), "--instruction", "x", "--out", "a"], "checkpoints: a folder; give the checkpoint file"),
+        (["--ckpt", str(checkpoint), "--instruction", "x", "--positive-examples", "empty.jsonl", "--out", "a"],
+         "empty.jsonl holds no examples"),
+        (["--ckpt", str(checkpoint), "--instruction", "x", "--positive-examples", "adapters", "--out", "a"],
+         "--positive-examples: adapters is not a regular file"),
+        (["--ckpt", str(checkpoint), "--instruction", "x", "--out", ""], "--out is empty"),
+        (["--ckpt", str(checkpoint), "--instruction", "x", "--out", "teachers/t/case"],
+         "teachers/t/case: the folder holds an adapter this command did not write"),  # same file names as an export
     ]:
         with pytest.raises(SystemExit) as exit_info:
             tagi_main(["adapter", *bad])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not (workdir / "a").exists()  # nothing written on error
+    assert {path: path.read_bytes() for path in (workdir / "teachers/t/case").iterdir()} == teacher
     assert (workdir / "pos.jsonl").read_text() == '{"input": "cow ape", "output": "ape cow"}\n'
