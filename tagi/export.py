@@ -77,7 +77,7 @@ def main(argv: list[str]) -> Path:
 
     from tagi.student import CheckpointError, Student, format_instruction  # heavy imports after --help
 
-    hf_logging.disable_progress_bar()  # "Writing model shards" bars for a backbone copy of a second
+    hf_logging.disable_progress_bar()  # transformers' "Writing model shards" bars: noise for a one-folder save
 
     try:
         if Path(args.ckpt).is_dir():
