@@ -75,6 +75,7 @@ def main(argv: list[str]) -> Path:
     args = parser.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
+    from tagi.adapters import CONFIG_NAME
     from tagi.student import CheckpointError, Student, format_instruction  # heavy imports after --help
 
     hf_logging.disable_progress_bar()  # transformers' "Writing model shards" bars: noise for a one-folder save
@@ -91,7 +92,7 @@ def main(argv: list[str]) -> Path:
         out = Student.from_checkpoint(args.ckpt).export_adapter(instruction, args.out, with_backbone=args.with_backbone)
     except (InputError, CheckpointError) as error:
         parser.exit(2, f"error: {error}\n")
-    base = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base = json.loads((out / CONFIG_NAME).read_text())["base_model_name_or_path"]
     where = f"relative to the adapter: {(out / base).resolve()}" if (out / base).is_dir() else "a hub id"
     print(f"wrote a PEFT adapter to {out}; its base_model_name_or_path: {base} ({where})")
     return out

@@ -11,7 +11,6 @@ runs the backbone with the LoRA merged into its weights. Lightning-free.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from tagi.adapters import CONFIG_NAME as ADAPTER_CONFIG, META_NAME, write_adapter
+from tagi.adapters import CONFIG_NAME as ADAPTER_CONFIG, AdapterError, read_meta, write_adapter
 from tagi.cache import TaskCache
 from tagi.data.sni import Demonstration, Task
 from tagi.data.templates import instruction_text, student_input_text
@@ -160,8 +159,8 @@ def _earlier_export(out: Path) -> bool:
     if not out.is_dir() or not any(out.iterdir()):
         return False
     try:
-        meta = json.loads((out / META_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        meta = read_meta(out)
+    except (AdapterError, ValueError):  # no meta.json, or not JSON: not ours
         meta = {}
     # "input_template": exports written before the mark existed
     if isinstance(meta, dict) and (meta.get("written_by") == EXPORT_MARK or "input_template" in meta):
