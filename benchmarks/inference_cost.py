@@ -4,12 +4,12 @@
 
 Random weights at the real T5 shapes (cost does not depend on the values), no downloads. For each
 shape and instruction form (`Def`, `Def+2Pos`) it serves one task of n examples both ways with
-`tagi.cost.task_cost` (FLOPs from torch.utils.flop_counter, CPU wall time): TAGI with the LoRA
+`tagi.eval.cost.task_cost` (FLOPs from torch.utils.flop_counter, CPU wall time): TAGI with the LoRA
 merged into the weights (one task per call) and batched (per-row LoRA, as in a mixed-task batch),
 against the concatenation baseline. It prints a table, and
 plots cost against instruction length to runs/inference-cost/cost_vs_instruction.png. The rows
 of the measured shapes replace theirs in docs/results/inference-cost.json (other shapes' rows are
-kept, each with its commit), from which the README's table is generated (`python -m tagi.results`).
+kept, each with its commit), from which the README's table is generated (`python -m tagi.eval.results`).
 The hypernetwork is the shipped real-scale architecture (configs/sni-t5-base/parts/architecture.yaml).
 Token lengths are typical of SNI with the T5 tokenizer: definitions ~ 60 tokens, two positive
 examples ~ 2 × 120 more, inputs ~ 100, targets ~ 10.
@@ -28,8 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tagi.cost import task_cost  # noqa: E402
-from tagi.model import TAGIModel, tiny_t5_config  # noqa: E402
+from tagi.eval.cost import task_cost  # noqa: E402
+from tagi.modeling.model import TAGIModel, tiny_t5_config  # noqa: E402
 from transformers import T5ForConditionalGeneration  # noqa: E402
 
 SHAPES = {  # T5 v1.1 / LM-adapt shapes (gated-GELU feed-forward)
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def write_results(path: Path, rows: list[dict], examples: int) -> None:
     """Merge this run's shapes into the summary: a t5-small run keeps the t5-base rows and vice versa."""
-    from tagi.results import git_commit
+    from tagi.eval.results import git_commit
 
     commit, measured = git_commit(ROOT), {row["shape"] for row in rows}
     kept = json.loads(path.read_text())["costs"] if path.is_file() else []

@@ -13,7 +13,7 @@ last checkpoint, so the command can be repeated until everything is there.
 Writes docs/results/quality-<setting>.{json,md,png}: mean ± std over seeds, the last validation
 score of every run (validation tasks; defaults are chosen there), the controls, and paired
 differences (each method against instruction concatenation, each ablation against TAGI) with a
-95% two-level bootstrap interval over seeds and test examples (`tagi.results.paired_bootstrap`).
+95% two-level bootstrap interval over seeds and test examples (`tagi.eval.results.paired_bootstrap`).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 from tagi.io import atomic_write_text  # noqa: E402
 from tagi.pipeline import CONTROL_ROWS, HEADLINE, THETA0, _fit, _test, control_args  # noqa: E402
-from tagi.reports import RESULTS_JSON  # noqa: E402
-from tagi.results import git_commit, paired_bootstrap, per_example, render_block  # noqa: E402
+from tagi.eval.reports import RESULTS_JSON  # noqa: E402
+from tagi.eval.results import git_commit, paired_bootstrap, per_example, render_block  # noqa: E402
 
 NO_FUSION = ["--model.init_args.architecture.fusion=false", "--model.init_args.architecture.fid=false"]
 HART = ["--model.init_args.architecture.generator=hart"]
@@ -270,7 +270,7 @@ def last_validation(metrics_csv: Path) -> dict[str, float]:
 
 
 def summary(raw: dict[str, dict[int, dict]], setting: str, seconds: float, commit: str | None = None) -> dict:
-    """The docs/results/quality-<setting>.json document (schema: tagi.results)."""
+    """The docs/results/quality-<setting>.json document (schema: tagi.eval.results)."""
     variants, validation = {}, {}
     for name, runs in raw.items():
         per_seed = {str(seed): run["test"] for seed, run in runs.items()}

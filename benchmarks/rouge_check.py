@@ -1,4 +1,4 @@
-"""Does `tagi.metrics.rouge_l` reproduce Google's `rouge-score` (what SNI papers report)?
+"""Does `tagi.eval.metrics.rouge_l` reproduce Google's `rouge-score` (what SNI papers report)?
 
 Scores the 1,100 real GPT-3 predictions in ../shared/data/rouge-check/ and compares each with the
 stored `rougeL`. Usage: python benchmarks/rouge_check.py [cases.jsonl]
@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from tagi.metrics import rouge_l
+from tagi.eval.metrics import rouge_l
 
 DEFAULT_CASES = Path(__file__).resolve().parents[1].parent / "shared/data/rouge-check/gpt3-ni-v1-cases.jsonl"
 TOLERANCE = 1e-6

@@ -25,7 +25,7 @@ Parts:
 Prints a table with ratios to the peft step, writes runs/training-cost/training_cost.{json,md,png}
 and the summary docs/results/training-cost.json (`{"<shape>": {"trainable", "trainable_by_part",
 "step_ratio", "peak_ratio"}}`, ratios of the full step to the peft step of the same run), from which
-the README's table is generated (`python -m tagi.results --write`).
+the README's table is generated (`python -m tagi.eval.results --write`).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ CLUSTERS = 8
 def architecture(shape: dict):
     import yaml
 
-    from tagi.stages import Architecture
+    from tagi.training import Architecture
 
     return Architecture(**yaml.safe_load((ROOT / shape["architecture"]).read_text()))
 
@@ -74,7 +74,7 @@ def trainable_by_part(shape: dict) -> dict[str, int]:
     """The finetune stage's trainable weights per part, counted on the meta device (nothing allocated)."""
     from dataclasses import asdict
 
-    from tagi.model import TAGIModel, load_backbone
+    from tagi.modeling.model import TAGIModel, load_backbone
 
     with torch.device("meta"):
         model = TAGIModel(load_backbone("tiny", shape["model"]), **asdict(architecture(shape)))
@@ -82,8 +82,8 @@ def trainable_by_part(shape: dict) -> dict[str, int]:
 
 
 def build_module(shape: dict, device: str, fused: bool = True):
-    from tagi.lora import LoRAWeights
-    from tagi.stages import Backbone, Distillation, FinetuneModule, Generation, Optimization
+    from tagi.modeling.lora import LoRAWeights
+    from tagi.training import Backbone, Distillation, FinetuneModule, Generation, Optimization
 
     torch.manual_seed(0)
     module = FinetuneModule(
@@ -121,7 +121,7 @@ def part_step(part: str, module, batch: dict, device: str):
     """A closure running one step of `part`."""
     if part == "peft LoRA":
         return peft_step(module, batch)
-    from tagi.stages.base import make_adamw
+    from tagi.training.stage import make_adamw
 
     trainable = [p for p in module.parameters() if p.requires_grad]
     optimizer = make_adamw(trainable, module.optimization, fused=part != "optimizer (unfused)" and module.optimization.fused)
@@ -140,8 +140,8 @@ def part_step(part: str, module, batch: dict, device: str):
         def step():
             module.teacher_logits(batch)
     elif part == "student":
-        from tagi.lora import LoRAWeights
-        from tagi.model import TaskEncoding
+        from tagi.modeling.lora import LoRAWeights
+        from tagi.modeling.model import TaskEncoding
 
         with torch.no_grad():  # the hypernetwork's output as a constant: only the student's own work is timed
             task = module.model.encode_task(batch["instruction_ids"], batch["instruction_mask"])
@@ -169,7 +169,7 @@ def peft_step(module, batch: dict):
 
     from peft import LoraConfig, get_peft_model
 
-    from tagi.stages.base import make_adamw
+    from tagi.training.stage import make_adamw
 
     architecture = module.architecture
     config = LoraConfig(r=architecture.lora_rank, lora_alpha=architecture.lora_alpha, target_modules=["q", "v"], lora_dropout=0.0)
@@ -262,7 +262,7 @@ def table(rows: list[dict], counts: dict[str, dict[str, int]]) -> str:
 
 def summary(rows: list[dict], counts: dict[str, dict[str, int]], device: str, steps: int, fused: bool) -> dict:
     """docs/results/training-cost.json: per shape, trainable weights and the full step's ratios to peft."""
-    from tagi.results import git_commit
+    from tagi.eval.results import git_commit
 
     out: dict = {"commit": git_commit(ROOT), "device": device, "threads": torch.get_num_threads(), "steps": steps,
                  "fused": fused}

@@ -3,7 +3,7 @@
 
 Model and data classes are chosen in YAML with `class_path`/`init_args`; values that must agree
 between them (the tokenizer) are linked, so they are set once, in `data`. Bad input is caught
-before anything is written (`tagi.preflight` on the parsed config, then the stage's `prepare`
+before anything is written (`tagi.training.preflight` on the parsed config, then the stage's `prepare`
 once model and data exist) and reported as one paragraph with exit status 2.
 """
 
@@ -27,7 +27,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from tagi.errors import ConfigurationError, TagiError
 from tagi.io import folder_lock, read_checkpoint
-from tagi.preflight import (CKPT_ALIASES, EVAL_SUBCOMMANDS, check_config, check_fit_target, eval_checkpoint,
+from tagi.training.preflight import (CKPT_ALIASES, EVAL_SUBCOMMANDS, check_config, check_fit_target, eval_checkpoint,
                             is_training_run, logger_dir)
 
 
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
 
             pipeline_main(argv[1:])
         elif argv and argv[0] == "adapter":
-            from tagi.export import main as adapter_main
+            from tagi.inference.export import main as adapter_main
 
             adapter_main(argv[1:])
         else:

@@ -22,8 +22,8 @@ from jsonargparse import ArgumentParser, ActionConfigFile
 
 from tagi.errors import InputError
 from tagi.io import atomic_write_text
-from tagi.results import git_commit, render_block
-from tagi.reports import COMPLETE_NAME
+from tagi.eval.results import git_commit, render_block
+from tagi.eval.reports import COMPLETE_NAME
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def _keep_earlier(path: Path, summary: dict) -> dict:
 
 
 def results_file(summary: dict) -> dict:
-    """The pipeline's table in the form `tagi.results` renders (and the README is generated from)."""
+    """The pipeline's table in the form `tagi.eval.results` renders (and the README is generated from)."""
     return {"setting": summary["run"], "commit": git_commit(), "split": "test", "metric": HEADLINE,
             "seconds": summary["seconds"],
             "stage_seconds": {name: stage["seconds"] for name, stage in summary["stages"].items() if "seconds" in stage},

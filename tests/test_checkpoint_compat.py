@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from tagi.student import Student
+from tagi.inference.student import Student
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -18,11 +18,11 @@ from peft import PeftModel
 from helpers import FAST, ROOT, TINY, chdir_scratch, config, fit, fit_teachers
 from tagi.__main__ import main as tagi_main
 from tagi.cli import run_cli
-from tagi.reports import read_predictions
+from tagi.eval.reports import read_predictions
 from tagi.data.tokenization import load_tokenizer
-from tagi.model import load_backbone
+from tagi.modeling.model import load_backbone
 from tagi.pipeline import main as pipeline_main
-from tagi.student import Student
+from tagi.inference.student import Student
 from transformers import AutoTokenizer, T5ForConditionalGeneration
 
 
@@ -94,7 +94,7 @@ def test_pretrain_stage_writes_checkpoint_and_config(workdir):
     fit("pretrain", f"--data.init_args.source={corpus}")
     run = workdir / "checkpoints/demo/pretrain"
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["model"]["class_path"] == "tagi.stages.PretrainModule"
+    assert saved["model"]["class_path"] == "tagi.training.PretrainModule"
     assert (run / "checkpoints/last.ckpt").is_file()
     assert json.loads((run / "complete.json").read_text())["global_step"] == 4
 

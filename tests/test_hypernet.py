@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from tagi.hypernet import LoRAGenerator, SiteLayout
-from tagi.lora import lora_site_names
-from tagi.model import TAGIModel, load_backbone
+from tagi.modeling.hypernet import LoRAGenerator, SiteLayout
+from tagi.modeling.lora import lora_site_names
+from tagi.modeling.model import TAGIModel, load_backbone
 
 
 def tiny(num_layers=2):
@@ -112,7 +112,7 @@ def test_hart_states_are_autoregressive_and_shared_within_a_layer():
 def test_hart_consistency_needs_the_hart_generator():
     """HART's loss is defined on its per-layer states; asked of the MLP generator it is a config error."""
     from tagi.errors import ConfigurationError
-    from tagi.stages import Architecture, Backbone, Distillation, FinetuneModule
+    from tagi.training import Architecture, Backbone, Distillation, FinetuneModule
 
     tiny_backbone = Backbone(tiny_config=dict(d_model=32, num_heads=2))
     with pytest.raises(ConfigurationError, match="generator: hart"):

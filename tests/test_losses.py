@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tagi.losses import (
+from tagi.modeling.losses import (
     consistency_loss,
     kl_distillation,
     lora_ab_distance,

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tagi.metrics import InstructionMetrics, exact_match, normalize_answer, results_table, rouge_l
+from tagi.eval.metrics import InstructionMetrics, exact_match, normalize_answer, results_table, rouge_l
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 ROUGE_CASES = SHARED / "data/rouge-check/gpt3-ni-v1-cases.jsonl"

@@ -6,9 +6,9 @@ import pytest
 import torch
 from peft import PeftModel
 
-from tagi.adapters import save_adapter
-from tagi.lora import LoRAWeights
-from tagi.model import TAGIModel, load_backbone
+from tagi.modeling.adapters import save_adapter
+from tagi.modeling.lora import LoRAWeights
+from tagi.modeling.model import TAGIModel, load_backbone
 
 
 def make_model(**kwargs) -> TAGIModel:

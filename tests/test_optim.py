@@ -2,7 +2,7 @@
 
 import torch
 
-from tagi.stages.base import Optimization, make_adamw
+from tagi.training.stage import Optimization, make_adamw
 
 
 def _three_steps(fused: bool) -> tuple[list[torch.Tensor], torch.optim.AdamW]:

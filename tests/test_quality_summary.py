@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import quality  # noqa: E402
-from tagi.results import render_block  # noqa: E402
+from tagi.eval.results import render_block  # noqa: E402
 
 
 def predictions(path: Path, hits: list[bool]) -> str:

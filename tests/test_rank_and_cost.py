@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers import ByT5Tokenizer
 
-from tagi.cost import task_cost
-from tagi.model import TAGIModel, load_backbone
-from tagi.rank import RankAccuracy, option_scores, rank_classify
+from tagi.eval.cost import task_cost
+from tagi.modeling.model import TAGIModel, load_backbone
+from tagi.eval.rank import RankAccuracy, option_scores, rank_classify
 
 
 def test_rank_classification_picks_the_option_the_model_prefers():

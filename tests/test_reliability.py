@@ -15,10 +15,10 @@ import torch
 
 from helpers import FAST, TINY, chdir_scratch, config, fit, fit_teachers
 from tagi.__main__ import main as tagi_main
-from tagi.adapters import load_adapter, save_adapter
+from tagi.modeling.adapters import load_adapter, save_adapter
 from tagi.data.modules import FinetuneDataModule
 from tagi.data.synthetic import write_suite
-from tagi.lora import LoRAWeights
+from tagi.modeling.lora import LoRAWeights
 
 CHECKPOINT_EVERY = """
 trainer:
@@ -287,7 +287,7 @@ def test_deepspeed_without_cuda_says_to_use_auto_or_ddp(workdir, stages, capsys)
 
 
 def test_nan_loss_stops_with_step_and_terms_and_keeps_the_last_good_checkpoint(workdir, stages, capsys, monkeypatch):
-    from tagi.stages import finetune
+    from tagi.training import finetune
 
     real_kl, calls = finetune.kl_distillation, []
 
@@ -323,8 +323,8 @@ def test_instruction_longer_than_the_limit_is_truncated_counted_and_warned(workd
 def test_a_backbone_folder_retrained_in_place_is_noticed(tmp_path):
     """Checkpoints, teachers and adapters record θ0's weight digest; a θ0 replaced since no longer matches."""
     from tagi.io import BACKBONE_META, weights_digest, weights_record
-    from tagi.model import load_backbone
-    from tagi.stages.base import Backbone
+    from tagi.modeling.model import load_backbone
+    from tagi.training.stage import Backbone
 
     folder = tmp_path / "theta0"
     load_backbone("tiny", dict(d_model=32, num_heads=2)).save_pretrained(folder)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tagi.results import find_blocks, main, paired_bootstrap, per_example, render_block, render_readme
+from tagi.eval.results import find_blocks, main, paired_bootstrap, per_example, render_block, render_readme
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,7 +100,7 @@ def test_per_example_scores_a_predictions_file(tmp_path):
 
 
 def test_results_module_imports_without_torch():
-    code = "import sys, tagi.results; assert not {'torch', 'lightning'} & set(sys.modules), sorted(sys.modules)"
+    code = "import sys, tagi.eval.results; assert not {'torch', 'lightning'} & set(sys.modules), sorted(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
@@ -196,13 +196,13 @@ def test_readme_results_match_their_json():
         assert "<!-- results:" not in text
         pytest.skip("README has no results blocks yet")
     assert render_readme(text, ROOT / "docs/results") == text, (
-        "README results blocks differ from docs/results/*.json; run `python -m tagi.results --write`")
+        "README results blocks differ from docs/results/*.json; run `python -m tagi.eval.results --write`")
 
 
 def test_git_commit_is_dirty_for_code_changes_not_for_written_results(tmp_path):
     import subprocess
 
-    from tagi.results import git_commit
+    from tagi.eval.results import git_commit
 
     def git(*args):
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,

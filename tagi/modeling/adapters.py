@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from tagi.errors import TagiError
 from tagi.io import atomic_directory
-from tagi.lora import LORA_TARGETS, LoRAWeights
+from tagi.modeling.lora import LORA_TARGETS, LoRAWeights
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"

@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 
 from tagi.io import BACKBONE_META, atomic_directory, weights_record
-from tagi.stages.base import Backbone, Generation, GenerativeStage, Optimization
+from tagi.training.stage import Backbone, Generation, GenerativeStage, Optimization
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ the model is trained with cross-entropy to produce `c` (HINT's 3-way split; the 
 
 from __future__ import annotations
 
-from tagi.stages.base import Backbone, Generation, Optimization
-from tagi.stages.hyper import Architecture, HyperStage
+from tagi.training.stage import Backbone, Generation, Optimization
+from tagi.training.hyper import Architecture, HyperStage
 
 
 class PretrainModule(HyperStage):

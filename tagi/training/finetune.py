@@ -16,12 +16,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from tagi.adapters import AdapterError, cluster_slug, load_adapter, read_meta
+from tagi.modeling.adapters import AdapterError, cluster_slug, load_adapter, read_meta
 from tagi.errors import ConfigurationError
-from tagi.lora import LoRAWeights, apply_lora
-from tagi.losses import consistency_loss, kl_distillation, lora_param_distance
-from tagi.stages.base import Backbone, Generation, Optimization, load_stage_checkpoint
-from tagi.stages.hyper import Architecture, HyperStage
+from tagi.modeling.lora import LoRAWeights, apply_lora
+from tagi.modeling.losses import consistency_loss, kl_distillation, lora_param_distance
+from tagi.training.stage import Backbone, Generation, Optimization, load_stage_checkpoint
+from tagi.training.hyper import Architecture, HyperStage
 
 log = logging.getLogger(__name__)
 

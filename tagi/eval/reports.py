@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tagi.io import atomic_write_text, with_umask
-from tagi.metrics import results_table
+from tagi.eval.metrics import results_table
 
 RESULTS_JSON, RESULTS_MD, PREDICTIONS = "results.json", "results.md", "predictions.jsonl"
 COMPLETE_NAME = "complete.json"  # a fit's completion marker (written last, by the stage)

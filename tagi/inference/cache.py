@@ -11,7 +11,7 @@ from typing import Callable
 
 from torch import Tensor
 
-from tagi.model import TaskEncoding
+from tagi.modeling.model import TaskEncoding
 
 Encoder = Callable[[Tensor, Tensor], TaskEncoding]  # (ids (1, L), mask (1, L)) → encoding of 1 task
 

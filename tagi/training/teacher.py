@@ -1,7 +1,7 @@
 """Stage 1: one LoRA teacher per task cluster, all trained in ONE run as a bank.
 
 Every batch may mix clusters: row i runs the backbone with the LoRA of its cluster (the batched
-per-example LoRA of `tagi.lora`), fed the instruction-concatenated (Tk-Instruct) input. At the end
+per-example LoRA of `tagi.modeling.lora`), fed the instruction-concatenated (Tk-Instruct) input. At the end
 each cluster's LoRA is written as a standard PEFT adapter directory, atomically:
 
     <output_dir>/<cluster-slug>/{adapter_config.json, adapter_model.safetensors, meta.json}
@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tagi.adapters import cluster_slug, save_adapter
-from tagi.lora import LoRAWeights, apply_lora, lora_site_names, lora_sites
-from tagi.stages.base import Backbone, Generation, GenerativeStage, Optimization, group_rows
+from tagi.modeling.adapters import cluster_slug, save_adapter
+from tagi.modeling.lora import LoRAWeights, apply_lora, lora_site_names, lora_sites
+from tagi.training.stage import Backbone, Generation, GenerativeStage, Optimization, group_rows
 
 log = logging.getLogger(__name__)
 

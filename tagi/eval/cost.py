@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-from tagi.model import TAGIModel
+from tagi.modeling.model import TAGIModel
 
 
 @dataclass

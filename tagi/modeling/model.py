@@ -25,8 +25,8 @@ from transformers.models.t5.modeling_t5 import T5LayerNorm
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
-from tagi.hypernet import GeneratorKind, LoRAGenerator, SiteLayout
-from tagi.lora import LoRAWeights, apply_lora, lora_site_names, merged_lora
+from tagi.modeling.hypernet import GeneratorKind, LoRAGenerator, SiteLayout
+from tagi.modeling.lora import LoRAWeights, apply_lora, lora_site_names, merged_lora
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ runs anywhere. A README block is
     ...generated from docs/results/quality-demo.json...
     <!-- /results -->
 
-and `python -m tagi.results --check` fails when any block's text is not what its JSON renders to;
+and `python -m tagi.eval.results --check` fails when any block's text is not what its JSON renders to;
 `--write` regenerates them in place.
 """
 
@@ -37,8 +37,8 @@ _CHUNK = 1 << 22  # bootstrap indices drawn per batch (32 MB of int64)
 
 def per_example(predictions_path: str | os.PathLike) -> dict[str, dict[str, float]]:
     """`{"<task>/<id>": {"rougeL": …, "exact_match": …}}` (×100) for a `predictions.jsonl`."""
-    from tagi.metrics import exact_match, rouge_l  # torch-backed: imported only when scoring
-    from tagi.reports import read_predictions
+    from tagi.eval.metrics import exact_match, rouge_l  # torch-backed: imported only when scoring
+    from tagi.eval.reports import read_predictions
 
     scores: dict[str, dict[str, float]] = {}
     for row in read_predictions(predictions_path):
@@ -269,7 +269,7 @@ def render_readme(text: str, results_dir: str | os.PathLike) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tagi.results", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tagi.eval.results", description=__doc__.splitlines()[0])
     parser.add_argument("--readme", type=Path, default=Path("README.md"))
     parser.add_argument("--results-dir", type=Path, default=Path("docs/results"))
     mode = parser.add_mutually_exclusive_group(required=True)
@@ -293,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.writelines(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
                                                    f"{args.readme} (current)", f"{name}.json (rendered)"))
     if stale:
-        print(f"run: python -m tagi.results --readme {args.readme} --results-dir {args.results_dir} --write")
+        print(f"run: python -m tagi.eval.results --readme {args.readme} --results-dir {args.results_dir} --write")
         return 1
     print("README results are up to date")
     return 0

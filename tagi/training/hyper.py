@@ -8,11 +8,11 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from tagi.cache import TaskCache
-from tagi.cost import CostTally, task_cost
-from tagi.hypernet import GeneratorKind
-from tagi.model import TAGIModel
-from tagi.stages.base import Backbone, Generation, GenerativeStage, Optimization, group_rows
+from tagi.inference.cache import TaskCache
+from tagi.eval.cost import CostTally, task_cost
+from tagi.modeling.hypernet import GeneratorKind
+from tagi.modeling.model import TAGIModel
+from tagi.training.stage import Backbone, Generation, GenerativeStage, Optimization, group_rows
 
 
 @dataclass
@@ -52,7 +52,7 @@ class HyperStage(GenerativeStage):
         super().__init__(backbone, tokenizer, optimization, generation)
         self.architecture = architecture
         self.adapter_only = adapter_only
-        self.report_cost = report_cost  # test: inference FLOPs/time vs instruction concatenation (tagi.cost)
+        self.report_cost = report_cost  # test: inference FLOPs/time vs instruction concatenation (tagi.eval.cost)
         self.cost_tally: CostTally | None = None
         self.model = TAGIModel(backbone.load(len(self.tokenizer)), **asdict(architecture))
         self.task_cache = TaskCache(self.model.encode_task)

@@ -75,8 +75,8 @@ def main(argv: list[str]) -> Path:
     args = parser.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
-    from tagi.adapters import CONFIG_NAME
-    from tagi.student import CheckpointError, Student, format_instruction  # heavy imports after --help
+    from tagi.modeling.adapters import CONFIG_NAME
+    from tagi.inference.student import CheckpointError, Student, format_instruction  # heavy imports after --help
 
     hf_logging.disable_progress_bar()  # transformers' "Writing model shards" bars: noise for a one-folder save
 

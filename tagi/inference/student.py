@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 
-from tagi.adapters import CONFIG_NAME as ADAPTER_CONFIG, AdapterError, read_meta, write_adapter
-from tagi.cache import TaskCache
+from tagi.modeling.adapters import CONFIG_NAME as ADAPTER_CONFIG, AdapterError, read_meta, write_adapter
+from tagi.inference.cache import TaskCache
 from tagi.data.sni import Demonstration, Task
 from tagi.data.templates import instruction_text, student_input_text
 from tagi.data.tokenization import encode, load_tokenizer
 from tagi.errors import InputError, TagiError
 from tagi.io import atomic_directory, read_checkpoint, weights_digest
-from tagi.model import TAGIModel, TaskEncoding, load_backbone
+from tagi.modeling.model import TAGIModel, TaskEncoding, load_backbone
 
 log = logging.getLogger(__name__)
 
