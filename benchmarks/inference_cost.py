@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tagi.eval.cost import task_cost  # noqa: E402
-from tagi.modeling.model import TAGIModel, tiny_t5_config  # noqa: E402
+from tagi.modeling.backbone import tiny_t5_config  # noqa: E402
+from tagi.modeling.model import TAGIModel  # noqa: E402
 from transformers import T5ForConditionalGeneration  # noqa: E402
 
 SHAPES = {  # T5 v1.1 / LM-adapt shapes (gated-GELU feed-forward)

@@ -74,7 +74,8 @@ def trainable_by_part(shape: dict) -> dict[str, int]:
     """The finetune stage's trainable weights per part, counted on the meta device (nothing allocated)."""
     from dataclasses import asdict
 
-    from tagi.modeling.model import TAGIModel, load_backbone
+    from tagi.modeling.model import TAGIModel
+    from tagi.modeling.backbone import load_backbone
 
     with torch.device("meta"):
         model = TAGIModel(load_backbone("tiny", shape["model"]), **asdict(architecture(shape)))

@@ -20,7 +20,7 @@ from tagi.__main__ import main as tagi_main
 from tagi.cli import run_cli
 from tagi.eval.reports import read_predictions
 from tagi.data.tokenization import load_tokenizer
-from tagi.modeling.model import load_backbone
+from tagi.modeling.backbone import load_backbone
 from tagi.pipeline import main as pipeline_main
 from tagi.inference.student import Student
 from transformers import AutoTokenizer, T5ForConditionalGeneration

@@ -6,7 +6,8 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 from tagi.modeling.hypernet import LoRAGenerator, SiteLayout
 from tagi.modeling.lora import lora_site_names
-from tagi.modeling.model import TAGIModel, load_backbone
+from tagi.modeling.model import TAGIModel
+from tagi.modeling.backbone import load_backbone
 
 
 def tiny(num_layers=2):

@@ -8,7 +8,7 @@ from peft import PeftModel
 
 from tagi.modeling.adapters import load_adapter, save_adapter
 from tagi.modeling.lora import LoRAWeights, apply_lora, lora_site_names, lora_sites, merged_lora
-from tagi.modeling.model import load_backbone
+from tagi.modeling.backbone import load_backbone
 
 KINDS = {
     "encoder_self": lambda name: name.startswith("encoder.") and ".SelfAttention." in name,

@@ -8,7 +8,8 @@ from peft import PeftModel
 
 from tagi.modeling.adapters import save_adapter
 from tagi.modeling.lora import LoRAWeights
-from tagi.modeling.model import TAGIModel, load_backbone
+from tagi.modeling.model import TAGIModel
+from tagi.modeling.backbone import load_backbone
 
 
 def make_model(**kwargs) -> TAGIModel:

@@ -5,7 +5,8 @@ import torch
 from transformers import ByT5Tokenizer
 
 from tagi.eval.cost import task_cost
-from tagi.modeling.model import TAGIModel, load_backbone
+from tagi.modeling.model import TAGIModel
+from tagi.modeling.backbone import load_backbone
 from tagi.eval.rank import RankAccuracy, option_scores, rank_classify
 
 

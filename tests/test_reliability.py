@@ -323,7 +323,7 @@ def test_instruction_longer_than_the_limit_is_truncated_counted_and_warned(workd
 def test_a_backbone_folder_retrained_in_place_is_noticed(tmp_path):
     """Checkpoints, teachers and adapters record θ0's weight digest; a θ0 replaced since no longer matches."""
     from tagi.io import BACKBONE_META, weights_digest, weights_record
-    from tagi.modeling.model import load_backbone
+    from tagi.modeling.backbone import load_backbone
     from tagi.training.stage import Backbone
 
     folder = tmp_path / "theta0"

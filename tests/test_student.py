@@ -9,7 +9,8 @@ from peft import PeftModel
 from transformers import AutoTokenizer, ByT5Tokenizer, T5ForConditionalGeneration
 
 from tagi.errors import InputError
-from tagi.modeling.model import TAGIModel, load_backbone
+from tagi.modeling.model import TAGIModel
+from tagi.modeling.backbone import load_backbone
 from tagi.inference.student import Student, format_instruction
 
 INSTRUCTION = format_instruction("Reverse the words.", [("a b", "b a")])

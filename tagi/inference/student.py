@@ -25,7 +25,8 @@ from tagi.data.templates import instruction_text, student_input_text
 from tagi.data.tokenization import encode, load_tokenizer
 from tagi.errors import InputError, TagiError
 from tagi.io import atomic_directory, read_checkpoint, weights_digest
-from tagi.modeling.model import TAGIModel, TaskEncoding, load_backbone
+from tagi.modeling.model import TAGIModel, TaskEncoding
+from tagi.modeling.backbone import load_backbone
 
 log = logging.getLogger(__name__)
 

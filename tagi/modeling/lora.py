@@ -118,13 +118,18 @@ class _RowExpander:
         return A_sites[site], B_sites[site]
 
 
+def lora_update(x: Tensor, A: Tensor, B: Tensor, scale: float) -> Tensor:
+    """s · B(Ax) per row, never forming B·A: x (n, T, in), A (n or 1, r, in), B (n or 1, out, r) → (n, T, out).
+    The one place the LoRA product is written (the per-row hook here, FiD's per-task values in the model)."""
+    low = x @ A.transpose(-1, -2)  # (n, T, r)
+    return scale * (low @ B.transpose(-1, -2))  # (n, T, out)
+
+
 def _lora_hook(site: int, rows: _RowExpander):
     def hook(module: nn.Linear, args: tuple, output: Tensor) -> Tensor:
         x = args[0]  # (n, T, in)
         A, B = rows.factors(x.shape[0], site)
-        A, B = A.to(x.dtype), B.to(x.dtype)  # (n or 1, r, in), (n or 1, out, r)
-        low = x @ A.transpose(-1, -2)  # (n, T, r)
-        return output + rows.lora.scale * (low @ B.transpose(-1, -2))  # (n, T, out)
+        return output + lora_update(x, A.to(x.dtype), B.to(x.dtype), rows.lora.scale)
 
     return hook
 

@@ -11,6 +11,7 @@
 says which task row `i` belongs to. A single-task batch at inference uses the merged-weights path.
 """
 
+
 from __future__ import annotations
 
 import logging
@@ -20,54 +21,16 @@ from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
-from transformers import T5Config, T5ForConditionalGeneration
+from transformers import T5ForConditionalGeneration
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
+from tagi.modeling.fusion import FusionCrossAttention, fusion_hook, per_row
 from tagi.modeling.hypernet import GeneratorKind, LoRAGenerator, SiteLayout
-from tagi.modeling.lora import LoRAWeights, apply_lora, lora_site_names, merged_lora
+from tagi.modeling.lora import LoRAWeights, apply_lora, lora_site_names, lora_update, merged_lora
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------- backbone
-
-
-def tiny_t5_config(vocab_size: int = 384, d_model: int = 64, num_layers: int = 2, num_heads: int = 4, **overrides: Any) -> T5Config:
-    """A small random T5 for tests and the demo; `vocab_size` 384 fits `ByT5Tokenizer`."""
-    values = dict(
-        vocab_size=vocab_size,
-        d_model=d_model,
-        d_kv=d_model // num_heads,
-        d_ff=2 * d_model,
-        num_layers=num_layers,
-        num_decoder_layers=num_layers,
-        num_heads=num_heads,
-        relative_attention_num_buckets=16,
-        relative_attention_max_distance=64,
-        dropout_rate=0.0,
-        feed_forward_proj="gated-gelu",  # as t5-v1.1 / lm-adapt
-        tie_word_embeddings=False,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
-    values.update(overrides)
-    return T5Config(**values)
-
-
-def load_backbone(name_or_path: str = "tiny", tiny_config: dict | None = None, seed: int = 0) -> T5ForConditionalGeneration:
-    """`"tiny"` → a random T5 built in code (seeded, offline); otherwise a hub id or local directory."""
-    if name_or_path == "tiny":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return T5ForConditionalGeneration(tiny_t5_config(**(tiny_config or {})))
-    # from_pretrained returns eval mode; training stages expect train mode (dropout on real T5s).
-    return T5ForConditionalGeneration.from_pretrained(name_or_path).train()
-
-
-# ---------------------------------------------------------------- task encoding
 
 
 @dataclass
@@ -92,64 +55,16 @@ class TaskEncoding:
         )
 
 
-# ---------------------------------------------------------------- instruction fusion
 
 
-class FusionCrossAttention(nn.Module):
-    """Pre-norm cross-attention from input states to the instruction, T5-style (residual outside).
+@dataclass(frozen=True)
+class ExecutionPath:
+    """How one `forward`/`generate` call runs (`TAGIModel._path`)."""
 
-    The output projection starts at zero, so a fresh model computes exactly what the backbone does.
-    """
-
-    def __init__(self, d_model: int, num_heads: int, d_kv: int, eps: float = 1e-6):
-        super().__init__()
-        self.num_heads, self.d_kv = num_heads, d_kv
-        self.norm = nn.RMSNorm(d_model, eps=eps)
-        self.query = nn.Linear(d_model, num_heads * d_kv, bias=False)
-        self.key = nn.Linear(d_model, num_heads * d_kv, bias=False)
-        self.value = nn.Linear(d_model, num_heads * d_kv, bias=False)
-        self.out = nn.Linear(num_heads * d_kv, d_model, bias=False)
-        nn.init.zeros_(self.out.weight)
-
-    def _heads(self, x: Tensor) -> Tensor:
-        return x.view(x.shape[0], x.shape[1], self.num_heads, self.d_kv).transpose(1, 2)  # (N, h, T, dk)
-
-    def project(self, instruction: Tensor) -> tuple[Tensor, Tensor]:
-        """Keys and values of N tasks' instructions: (N, h, L, dk) each. Once per task, not per input."""
-        return self._heads(self.key(instruction)), self._heads(self.value(instruction))
-
-    def forward(self, states: Tensor, keys: Tensor, values: Tensor, instruction_mask: Tensor) -> Tensor:
-        """`keys`/`values` (B, h, L, dk) and mask (B, L) per input row (expanded views are fine)."""
-        n, t, _ = states.shape
-        q = self._heads(self.query(self.norm(states)))  # (B, h, T, dk)
-        keep = instruction_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
-        attended = nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=keep)  # (B, h, T, dk)
-        return states + self.out(attended.transpose(1, 2).reshape(n, t, -1))  # (B, T, d)
-
-
-def _per_row(x: Tensor, batch: int, task_index: Tensor | None) -> Tensor:
-    """Task rows → input rows: a view for one task, a gather for several (no recomputation either way)."""
-    if task_index is None:
-        return x.expand(batch, *x.shape[1:]) if x.shape[0] == 1 else x
-    return x.index_select(0, task_index)
-
-
-def _fusion_hook(fusion: FusionCrossAttention, task: TaskEncoding, task_index: Tensor | None, batch: int):
-    """Forward pre-hook on an encoder block's feed-forward sublayer: fuse right after self-attention.
-
-    The instruction's keys/values are projected for the distinct tasks only, then shared by rows.
-    """
-    keys, values = (_per_row(x, batch, task_index) for x in fusion.project(task.instruction))  # (B, h, L, dk)
-    mask = _per_row(task.instruction_mask, batch, task_index)  # (B, L)
-
-    def hook(module: nn.Module, args: tuple) -> tuple:
-        return (fusion(args[0], keys, values, mask), *args[1:])  # args[0]: (B, T, d)
-
-    return hook
-
-
-# ---------------------------------------------------------------- the model
-
+    rows: TaskEncoding  # the LoRA the input rows run with: one task row for all, or one per input row
+    merged: bool  # that one task's LoRA is merged into the weights; else forward hooks apply it per row
+    reads_instruction: bool  # fusion and FiD on; False: backbone + LoRA only, what an exported adapter computes
+    fid_cache: bool  # the decoder's keys/values over the instruction are projected once per task
 
 class TAGIModel(nn.Module):
     """A T5 whose q/v projections get LoRA weights generated from a task instruction."""
@@ -250,6 +165,24 @@ class TAGIModel(nn.Module):
 
     # -- per input, many times
 
+    def _path(self, task: TaskEncoding, task_index: Tensor | None, merge: bool | None, lora_only: bool) -> ExecutionPath:
+        """How a forward/generate call runs, decided once, here (as peft's `Linear.forward` decides at its top)."""
+        rows = task if task_index is None else task.select(task_index)
+        merged = len(rows) == 1 and not torch.is_grad_enabled() if merge is None else merge
+        reads_instruction = not lora_only
+        # The instruction's decoder keys/values are shared by one task's rows, or (inference only) gathered
+        # per row of a mixed batch. Training batches leave them to the backbone: the same values in another
+        # batch shape round differently, and the measured results (README, Results) were trained that way.
+        shared = len(task) == 1 if task_index is None else not torch.is_grad_enabled()
+        return ExecutionPath(rows, merged, reads_instruction, self.use_fid and reads_instruction and shared)
+
+    @contextmanager
+    def adapted(self, path: ExecutionPath) -> Iterator[None]:
+        """Inside the block the backbone runs with the path's LoRA: merged into the weights (one task, no
+        gradient) or applied per row by forward hooks."""
+        with (merged_lora if path.merged else apply_lora)(self.sites(), path.rows.lora):
+            yield
+
     def _task_values(self, site: nn.Linear, task: TaskEncoding, merged: bool) -> Tensor:
         """`site` (a LoRA'd v projection) on the N instructions, each with its own task's LoRA: (N, L, out).
         Called beside the per-row hooks of `apply_lora`, which expect batch rows, so it calls the
@@ -259,23 +192,7 @@ class TAGIModel(nn.Module):
             return plain
         index = self._site_index[site]
         A, B = task.lora.A[:, index].to(plain.dtype), task.lora.B[:, index].to(plain.dtype)  # (N, r, in), (N, out, r)
-        return plain + task.lora.scale * (task.instruction @ A.transpose(-1, -2)) @ B.transpose(-1, -2)
-
-    def _rows(self, task: TaskEncoding, task_index: Tensor | None) -> TaskEncoding:
-        return task if task_index is None else task.select(task_index)
-
-    @contextmanager
-    def adapted(self, task: TaskEncoding, merge: bool | None = None) -> Iterator[None]:
-        """Inside the block the backbone runs with `task`'s LoRA (one row per example, or one for all).
-
-        `merge=None` merges when there is one task and no gradient is needed.
-        """
-        with (merged_lora if self._merges(task, merge) else apply_lora)(self.sites(), task.lora):
-            yield
-
-    @staticmethod
-    def _merges(task: TaskEncoding, merge: bool | None) -> bool:
-        return len(task) == 1 and not torch.is_grad_enabled() if merge is None else merge
+        return plain + lora_update(task.instruction, A, B, task.lora.scale)
 
     def encode_inputs(
         self, task: TaskEncoding, input_ids: Tensor, attention_mask: Tensor, task_index: Tensor | None = None,
@@ -292,13 +209,13 @@ class TAGIModel(nn.Module):
         with ExitStack() as hooks:
             if self.fusion is not None and not lora_only:
                 for block, fusion in zip(self.backbone.encoder.block, self.fusion):
-                    hook = _fusion_hook(fusion, task, task_index, batch)
+                    hook = fusion_hook(fusion, task.instruction, task.instruction_mask, task_index, batch)
                     hooks.callback(block.layer[-1].register_forward_pre_hook(hook).remove)
             states = self.backbone.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if not self.use_fid or lora_only:
             return states, attention_mask
-        instruction = _per_row(task.instruction, batch, task_index)  # (B, L, d)
-        instruction_mask = _per_row(task.instruction_mask, batch, task_index).to(attention_mask.dtype)
+        instruction = per_row(task.instruction, batch, task_index)  # (B, L, d)
+        instruction_mask = per_row(task.instruction_mask, batch, task_index).to(attention_mask.dtype)
         return torch.cat([instruction, states], 1), torch.cat([instruction_mask, attention_mask], 1)
 
     def forward(
@@ -313,11 +230,10 @@ class TAGIModel(nn.Module):
         **decoder_kwargs: Any,
     ) -> Seq2SeqLMOutput:
         """Logits (and CE loss when `labels` are given) for inputs of the encoded task(s)."""
-        rows = self._rows(task, task_index)
-        merge = self._merges(rows, merge)
-        with self.adapted(rows, merge):
+        path = self._path(task, task_index, merge, lora_only)
+        with self.adapted(path):
             states, mask = self.encode_inputs(task, input_ids, attention_mask, task_index, lora_only)
-            cache = self._fid_cache(task, task_index, states, lora_only, merge)
+            cache = self._fid_cache(task, task_index, states, path.merged) if path.fid_cache else None
             return self.backbone(
                 encoder_outputs=BaseModelOutput(last_hidden_state=states), attention_mask=mask, labels=labels,
                 past_key_values=cache, use_cache=cache is not None, **decoder_kwargs
@@ -335,32 +251,22 @@ class TAGIModel(nn.Module):
         **generate_kwargs: Any,
     ) -> Tensor:
         """`backbone.generate` for inputs of the encoded task(s); beams keep their row's weights."""
-        rows = self._rows(task, task_index)
-        merge = self._merges(rows, merge)
-        with self.adapted(rows, merge):
+        path = self._path(task, task_index, merge, lora_only)
+        with self.adapted(path):
             states, mask = self.encode_inputs(task, input_ids, attention_mask, task_index, lora_only)
-            if generate_kwargs.get("num_beams", 1) == 1:  # beams would need the cache expanded per beam
-                generate_kwargs["past_key_values"] = self._fid_cache(task, task_index, states, lora_only, merge)
+            if path.fid_cache and generate_kwargs.get("num_beams", 1) == 1:  # beams would need it expanded per beam
+                generate_kwargs["past_key_values"] = self._fid_cache(task, task_index, states, path.merged)
             return self.backbone.generate(
                 encoder_outputs=BaseModelOutput(last_hidden_state=states), attention_mask=mask, **generate_kwargs
             )
 
-    def _fid_cache(self, task: TaskEncoding, task_index: Tensor | None, states: Tensor, lora_only: bool,
-                   merged: bool) -> EncoderDecoderCache | None:
+    def _fid_cache(self, task: TaskEncoding, task_index: Tensor | None, states: Tensor, merged: bool) -> EncoderDecoderCache:
         """Decoder cross-attention keys/values over [I ; F], the instruction's part projected once per task.
 
         Without this, every input row re-projects its task's instruction states in every decoder
         layer, which makes per-input cost grow with instruction length. One task per call, or (at
-        inference) a mixed-task batch via `task_index`. Training batches leave it to the backbone:
-        the same values in another batch shape round differently, and the measured results
-        (README, Results) were trained that way. Call inside `adapted`.
+        inference) a mixed-task batch via `task_index`. Call inside `adapted`.
         """
-        if not self.use_fid or lora_only:
-            return None
-        if task_index is None and len(task) != 1:
-            return None  # one task row per input: nothing is shared
-        if task_index is not None and torch.is_grad_enabled():
-            return None
         batch, length = states.shape[0], task.instruction.shape[1]
         inputs = states[:, length:]  # (B, T, d): F
         layers = []

@@ -28,7 +28,7 @@ from tagi.io import atomic_write_text, read_checkpoint, weights_digest
 from tagi.eval.metrics import InstructionMetrics, results_table
 from tagi.eval.rank import RankAccuracy, rank_classify
 from tagi.eval.reports import COMPLETE_NAME, PREDICTIONS, RESULTS_MD, PredictionWriter, write_results
-from tagi.modeling.model import load_backbone
+from tagi.modeling.backbone import load_backbone
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class Backbone:
     """Which T5 to build: `name` is "tiny" (random, built in code), a hub id, or a local directory."""
 
     name: str = "tiny"
-    tiny_config: dict | None = None  # overrides for tagi.modeling.model.tiny_t5_config when name == "tiny"
+    tiny_config: dict | None = None  # overrides for tagi.modeling.backbone.tiny_t5_config when name == "tiny"
     seed: int = 0  # initialisation seed of the tiny model
 
     def load(self, vocab_size: int):
