@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tagi.io import atomic_write_text  # noqa: E402
-from tagi.pipeline import CONTROL_ROWS, HEADLINE, THETA0, _fit, _test, control_args  # noqa: E402
+from tagi.pipeline import CONTROL_ROWS, HEADLINE, THETA0, control_args, fit_stage, score_checkpoint  # noqa: E402
 from tagi.eval.reports import RESULTS_JSON  # noqa: E402
 from tagi.eval.results import git_commit, paired_bootstrap, per_example, render_block  # noqa: E402
 
@@ -163,7 +163,7 @@ class Ledger:
     def fit(self, folder: Path, stage: str, config: str, extra: list[str]) -> dict:
         wanted = recipe(config, extra)
         check_recipe(folder / stage, wanted)
-        done = _fit(stage, config, folder, extra, force=False)
+        done = fit_stage(stage, config, folder, extra, force=False)
         if not done.get("skipped"):
             atomic_write_text(folder / stage / RECIPE, json.dumps(wanted, indent=1, sort_keys=True) + "\n")
         self.add(str(folder / stage), done.get("seconds"))
@@ -237,7 +237,7 @@ def test_once(chain: Chain, config: str, checkpoint: str, args: list[str], name:
     seconds = None
     if not (results.is_file() and json.loads(results.read_text())["checkpoint"] == checkpoint):
         start = time.perf_counter()
-        _test(config, chain.folder, checkpoint, args, name)
+        score_checkpoint(config, chain.folder, checkpoint, args, name)
         seconds = time.perf_counter() - start
     chain.ledger.add(str(chain.folder / name), seconds)
     return chain.folder / name

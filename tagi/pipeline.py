@@ -21,6 +21,7 @@ from typing import Literal
 from jsonargparse import ArgumentParser, ActionConfigFile
 
 from tagi.errors import InputError
+from tagi.training.cli import run_cli
 from tagi.io import atomic_write_text
 from tagi.eval.results import git_commit, render_block
 from tagi.eval.reports import COMPLETE_NAME
@@ -35,8 +36,6 @@ HEADLINE = "exact_match"  # a model that copies its input cannot score it on the
 
 
 def _run(args: list[str]):
-    from tagi.cli import run_cli  # late import: the CLI module imports this one
-
     log.info("python -m tagi %s", " ".join(args))
     return run_cli(args)
 
@@ -72,7 +71,7 @@ def _config_args(config: StageConfig) -> list[str]:
     return [arg for path in ([config] if isinstance(config, str) else config) for arg in ("--config", path)]
 
 
-def _fit(stage: str, config: StageConfig, run_dir: Path, extra: list[str], force: bool) -> dict:
+def fit_stage(stage: str, config: StageConfig, run_dir: Path, extra: list[str], force: bool) -> dict:
     folder = run_dir / stage
     done = None if force else _complete(folder)
     if done:
@@ -93,7 +92,7 @@ def _fit(stage: str, config: StageConfig, run_dir: Path, extra: list[str], force
     return done
 
 
-def _test(config: StageConfig, run_dir: Path, checkpoint: str, extra: list[str], folder: str = "test") -> dict[str, float]:
+def score_checkpoint(config: StageConfig, run_dir: Path, checkpoint: str, extra: list[str], folder: str = "test") -> dict[str, float]:
     """Test-task scores of `checkpoint`; results.json, results.md, predictions.jsonl land in <run_dir>/<folder>/."""
     overrides = [*_stage_folder(run_dir, folder), f"--ckpt_path={checkpoint}", *extra]
     cli = _run(["test", *_config_args(config), *overrides])
@@ -132,21 +131,21 @@ def run_pipeline(
     stages, shared = {}, list(overrides or [])
     if backbone is not None:
         theta0 = run_dir / THETA0
-        stages["backbone"] = _fit("backbone", backbone, run_dir, [*shared, f"--model.init_args.output_dir={theta0}"], force)
+        stages["backbone"] = fit_stage("backbone", backbone, run_dir, [*shared, f"--model.init_args.output_dir={theta0}"], force)
         theta0_args = list(shared)
         shared.append(f"--model.init_args.backbone.name={theta0}")
-    stages["teacher"] = _fit("teacher", teacher, run_dir, [*shared, f"--model.init_args.output_dir={teacher_out}"], force)
-    stages["pretrain"] = _fit("pretrain", pretrain, run_dir, shared, force)
+    stages["teacher"] = fit_stage("teacher", teacher, run_dir, [*shared, f"--model.init_args.output_dir={teacher_out}"], force)
+    stages["pretrain"] = fit_stage("pretrain", pretrain, run_dir, shared, force)
     links = [*shared, f"--model.init_args.init_from={stages['pretrain']['last_checkpoint']}", f"--model.init_args.teachers={teacher_out}"]
-    stages["finetune"] = _fit("finetune", finetune, run_dir, links, force)
+    stages["finetune"] = fit_stage("finetune", finetune, run_dir, links, force)
     student = stages["finetune"]["last_checkpoint"]
-    scores = {"student (TAGI)": _test(finetune, run_dir, student, links)}
+    scores = {"student (TAGI)": score_checkpoint(finetune, run_dir, student, links)}
     for control in controls:
-        scores[CONTROL_ROWS[control]] = _test(finetune, run_dir, student, [*links, *control_args(control)], f"test-{control}")
+        scores[CONTROL_ROWS[control]] = score_checkpoint(finetune, run_dir, student, [*links, *control_args(control)], f"test-{control}")
     if adapter_check:
-        scores["backbone + exported adapter only"] = _test(finetune, run_dir, student, [*links, "--model.init_args.adapter_only=true"], "test-adapter-only")
+        scores["backbone + exported adapter only"] = score_checkpoint(finetune, run_dir, student, [*links, "--model.init_args.adapter_only=true"], "test-adapter-only")
     if backbone is not None:
-        scores["θ0, instruction concatenated (stage 0)"] = _test(backbone, run_dir, stages["backbone"]["last_checkpoint"], theta0_args, "test-theta0")
+        scores["θ0, instruction concatenated (stage 0)"] = score_checkpoint(backbone, run_dir, stages["backbone"]["last_checkpoint"], theta0_args, "test-theta0")
     summary = dict(run=run, stages=stages, scores=scores, seconds=round(time.perf_counter() - start, 1))
     summary = _keep_earlier(run_dir / "pipeline.json", summary)
     atomic_write_text(run_dir / "pipeline.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")

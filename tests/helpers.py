@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-from tagi.cli import run_cli
+from tagi.training.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = [

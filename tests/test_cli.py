@@ -17,7 +17,7 @@ from peft import PeftModel
 
 from helpers import FAST, ROOT, TINY, chdir_scratch, config, fit, fit_teachers
 from tagi.__main__ import main as tagi_main
-from tagi.cli import run_cli
+from tagi.training.cli import run_cli
 from tagi.eval.reports import read_predictions
 from tagi.data.tokenization import load_tokenizer
 from tagi.modeling.backbone import load_backbone
@@ -48,7 +48,7 @@ def test_a_parse_error_is_short_and_names_the_option(capsys):
 
 def test_progress_bar_counts_optimizer_steps(tmp_path, monkeypatch):
     """A run set by max_steps reads "step N/max_steps", not Lightning's "Epoch 6/-2"."""
-    from tagi.cli import StepProgressBar
+    from tagi.training.callbacks import StepProgressBar
 
     monkeypatch.chdir(tmp_path)
     cli = run_cli(["--config", str(ROOT / "configs/demo/teacher.yaml"), TINY, "--trainer.max_steps=7"], run=False)

@@ -84,9 +84,9 @@ def test_deepspeed_zero2_bf16_config_parses_and_builds_a_trainer(workdir, monkey
     """The real-scale trainer part, on this CPU machine: parse it and build the Trainer (running it needs CUDA)."""
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
-    from tagi.cli import run_cli
+    from tagi.training.cli import run_cli
 
-    monkeypatch.setattr("tagi.cli.check_config", lambda config: None)  # it refuses DeepSpeed without CUDA (tested)
+    monkeypatch.setattr("tagi.training.cli.check_config", lambda config: None)  # it refuses DeepSpeed without CUDA (tested)
     setting = ROOT / "configs/sni-t5-base"
     cli = run_cli(["--config", str(setting / "parts/trainer.yaml"), "--config", str(setting / "finetune.yaml"), TINY,
                    "--trainer.accelerator=cpu", "--trainer.devices=1", "--data.init_args.data_dir=synthetic",

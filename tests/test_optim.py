@@ -2,7 +2,8 @@
 
 import torch
 
-from tagi.training.stage import Optimization, make_adamw
+from tagi.training.config import Optimization
+from tagi.training.optim import make_adamw
 
 
 def _three_steps(fused: bool) -> tuple[list[torch.Tensor], torch.optim.AdamW]:

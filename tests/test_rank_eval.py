@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from tagi.cli import run_cli
+from tagi.training.cli import run_cli
 from tagi.data.sni import read_task
 from tagi.data.synthetic import write_suite
 

@@ -324,7 +324,7 @@ def test_a_backbone_folder_retrained_in_place_is_noticed(tmp_path):
     """Checkpoints, teachers and adapters record θ0's weight digest; a θ0 replaced since no longer matches."""
     from tagi.io import BACKBONE_META, weights_digest, weights_record
     from tagi.modeling.backbone import load_backbone
-    from tagi.training.stage import Backbone
+    from tagi.training.config import Backbone
 
     folder = tmp_path / "theta0"
     load_backbone("tiny", dict(d_model=32, num_heads=2)).save_pretrained(folder)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 Scaling = float | Tensor  # a float, or a tensor broadcastable to (N, S)
+ParamForm = Literal["ab", "delta"]  # the LoRA distance: on A and B separately, or on ΔW = s·B·A
 
 
 def _upcast(x: Tensor) -> Tensor:
@@ -106,7 +107,7 @@ def lora_delta_distance(
 
 
 def lora_param_distance(
-    form: Literal["ab", "delta"],
+    form: ParamForm,
     A_s: Tensor,
     B_s: Tensor,
     s_s: Scaling,

@@ -9,9 +9,8 @@ instruction-concatenated input, without gradient. A λ of 0 skips its term's wor
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -20,23 +19,11 @@ from tagi.modeling.adapters import AdapterError, cluster_slug, load_adapter, rea
 from tagi.errors import ConfigurationError
 from tagi.modeling.lora import LoRAWeights, apply_lora
 from tagi.modeling.losses import consistency_loss, kl_distillation, lora_param_distance
-from tagi.training.stage import Backbone, Generation, Optimization, load_stage_checkpoint
-from tagi.training.hyper import Architecture, HyperStage
+from tagi.training.checkpoints import load_stage_checkpoint
+from tagi.training.config import Architecture, Backbone, Distillation, Generation, Optimization
+from tagi.training.hyper import HyperStage
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Distillation:
-    kl_weight: float = 1.0
-    temperature: float = 1.0
-    param_weight: float = 1.0
-    # "delta": ‖ΔW_student − ΔW_teacher‖² / ‖ΔW_teacher‖² per site (ΔW = s·B·A), so weight 1 means the
-    # same at every shape; "ab": MSE on A and on B (the paper's eq. 4, raw scale)
-    param_form: Literal["ab", "delta"] = "delta"
-    consistency_weight: float = 0.0  # HART local consistency (needs architecture.generator: hart); off by default
-    # every this many steps, log each term's share of the gradient reaching the generated LoRA (0: never)
-    grad_share_every: int = 50
 
 
 class FinetuneModule(HyperStage):
@@ -55,8 +42,6 @@ class FinetuneModule(HyperStage):
         teachers: str | None = None,
     ):
         super().__init__(backbone, architecture, tokenizer, optimization, generation, adapter_only)
-        if distillation.param_form not in ("ab", "delta"):
-            raise ConfigurationError(f"distillation.param_form must be 'ab' or 'delta', got {distillation.param_form!r}")
         if distillation.consistency_weight > 0 and architecture.generator != "hart":
             raise ConfigurationError(
                 "distillation.consistency_weight > 0 is HART's local consistency loss on its per-layer states; "

@@ -20,7 +20,8 @@ from typing import Literal
 import torch
 
 from tagi.io import BACKBONE_META, atomic_directory, weights_record
-from tagi.training.stage import Backbone, Generation, GenerativeStage, Optimization
+from tagi.training.config import Backbone, Generation, Optimization
+from tagi.training.stage import GenerativeStage
 
 log = logging.getLogger(__name__)
 

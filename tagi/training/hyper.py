@@ -3,37 +3,16 @@ the student generates on validation or test tasks (hypernetwork once per task, m
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 from torch import Tensor
 
 from tagi.inference.cache import TaskCache
 from tagi.eval.cost import CostTally, task_cost
-from tagi.modeling.hypernet import GeneratorKind
 from tagi.modeling.model import TAGIModel
-from tagi.training.stage import Backbone, Generation, GenerativeStage, Optimization, group_rows
-
-
-@dataclass
-class Architecture:
-    """The hypernetwork and what it adapts (DESIGN §1)."""
-
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    generator: GeneratorKind = "mlp"  # "mlp": pooler + shared MLP head; "hart": autoregressive per-layer states (HART §3.1)
-    generator_width: int = 128  # pooler output / HART decoder width
-    generator_hidden_dim: int = 64  # the shared head's hidden layer
-    site_embed_dim: int = 32  # (stack, layer, q/v) embedding
-    b_init_std: float = 1e-3
-    hart_layers: int = 1
-    hart_heads: int = 4
-    fusion: bool = True  # instruction-fusion cross-attention in the encoder blocks
-    fusion_heads: int | None = None  # None: the backbone's number of heads
-    fusion_d_kv: int | None = None  # None: the backbone's d_kv
-    fid: bool = True  # decoder attends to [instruction ; input]
-    freeze_backbone: bool = True
-    train_layer_norms: bool = False  # the backbone's layer norms train with the hypernetwork (official code)
+from tagi.training.config import Architecture, Backbone, Generation, Optimization
+from tagi.training.stage import GenerativeStage, group_rows
 
 
 class HyperStage(GenerativeStage):

@@ -7,8 +7,8 @@ the model is trained with cross-entropy to produce `c` (HINT's 3-way split; the 
 
 from __future__ import annotations
 
-from tagi.training.stage import Backbone, Generation, Optimization
-from tagi.training.hyper import Architecture, HyperStage
+from tagi.training.config import Architecture, Backbone, Generation, Optimization
+from tagi.training.hyper import HyperStage
 
 
 class PretrainModule(HyperStage):

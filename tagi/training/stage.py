@@ -7,122 +7,29 @@ Subclasses implement `training_step` and `generate_texts(batch) -> list[str]`.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import os
 from abc import abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
-from transformers import get_linear_schedule_with_warmup
 
 from tagi.data.tokenization import load_tokenizer
 from tagi.errors import NonFiniteLossError
-from tagi.io import atomic_write_text, read_checkpoint, weights_digest
+from tagi.io import atomic_write_text
 from tagi.eval.metrics import InstructionMetrics, results_table
 from tagi.eval.rank import RankAccuracy, rank_classify
 from tagi.eval.reports import COMPLETE_NAME, PREDICTIONS, RESULTS_MD, PredictionWriter, write_results
-from tagi.modeling.backbone import load_backbone
+from tagi.training.checkpoints import restore_rng_states, save_rng_states
+from tagi.training.config import Backbone, Generation, Optimization
+from tagi.training.optim import optimizer_and_schedule
 
 log = logging.getLogger(__name__)
 
-
-
-@dataclass
-class Backbone:
-    """Which T5 to build: `name` is "tiny" (random, built in code), a hub id, or a local directory."""
-
-    name: str = "tiny"
-    tiny_config: dict | None = None  # overrides for tagi.modeling.backbone.tiny_t5_config when name == "tiny"
-    seed: int = 0  # initialisation seed of the tiny model
-
-    def load(self, vocab_size: int):
-        tiny = {"vocab_size": vocab_size, **(self.tiny_config or {})}
-        return load_backbone(self.name, tiny, self.seed)
-
-    def record(self) -> dict:
-        """What a checkpoint, teacher or adapter records of its backbone: the spec, and for a local folder
-        the digest of its weights (`tagi.io.weights_digest`), so a θ0 retrained in place is noticed."""
-        weights = _weights_digest(_resolved(self.name)) if self.name != "tiny" and Path(self.name).is_dir() else None
-        return {**asdict(self), **({"weights": weights} if weights else {})}
-
-    def matches(self, saved: dict | None) -> bool:
-        """Is `saved` (a checkpoint's or teacher's record of its backbone) this backbone? Local
-        folders compare by resolved path, so a relative and an absolute spelling agree, and by the
-        weights' digest where both sides have one (records from before digests have none)."""
-        if not saved:
-            return False
-        if self.name == "tiny" or saved.get("name") == "tiny":
-            return asdict(self) == {**asdict(Backbone()), **{k: v for k, v in saved.items() if k != "weights"}}
-        mine = self.record().get("weights")
-        same_weights = mine is None or saved.get("weights") is None or mine == saved["weights"]
-        return _resolved(self.name) == _resolved(saved.get("name", "")) and same_weights
-
-
-@functools.lru_cache(maxsize=8)
-def _weights_digest_at(folder: str, mtime_ns: int) -> str | None:
-    return weights_digest(folder)
-
-
-def _weights_digest(folder: str) -> str | None:
-    """Cached per folder state: a stage asks several times (describe, checks) and θ0 may be large."""
-    stamps = [path.stat().st_mtime_ns for path in Path(folder).iterdir()]
-    return _weights_digest_at(folder, max(stamps, default=0))
-
-
-def load_stage_checkpoint(path: str | Path) -> dict:
-    """A Lightning checkpoint as one dict: a single file, or a DeepSpeed ZeRO checkpoint *folder*
-    (what `strategy: deepspeed` writes), consolidated to fp32 weights with Lightning's converter
-    into a `<folder>.fp32.ckpt` file beside it (kept, so the next stage reuses it)."""
-    path = Path(path)
-    if path.is_dir():
-        from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
-
-        single = path.with_name(path.name + ".fp32.ckpt")
-        if not single.is_file():
-            staging = single.with_name(f".tmp-{single.name}")
-            convert_zero_checkpoint_to_fp32_state_dict(str(path), str(staging))
-            os.replace(staging, single)  # a killed conversion never leaves a half file under the final name
-        path = single
-    return read_checkpoint(path, "model.init_args.init_from")
-
-
-def _rng_states_to_tensors(states: dict) -> dict:
-    """numpy's state holds an ndarray, which `torch.load(weights_only=True)` refuses: store it as a tensor."""
-    name, keys, *rest = states["numpy"]
-    return {**states, "numpy": (name, torch.from_numpy(keys.astype("int64")), *rest)}
-
-
-def _rng_states_from_tensors(states: dict) -> dict:
-    name, keys, *rest = states["numpy"]
-    return {**states, "numpy": (name, keys.numpy().astype("uint32"), *rest)}
-
-
-def _resolved(name: str) -> str:
-    return str(Path(name).resolve()) if Path(name).exists() else name
-
-
-@dataclass
-class Optimization:
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.06  # linear warm-up over this share of the steps, then linear decay to 0
-    # torch's fused AdamW kernel (CPU and CUDA): the same update in one pass over the weights, 9× faster
-    # than the default at t5-small shape and no temporary the size of the weights (benchmarks/training_cost.py).
-    # Its float rounding differs, so the demo/ni-v1 configs turn it off: their README results were trained without.
-    fused: bool = True
-
-
-@dataclass
-class Generation:
-    max_new_tokens: int = 64
-    num_beams: int = 1
 
 
 class GenerativeStage(L.LightningModule):
@@ -158,16 +65,14 @@ class GenerativeStage(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tagi"] = self.describe()
-        # Lightning does not save RNG states; dropout after a resume must draw what it would have drawn.
-        checkpoint["rng_states"] = _rng_states_to_tensors(_collect_rng_states(include_cuda=torch.cuda.is_available()))
+        save_rng_states(checkpoint)
         if self._trainer is not None and self.trainer.logger is not None:
             self.trainer.logger.save()  # the log up to this checkpoint is on disk, so a resume continues it
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # test/predict do not restore the loop counters: keep the step the evaluated weights were trained to
         self.checkpoint_step = checkpoint.get("global_step")
-        if "rng_states" in checkpoint:
-            _set_rng_states(_rng_states_from_tensors(checkpoint["rng_states"]))
+        restore_rng_states(checkpoint)
 
     def training_loss(self, terms: dict[str, Tensor], batch_size: int, weights: dict[str, float] | None = None) -> Tensor:
         """Σ weight·term, each term logged as train/<name> (and the sum as train/loss when there are
@@ -355,23 +260,8 @@ class GenerativeStage(L.LightningModule):
     # -- optimisation
 
     def configure_optimizers(self):
-        optimizer = make_adamw([parameter for parameter in self.parameters() if parameter.requires_grad], self.optimization)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.optimization.warmup_ratio * total), total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-def make_adamw(parameters: list[Tensor], optimization: Optimization, fused: bool | None = None) -> torch.optim.AdamW:
-    """AdamW; with `optimization.fused` (or `fused`) torch's fused kernel where it has one for these
-    tensors (CPU and CUDA floats). The generator's heads are most of the trainable weights (366M at
-    t5-small shape, rank 32, hidden 512) and the default update walks them in several passes per step."""
-    fused = optimization.fused if fused is None else fused
-    fused = fused and all(p.device.type in ("cpu", "cuda") and p.dtype in FUSED_DTYPES for p in parameters)
-    return torch.optim.AdamW(parameters, lr=optimization.learning_rate, weight_decay=optimization.weight_decay,
-                             fused=fused or None)
+        trainable = [parameter for parameter in self.parameters() if parameter.requires_grad]
+        return optimizer_and_schedule(trainable, self.optimization, int(self.trainer.estimated_stepping_batches))
 
 
 def group_rows(keys: Tensor) -> list[tuple[int, Tensor]]:

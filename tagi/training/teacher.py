@@ -18,7 +18,8 @@ from torch import nn
 
 from tagi.modeling.adapters import cluster_slug, save_adapter
 from tagi.modeling.lora import LoRAWeights, apply_lora, lora_site_names, lora_sites
-from tagi.training.stage import Backbone, Generation, GenerativeStage, Optimization, group_rows
+from tagi.training.config import Backbone, Generation, Optimization
+from tagi.training.stage import GenerativeStage, group_rows
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,191 @@
+"""The LightningCLI behind `tagi fit | validate | test | predict` (`tagi.cli` routes to it).
+
+Model and data classes are chosen in YAML with `class_path`/`init_args`; values that must agree
+between them (the tokenizer) are linked, so they are set once, in `data`. Bad input is caught
+before anything is written (`tagi.training.preflight` on the parsed config, then the stage's
+`prepare` once model and data exist); the error is a `TagiError`, which `tagi.cli` prints as one
+paragraph with exit status 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_info
+
+from tagi.errors import ConfigurationError
+from tagi.io import folder_lock, read_checkpoint
+from tagi.training.callbacks import StepProgressBar
+from tagi.training.preflight import (CKPT_ALIASES, EVAL_SUBCOMMANDS, check_config, check_fit_target, eval_checkpoint,
+                                     is_training_run, logger_dir)
+
+
+class ShortUsageParser(LightningArgumentParser):
+    """jsonargparse prints the whole usage (150 lines: every Trainer option) above each parse error,
+    burying the one line that names the bad option; the error comes with one usage line instead."""
+
+    def print_usage(self, file=None) -> None:
+        command = self.prog.replace(" [options]", "")  # jsonargparse's subcommand prog: "tagi [options] fit"
+        command = "tagi {fit,validate,test,predict}" if command == "tagi" else command
+        (file or sys.stdout).write(f"usage: {command} --config FILE [--<section>.<key> VALUE ...]\n")
+
+
+class TAGICLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        # The model must build its vocabulary from the same tokenizer the data is encoded with.
+        parser.link_arguments("data.init_args.tokenizer", "model.init_args.tokenizer")
+        # Our loaders shard across ranks themselves (tagi.data.sampler, _eval_loader); Lightning's
+        # injection cannot re-instantiate a custom batch sampler.
+        parser.set_defaults({"trainer.use_distributed_sampler": False})
+        parser.add_argument("--overwrite", type=bool, default=False,
+                            help="fit: replace the run folder's finished run and the stage's output_dir (refused otherwise)")
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads --ckpt_path's hyperparameters while parsing: a file that is not a checkpoint is
+        reported as such first, instead of an unpickling traceback."""
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and Path(path).is_file():
+            read_checkpoint(path, "--ckpt_path", mmap=True)
+        super()._parse_ckpt_path()
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand in EVAL_SUBCOMMANDS:
+            config.ckpt_path = eval_checkpoint(self.subcommand, config.as_dict())
+            self._own_eval_folder(config)
+        check_config(config.as_dict())
+        if self.subcommand == "fit":
+            check_fit_target(config.as_dict())
+            config.overwrite = False  # for this run only: the saved config.yaml must not carry it to the next
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Every subcommand owns its logger folder while it runs (one writer per folder; rank 0 holds it)."""
+        config = self.config[subcommand]
+        folder = logger_dir(config.as_dict().get("trainer") or {})
+        if folder is None or os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
+            return super()._run_subcommand(subcommand)
+        with folder_lock(folder, "trainer.logger"):
+            return super()._run_subcommand(subcommand)
+
+    def _own_eval_folder(self, config) -> None:
+        """An evaluation logged into a training run's folder would replace its metrics.csv and config.yaml:
+        it writes into <run>/<subcommand>/ instead (results.json, predictions.jsonl, its own config)."""
+        run = logger_dir(config.as_dict().get("trainer") or {})
+        if run is None or not is_training_run(run):
+            return
+        logger = config.trainer.logger[0] if isinstance(config.trainer.logger, list) else config.trainer.logger
+        version = logger.init_args.version
+        logger.init_args.version = f"{version}/{self.subcommand}" if version not in ("", None) else self.subcommand
+        rank_zero_info(f"{self.subcommand}: {run} is a training run; writing into {run / self.subcommand}")
+
+    def before_fit(self) -> None:
+        self._check_ckpt_path()
+        self._keep_metrics_history()
+        self.datamodule.prepare_data()
+        self.datamodule.setup("fit")  # idempotent: Lightning's own setup call reuses the datasets
+        if hasattr(self.model, "prepare"):
+            self.model.prepare(self.datamodule)
+
+    def before_test(self) -> None:
+        self._check_ckpt_path()
+
+    before_validate = before_predict = before_test
+
+    def _check_ckpt_path(self) -> None:
+        """A checkpoint of another stage or backbone would fail deep in load_state_dict: say so first."""
+        path = self.config[self.subcommand].get("ckpt_path")
+        if not path or path in CKPT_ALIASES or Path(path).is_dir() or not hasattr(self.model, "describe"):
+            return  # aliases resolve later; a folder is a DeepSpeed checkpoint, which DeepSpeed itself resumes
+        saved = read_checkpoint(path, "--ckpt_path", mmap=True).get("tagi") or {}
+        stage = self.model.describe()["stage"]
+        if saved.get("stage") != stage or not self.model.backbone_spec.matches(saved.get("backbone")):
+            raise ConfigurationError(
+                f"--ckpt_path {path}: it was written by the {saved.get('stage')!r} stage on backbone "
+                f"{saved.get('backbone')}, but this config is the {stage!r} stage on {self.model.describe()['backbone']}. "
+                "Give this stage's config (the config.yaml saved beside the checkpoint), or a checkpoint of this stage.")
+
+    def _resume_checkpoint(self) -> Path | None:
+        """The file `--ckpt_path` resumes from (`last`: where ModelCheckpoint(save_last=True) writes it)."""
+        path = self.config[self.subcommand].get("ckpt_path")
+        callback, logger = self.trainer.checkpoint_callback, self.trainer.logger
+        if path == "last" and callback is not None and logger is not None:
+            path = Path(callback.dirpath or Path(logger.log_dir) / "checkpoints") / "last.ckpt"
+        return Path(path) if path and Path(path).is_file() else None
+
+    def _keep_metrics_history(self) -> None:
+        """On resume, Lightning's CSVLogger deletes the run's metrics.csv; keep the rows logged before the
+        checkpoint's step, so the resumed run's log continues the killed one's instead of replacing it."""
+        logger, checkpoint = self.trainer.logger, self._resume_checkpoint()
+        if not isinstance(logger, CSVLogger) or checkpoint is None or self.trainer.global_rank != 0:
+            return
+        metrics = Path(logger.log_dir) / "metrics.csv"
+        if not metrics.is_file():
+            return
+        step = read_checkpoint(checkpoint, "--ckpt_path", mmap=True)["global_step"]
+        with metrics.open(newline="") as file:
+            reader = csv.DictReader(file)
+            fields, rows = reader.fieldnames, [row for row in reader if int(row["step"]) < step]
+        # Creating the writer removes metrics.csv. It appends to an existing file, and rewrites it
+        # with a wider header when new keys come, so it must know the old file's keys.
+        logger.experiment.metrics_keys = list(fields)
+        with metrics.open("w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
+        """With a progress bar on and none configured, the step-counting one below."""
+        configured = [*(config.get("callbacks") or []), *callbacks]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured) \
+                and _RICH_AVAILABLE:
+            callbacks = [*callbacks, StepProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
+
+
+class _NoAdvertising(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_third_parties() -> None:
+    """Messages that are not the user's business: Lightning's product tips, a torch deprecation inside
+    Lightning's own code, and DeepSpeed's "unable to detect" warning on a machine without a GPU."""
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoAdvertising) for f in rank_zero.filters):
+        rank_zero.addFilter(_NoAdvertising())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read when DeepSpeed is first imported
+
+
+def run_cli(args: list[str] | None = None, run: bool = True) -> TAGICLI:
+    # `args` is how `main` and the pipeline pass argv; Lightning warns when sys.argv is also set.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    # The data modules save and restore their position themselves (tagi.data.sampler), so a
+    # mid-epoch resume is exact; Lightning cannot see that and warns otherwise.
+    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
+    quiet_third_parties()
+    return TAGICLI(
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        parser_class=ShortUsageParser,
+        parser_kwargs={"prog": "tagi"},
+        args=args,
+        run=run,  # False: parse and build model, data and trainer, without a subcommand
+    )
