@@ -126,6 +126,7 @@ def run_pipeline(
     `overrides`: command-line arguments given to every stage, e.g. ["--trainer.max_steps=10"];
     the links between stages are applied after them.
     """
+    check_inputs(run, {"backbone": backbone, "teacher": teacher, "pretrain": pretrain, "finetune": finetune})
     start = time.perf_counter()
     run_dir, teacher_out = Path(checkpoints_dir) / run, Path(teachers_dir) / run
     stages, shared = {}, list(overrides or [])
@@ -154,6 +155,18 @@ def run_pipeline(
         atomic_write_text(results_json, json.dumps(results, indent=2) + "\n")
     print(render_block(run, results) + "\n\n" + category_table(scores["student (TAGI)"]))
     return summary
+
+
+def check_inputs(run: str, configs: dict[str, StageConfig | None]) -> None:
+    """Before any stage trains: a run name that stays under the output folders, and every stage config there."""
+    if not run or Path(run).is_absolute() or ".." in Path(run).parts:
+        raise InputError(f"run: {run!r} is not a run name; the run's folders are <checkpoints_dir>/<run> and "
+                         "<teachers_dir>/<run>, so give a relative name such as 'demo' (nothing was written)")
+    for stage, config in configs.items():
+        for path in [] if config is None else [config] if isinstance(config, str) else config:
+            if not Path(path).is_file():
+                raise InputError(f"{stage}: {path} is not a file; give the stage's config YAML (paths in a pipeline "
+                                 "YAML are relative to it; nothing was written)")
 
 
 def _keep_earlier(path: Path, summary: dict) -> dict:

@@ -87,22 +87,27 @@ def test_teacher_stage_writes_one_peft_adapter_per_cluster(workdir, teachers):
     assert json.loads((run / "complete.json").read_text())["global_step"] == 4
 
 
-def test_pretrain_stage_writes_checkpoint_and_config(workdir):
-    corpus = workdir / "corpus.jsonl"
-    words = "the cat sat on a mat while an old dog slept near the warm fire".split()
-    corpus.write_text("".join(json.dumps({"text": " ".join(words[i:] + words[:i]) * 3}) + "\n" for i in range(12)))
-    fit("pretrain", f"--data.init_args.source={corpus}")
+@pytest.fixture(scope="module")
+def pretrain(workdir):
+    """A stage-2 checkpoint on a small corpus of its own: what the finetune tests warm-start from."""
+    checkpoint = workdir / "checkpoints/demo/pretrain/checkpoints/last.ckpt"
+    if not checkpoint.is_file():
+        corpus = workdir / "corpus.jsonl"
+        words = "the cat sat on a mat while an old dog slept near the warm fire".split()
+        corpus.write_text("".join(json.dumps({"text": " ".join(words[i:] + words[:i]) * 3}) + "\n" for i in range(12)))
+        fit("pretrain", f"--data.init_args.source={corpus}")
+    return checkpoint
+
+
+def test_pretrain_stage_writes_checkpoint_and_config(workdir, pretrain):
     run = workdir / "checkpoints/demo/pretrain"
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["class_path"] == "tagi.training.PretrainModule"
-    assert (run / "checkpoints/last.ckpt").is_file()
+    assert pretrain.is_file() and pretrain.parent == run / "checkpoints"
     assert json.loads((run / "complete.json").read_text())["global_step"] == 4
 
 
-def test_finetune_stage_warm_starts_and_uses_teachers(workdir, teachers):
-    pretrain = workdir / "checkpoints/demo/pretrain/checkpoints/last.ckpt"
-    if not pretrain.is_file():
-        pytest.skip("needs the pretrain test's checkpoint")
+def test_finetune_stage_warm_starts_and_uses_teachers(workdir, teachers, pretrain):
     cli = fit("finetune", f"--model.init_args.init_from={pretrain}", f"--model.init_args.teachers={teachers}")
     logged = cli.trainer.callback_metrics
     assert {"train/ce", "train/kl", "train/param", "train/loss"} <= set(logged)
@@ -193,10 +198,7 @@ def test_pipeline_runs_every_stage_skips_finished_ones_and_resumes_a_killed_one(
 
 
 @pytest.fixture(scope="module")
-def student_checkpoint(workdir, teachers):
-    pretrain = workdir / "checkpoints/demo/pretrain/checkpoints/last.ckpt"
-    if not pretrain.is_file():
-        pytest.skip("needs the pretrain test's checkpoint")
+def student_checkpoint(workdir, teachers, pretrain):
     links = [f"--model.init_args.init_from={pretrain}", f"--model.init_args.teachers={teachers}"]
     checkpoint = workdir / "checkpoints/demo/finetune/checkpoints/last.ckpt"
     if not checkpoint.is_file():

@@ -356,3 +356,95 @@ def test_artifacts_get_the_users_umask(tmp_path):
         os.umask(previous)
     assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "adapter").stat().st_mode & 0o777 == 0o755
+
+
+# ---------------------------------------------------------------- resuming: what `--ckpt_path` may continue
+
+def pretrain_args(*extra: str) -> list[str]:
+    return ["fit", "--config", config("pretrain"), TINY, *FAST, *extra]
+
+
+def test_resume_last_without_a_checkpoint_trains_nothing(workdir, stages, capsys):
+    """Lightning alone warns and trains from scratch, replacing the run's artifacts."""
+    run_fails_cleanly(finetune_args(stages, "--trainer.logger.init_args.name=never-ran", "--ckpt_path=last"), capsys,
+                      "--ckpt_path last", "never-ran/checkpoints/last.ckpt", "to resume")
+
+
+def test_resume_last_is_checked_against_the_stage_and_backbone(workdir, stages, capsys):
+    run_fails_cleanly(pretrain_args("--model.init_args.backbone.seed=5", "--ckpt_path=last"), capsys,
+                      "--ckpt_path", "pretrain/checkpoints/last.ckpt", "'seed': 0", "'seed': 5")
+    run_fails_cleanly(finetune_args(stages, "--trainer.logger.init_args.name=pretrain", "--ckpt_path=last"), capsys,
+                      "'pretrain' stage", "'finetune' stage")
+
+
+def test_a_checkpoint_from_another_run_does_not_lift_the_overwrite_refusal(workdir, stages, capsys):
+    teacher = workdir / "checkpoints/demo/teacher/checkpoints/last.ckpt"
+    run_fails_cleanly(["fit", "--config", config("teacher"), TINY, *FAST, "--trainer.logger.init_args.name=fresh-teacher",
+                       "--model.init_args.output_dir=teachers/t", f"--ckpt_path={teacher}"], capsys,
+                      "model.init_args.output_dir: teachers/t already holds", "--overwrite=true")
+
+
+def test_a_resume_under_another_spelling_of_the_folder_keeps_one_last_checkpoint(workdir, stages):
+    """Lightning compares the checkpoint folder as a string: resumed through an absolute save_dir it wrote
+    last-v1.ckpt and left last.ckpt at the killed run's step."""
+    fit("pretrain", "--trainer.logger.init_args.name=spelling", "--trainer.max_steps=2")
+    fit("pretrain", "--trainer.logger.init_args.name=spelling", "--trainer.max_steps=4", "--ckpt_path=last",
+        f"--trainer.logger.init_args.save_dir={workdir / 'checkpoints/demo'}")
+    folder = workdir / "checkpoints/demo/spelling/checkpoints"
+    assert sorted(path.name for path in folder.glob("last*")) == ["last.ckpt"]
+    assert torch.load(folder / "last.ckpt", weights_only=False)["global_step"] == 4
+    assert json.loads((folder.parent / "complete.json").read_text())["global_step"] == 4
+
+
+def test_damaged_teacher_json_and_a_teachers_file_are_clean_errors(workdir, stages, capsys):
+    for name, file_name in (("teachers-bad-meta", "meta.json"), ("teachers-bad-config", "adapter_config.json")):
+        copy = workdir / name
+        if not copy.exists():
+            shutil.copytree(stages["teachers"], copy)
+            (copy / "case" / file_name).write_text("{not json")
+        run_fails_cleanly(finetune_args(stages, f"--model.init_args.teachers={copy}"), capsys,
+                          f"{name}/case/{file_name}: not readable JSON")
+    Path("teachers.txt").write_text("not a folder")
+    run_fails_cleanly(finetune_args(stages, "--model.init_args.teachers=teachers.txt"), capsys,
+                      "model.init_args.teachers: teachers.txt is not a folder")
+
+
+def test_an_evaluation_with_bad_data_writes_no_folder(workdir, stages, capsys):
+    """Lightning creates the logger's folder before the data is set up: the data is read first."""
+    run_fails_cleanly(["test", "--config", config("pretrain"), TINY, f"--ckpt_path={stages['pretrain']}",
+                       "--data.init_args.eval_split=nope"], capsys, "splits/nope/train_tasks.txt: split file not found")
+
+
+def test_pipeline_inputs_are_checked_before_any_stage_trains(workdir, capsys):
+    pipeline = ["pipeline", "--config", str(Path(config("pipeline")))]
+    run_fails_cleanly([*pipeline, "--run=/tmp/elsewhere"], capsys, "run: '/tmp/elsewhere' is not a run name")
+    run_fails_cleanly([*pipeline, "--finetune=finetun.yaml"], capsys, "finetune: finetun.yaml is not a file")
+
+
+@pytest.mark.parametrize("option, message", [
+    ("--trainer.max_epochs=0", "trainer.max_epochs: 0 trains nothing"),
+    ("--model.init_args.architecture.lora_alpha=0", "model.init_args.architecture.lora_alpha: 0.0; it must be positive"),
+    ("--model.init_args.optimization.weight_decay=-1", "optimization.weight_decay: -1.0"),
+    ("--model.init_args.init_from=a-plain-folder", "model.init_args.init_from: a-plain-folder is a folder but not a DeepSpeed"),
+    ("--trainer.accelerator=gpu", "CUDA"),
+    ("--data.init_args.data_dir=not-sni", "data.init_args.data_dir"),
+])
+def test_more_values_refused_before_anything_is_built(workdir, stages, capsys, option, message):
+    Path("a-plain-folder").mkdir(exist_ok=True)
+    Path("not-sni").mkdir(exist_ok=True)
+    if torch.cuda.is_available() and "gpu" in option:
+        pytest.skip("this machine has CUDA")
+    run_fails_cleanly(finetune_args(stages, option), capsys, message)
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "predict"])
+def test_validate_and_predict_need_a_checkpoint(workdir, capsys, subcommand):
+    run_fails_cleanly([subcommand, "--config", config("finetune"), TINY], capsys, "--ckpt_path", "never trained")
+
+
+def test_an_unwritable_output_dir_and_a_teacher_of_another_tokenizer(workdir, stages, capsys):
+    run_fails_cleanly(["fit", "--config", config("teacher"), TINY, *FAST, "--model.init_args.output_dir=/proc/tagi"],
+                      capsys, "model.init_args.output_dir: /proc/tagi cannot be written")
+    other = edited_teachers(stages, "teachers-other-tokenizer", "meta.json", lambda meta: {**meta, "tokenizer": "byt5"})
+    run_fails_cleanly(finetune_args(stages, f"--model.init_args.teachers={other}"), capsys,
+                      "does not match this student", "tokenizer 'byt5' ≠ 'synthetic'")

@@ -84,6 +84,7 @@ def read_adapter_config(adapter_dir: str | os.PathLike) -> LoraConfig:
     config_file = adapter_dir / CONFIG_NAME
     if not config_file.is_file():
         raise AdapterError(f"{config_file}: missing; a PEFT adapter directory needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+    _read_json(config_file)  # peft's own reader fails with a bare JSONDecodeError on a damaged file
     config = LoraConfig.from_pretrained(str(adapter_dir))
     problems = []
     if sorted(config.target_modules or []) != sorted(LORA_TARGETS):
@@ -134,4 +135,11 @@ def read_meta(adapter_dir: str | os.PathLike) -> dict[str, Any]:
     meta_file = Path(adapter_dir) / META_NAME
     if not meta_file.is_file():
         raise AdapterError(f"{meta_file}: missing; teacher directories carry a {META_NAME} written by the teacher stage")
-    return json.loads(meta_file.read_text())
+    return _read_json(meta_file)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AdapterError(f"{path}: not readable JSON ({error}); the folder was damaged, rewrite it") from None

@@ -1,8 +1,17 @@
-"""Callbacks the CLI installs on every Trainer."""
+"""Callbacks the CLI installs on every Trainer: all the artifact writing of a run (the stages only
+compute), and a progress bar that counts optimizer steps."""
 
 from __future__ import annotations
 
-from lightning.pytorch.callbacks import RichProgressBar
+import json
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, RichProgressBar
+from lightning.pytorch.utilities import rank_zero_info
+
+from tagi.eval.reports import COMPLETE_NAME, PREDICTIONS, RESULTS_MD, PredictionWriter, write_results
+from tagi.io import atomic_write_text
 
 
 class StepProgressBar(RichProgressBar):
@@ -19,3 +28,109 @@ class StepProgressBar(RichProgressBar):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if self.progress is not None and self.train_progress_bar_id is not None:
             self.progress.update(self.train_progress_bar_id, description=self._get_train_description(trainer.current_epoch))
+
+
+class FinalCheckpoint(Callback):
+    """`checkpoints/last.ckpt` holds the run's final state. Lightning skips the final "last" save once a
+    periodic one happened (max_steps 150, every_n_train_steps 100: last.ckpt stays at step 100), and a run
+    resumed under another spelling of its folder (relative vs absolute, a moved folder) writes
+    `last-v1.ckpt` beside a stale `last.ckpt`. A run folder has one writer, so its `last.ckpt` is always
+    its own. Private API of the pinned Lightning (ModelCheckpoint)."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for callback in trainer.checkpoint_callbacks:
+            callback._enable_version_counter = False
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.interrupted:
+            return
+        for callback in trainer.checkpoint_callbacks:
+            if getattr(callback, "save_last", False) and callback._last_global_step_saved != trainer.global_step:
+                callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+
+
+class ExportArtifacts(Callback):
+    """What later stages read from a finished fit, written by rank 0 to the stage's `output_dir`: θ0's
+    `from_pretrained` folder (stage 0), one PEFT folder per cluster (teachers). The stage says what
+    (`export(out_dir)`), this says when."""
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        out_dir = getattr(pl_module, "output_dir", None)
+        if out_dir is not None and hasattr(pl_module, "export") and trainer.is_global_zero and not trainer.interrupted:
+            pl_module.export(Path(out_dir))
+
+
+class CompletionMarker(Callback):
+    """`complete.json` in the run folder once a fit has finished: the pipeline skips a stage that has it
+    and hands its `last_checkpoint` on. At fit end, not train end: a resume from a checkpoint already at
+    max_steps skips the train hooks. Installed after `ExportArtifacts`, so it is written last."""
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
+        if not trainer.is_global_zero or log_dir is None or trainer.interrupted:
+            return
+        checkpoint = trainer.checkpoint_callback
+        marker = dict(
+            stage=pl_module.stage,
+            global_step=trainer.global_step,
+            last_checkpoint=getattr(checkpoint, "last_model_path", "") or getattr(checkpoint, "best_model_path", ""),
+            interrupted=False,
+            metrics={key: float(value) for key, value in trainer.callback_metrics.items() if value.numel() == 1},
+        )
+        atomic_write_text(Path(log_dir) / COMPLETE_NAME, json.dumps(marker, indent=2, sort_keys=True) + "\n")
+
+
+class EvaluationWriter(Callback):
+    """`test`: predictions.jsonl and results.json / results.md in the run's folder; `predict`:
+    predictions.jsonl. Predictions stream one JSON line per example as the steps return them (nothing
+    is kept in memory); under DDP each rank writes its own share, `predictions.rank<N>.jsonl`."""
+
+    def __init__(self) -> None:
+        self._writer: PredictionWriter | None = None
+
+    def _open(self, trainer: L.Trainer) -> None:
+        log_dir = trainer.log_dir  # a collective under DDP: every rank asks
+        if log_dir is not None:
+            rank = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+            self._writer = PredictionWriter(Path(log_dir) / PREDICTIONS.replace(".jsonl", f"{rank}.jsonl"))
+
+    def _write(self, texts: list[str] | None, batch: dict) -> None:
+        if self._writer is not None and texts is not None:
+            self._writer.write(batch["task_names"], batch["instance_ids"], batch["inputs"], texts, batch["references"])
+
+    def _close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            rank_zero_info(f"wrote {writer.count} predictions to {writer.close()}")
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._open(trainer)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._write(outputs, batch)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """After the stage's epoch end has computed and logged the scores (`test/...`)."""
+        self._close()
+        log_dir = trainer.log_dir  # a collective under DDP: every rank asks, then rank 0 writes
+        scores = {key.removeprefix("test/"): float(value) for key, value in trainer.callback_metrics.items()
+                  if key.startswith("test/")}
+        if scores and trainer.is_global_zero and log_dir is not None and pl_module.eval_metrics is not None:
+            path = write_results(log_dir, scores, pl_module.eval_metrics.task_category, pl_module.results_meta(),
+                                 pl_module.results_markdown())
+            rank_zero_info(f"wrote {path} and {RESULTS_MD}: {trainer.ckpt_path} at step {pl_module.evaluated_step}")
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.predict_loop.return_predictions = False  # they are streamed to the file instead
+        self._open(trainer)
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._write(outputs, batch)
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._close()
+
+
+def artifact_callbacks() -> list[Callback]:
+    """Every artifact a run writes besides checkpoints and metrics.csv, in the order they must be written."""
+    return [FinalCheckpoint(), ExportArtifacts(), CompletionMarker(), EvaluationWriter()]

@@ -26,9 +26,9 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from tagi.errors import ConfigurationError
 from tagi.io import folder_lock, read_checkpoint
-from tagi.training.callbacks import StepProgressBar
+from tagi.training.callbacks import StepProgressBar, artifact_callbacks
 from tagi.training.preflight import (CKPT_ALIASES, EVAL_SUBCOMMANDS, check_config, check_fit_target, eval_checkpoint,
-                                     is_training_run, logger_dir)
+                                     fit_checkpoint, is_training_run, logger_dir)
 
 
 class ShortUsageParser(LightningArgumentParser):
@@ -65,6 +65,8 @@ class TAGICLI(LightningCLI):
         if self.subcommand in EVAL_SUBCOMMANDS:
             config.ckpt_path = eval_checkpoint(self.subcommand, config.as_dict())
             self._own_eval_folder(config)
+        if self.subcommand == "fit":
+            config.ckpt_path = fit_checkpoint(config.as_dict())  # `last` resolved: checked like any other file
         check_config(config.as_dict())
         if self.subcommand == "fit":
             check_fit_target(config.as_dict())
@@ -100,6 +102,9 @@ class TAGICLI(LightningCLI):
 
     def before_test(self) -> None:
         self._check_ckpt_path()
+        # Lightning creates the logger's folder before it sets the data up: bad data must fail first
+        self.datamodule.prepare_data()
+        self.datamodule.setup(self.subcommand)
 
     before_validate = before_predict = before_test
 
@@ -147,12 +152,13 @@ class TAGICLI(LightningCLI):
 
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
-        """With a progress bar on and none configured, the step-counting one below."""
+        """Every run writes its artifacts through `artifact_callbacks`; with a progress bar on and none
+        configured, the step-counting one."""
         configured = [*(config.get("callbacks") or []), *callbacks]
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured) \
                 and _RICH_AVAILABLE:
             callbacks = [*callbacks, StepProgressBar()]
-        return super()._instantiate_trainer(config, callbacks)
+        return super()._instantiate_trainer(config, [*callbacks, *artifact_callbacks()])
 
 
 class _NoAdvertising(logging.Filter):
@@ -171,14 +177,14 @@ def quiet_third_parties() -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read when DeepSpeed is first imported
 
 
-def run_cli(args: list[str] | None = None, run: bool = True) -> TAGICLI:
+def run_cli(args: list[str] | None = None, run: bool = True, cli_class: type[TAGICLI] = TAGICLI) -> TAGICLI:
     # `args` is how `main` and the pipeline pass argv; Lightning warns when sys.argv is also set.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     # The data modules save and restore their position themselves (tagi.data.sampler), so a
     # mid-epoch resume is exact; Lightning cannot see that and warns otherwise.
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
     quiet_third_parties()
-    return TAGICLI(
+    return cli_class(
         L.LightningModule,
         L.LightningDataModule,
         subclass_mode_model=True,

@@ -108,6 +108,9 @@ class FinetuneModule(HyperStage):
         if not self.teachers:
             raise ConfigurationError("model.init_args.teachers is not set but kl_weight/param_weight > 0 need the teacher bank")
         root = Path(self.teachers)
+        if not root.is_dir():
+            raise ConfigurationError(f"model.init_args.teachers: {root} is not a folder; point it at the teacher stage's "
+                                     "output_dir (one PEFT folder per cluster)")
         sites = self.model.site_names
         first = None
         A = B = None
@@ -115,8 +118,8 @@ class FinetuneModule(HyperStage):
             directory = root / cluster_slug(name)
             if not directory.is_dir():
                 raise ConfigurationError(f"teacher for cluster {name!r} not found: {directory} is missing (run the teacher stage)")
-            self._check_teacher(directory, read_meta(directory))
             try:
+                self._check_teacher(directory, read_meta(directory))
                 lora = load_adapter(directory, sites)
             except AdapterError as error:
                 raise ConfigurationError(f"teacher for cluster {name!r} cannot be used: {error}. Retrain the teachers "

@@ -59,13 +59,9 @@ class FullFinetuneModule(GenerativeStage):
     def option_logits(self, batch: dict, rows: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.backbone(**self._inputs(batch, rows), labels=labels).logits
 
-    def on_fit_end(self) -> None:
-        if self.output_dir is not None and self.trainer.is_global_zero:
-            self.save_backbone(self.output_dir)
-        super().on_fit_end()
-
-    def save_backbone(self, out_dir: Path) -> Path:
-        """A standard `from_pretrained` folder with its tokenizer (+ what made it), written aside and renamed."""
+    def export(self, out_dir: Path) -> Path:
+        """A standard `from_pretrained` folder with its tokenizer (+ what made it), written aside and renamed
+        (`ExportArtifacts` calls it when the fit ends)."""
         with atomic_directory(out_dir) as tmp:
             self.backbone.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)  # AutoTokenizer on the folder must give the vocabulary θ0 was trained on

@@ -49,10 +49,11 @@ class HyperStage(GenerativeStage):
     def results_markdown(self) -> str:
         return self.cost_tally.markdown() if self.cost_tally is not None and self.cost_tally.examples else ""
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        super().test_step(batch, batch_idx)
+    def test_step(self, batch: dict, batch_idx: int) -> list[str]:
+        texts = super().test_step(batch, batch_idx)
         if self.report_cost and "concat_input_ids" in batch:
             self._tally_cost(batch)
+        return texts
 
     def _tally_cost(self, batch: dict) -> None:
         """Per task in the batch: TAGI (instruction once + these inputs) vs the concatenated inputs."""
@@ -107,18 +108,12 @@ class HyperStage(GenerativeStage):
         self._clear_cache()
 
     def on_test_epoch_start(self) -> None:
-        super().on_test_epoch_start()
-        self._clear_cache()
+        self._clear_cache()  # kept after the epoch: results.json (written on test end) counts its runs
         self.cost_tally = None
 
     def on_predict_epoch_start(self) -> None:
-        super().on_predict_epoch_start()
         self._clear_cache()
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
-        self._clear_cache()
-
-    def on_test_epoch_end(self) -> None:
-        super().on_test_epoch_end()
         self._clear_cache()

@@ -212,9 +212,9 @@ def check_fit_target(config: dict) -> None:
         if trainer.get(key) == 0:
             raise ConfigurationError(f"trainer.{key}: 0 trains nothing (the stage would be marked finished with no "
                                      "checkpoint); give a positive number, or leave it unset")
-    if config.get("overwrite") or config.get("ckpt_path"):
-        return
     run = logger_dir(trainer)
+    if config.get("overwrite") or _continues(config.get("ckpt_path"), run):
+        return
     choose = "give another --trainer.logger.init_args.name, or --overwrite=true to replace it (nothing was written)"
     if run is not None and (run / COMPLETE_NAME).is_file():
         raise ConfigurationError(f"trainer.logger: {run} holds a finished run ({COMPLETE_NAME}); this fit would replace "
@@ -223,6 +223,26 @@ def check_fit_target(config: dict) -> None:
     if out and Path(out).is_dir() and any(Path(out).iterdir()):
         raise ConfigurationError(f"model.init_args.output_dir: {out} already holds an exported artifact that later "
                                  "stages read; give another output_dir, or --overwrite=true to replace it (nothing was written)")
+
+
+def _continues(ckpt_path: str | None, run: Path | None) -> bool:
+    """Does the fit resume this run folder's own checkpoint (and so may replace what the run wrote)?"""
+    if not ckpt_path or run is None:
+        return False
+    return Path(ckpt_path).resolve().is_relative_to(run.resolve())
+
+
+def fit_checkpoint(config: dict) -> str | None:
+    """The checkpoint a fit resumes from. `last` is the run folder's checkpoints/last.ckpt and must exist:
+    Lightning alone warns and trains from scratch, over the artifacts of the run it was asked to continue."""
+    path, run = config.get("ckpt_path"), logger_dir(config.get("trainer") or {})
+    if path != "last":
+        return path
+    last = run / "checkpoints" / "last.ckpt" if run is not None else None
+    if last is None or not last.exists():
+        raise InputError(f"--ckpt_path last: there is no {last or 'fixed logger folder to look in'} to resume; drop "
+                         "--ckpt_path to start the run, or give the checkpoint file to resume from (nothing was written)")
+    return str(last)
 
 
 def check_writable(option: str, path: str | None) -> None:

@@ -7,11 +7,9 @@ Subclasses implement `training_step` and `generate_texts(batch) -> list[str]`.
 
 from __future__ import annotations
 
-import json
 import logging
 from abc import abstractmethod
 from dataclasses import asdict
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -20,10 +18,8 @@ from torch import Tensor
 
 from tagi.data.tokenization import load_tokenizer
 from tagi.errors import NonFiniteLossError
-from tagi.io import atomic_write_text
 from tagi.eval.metrics import InstructionMetrics, results_table
 from tagi.eval.rank import RankAccuracy, rank_classify
-from tagi.eval.reports import COMPLETE_NAME, PREDICTIONS, RESULTS_MD, PredictionWriter, write_results
 from tagi.training.checkpoints import restore_rng_states, save_rng_states
 from tagi.training.config import Backbone, Generation, Optimization
 from tagi.training.optim import optimizer_and_schedule
@@ -43,7 +39,6 @@ class GenerativeStage(L.LightningModule):
         self.optimization = optimization
         self.generation = generation
         self.eval_metrics: InstructionMetrics | None = None
-        self._predictions: PredictionWriter | None = None  # open during test / predict epochs
         self.rank_accuracy = RankAccuracy()  # multiple-choice rows only (instances with "options")
         self._ranked = 0
 
@@ -116,15 +111,13 @@ class GenerativeStage(L.LightningModule):
     def generate_kwargs(self) -> dict:
         return dict(max_new_tokens=self.generation.max_new_tokens, num_beams=self.generation.num_beams, do_sample=False)
 
-    def _eval_step(self, batch: dict) -> None:
-        if self.eval_metrics is None and self._predictions is None:
-            return
+    def _eval_step(self, batch: dict) -> list[str]:
+        """Generate, and score where this run has tasks to score (`predict` has none)."""
         texts = self.generate_texts(batch)
         if self.eval_metrics is not None:
             self.eval_metrics.update(texts, batch["references"], batch["task_names"])
             self._rank_step(batch)
-        if self._predictions is not None:
-            self._predictions.write(batch["task_names"], batch["instance_ids"], batch["inputs"], texts, batch["references"])
+        return texts
 
     def _rank_step(self, batch: dict) -> None:
         """Rank classification for the rows that carry answer options (multiple-choice instances)."""
@@ -165,41 +158,20 @@ class GenerativeStage(L.LightningModule):
         return scores
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch)
+        if self.eval_metrics is not None:
+            self._eval_step(batch)
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
 
-    # -- test: scores + results.json/.md + predictions.jsonl; predict: predictions.jsonl only
-
-    def _open_predictions(self) -> None:
-        if self.trainer.log_dir is None:
-            return
-        rank = f".rank{self.global_rank}" if self.trainer.world_size > 1 else ""  # each rank writes its share
-        self._predictions = PredictionWriter(Path(self.trainer.log_dir) / PREDICTIONS.replace(".jsonl", f"{rank}.jsonl"))
-
-    def _close_predictions(self) -> Path | None:
-        writer, self._predictions = self._predictions, None
-        if writer is None:
-            return None
-        path = writer.close()
-        rank_zero_info(f"wrote {writer.count} predictions to {path}")
-        return path
-
-    def on_test_epoch_start(self) -> None:
-        self._open_predictions()
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch)
+    def test_step(self, batch: dict, batch_idx: int) -> list[str]:
+        return self._eval_step(batch)  # `EvaluationWriter` streams them to predictions.jsonl
 
     def on_test_epoch_end(self) -> None:
-        scores = self._eval_epoch_end("test")
-        self._close_predictions()
-        log_dir = self.trainer.log_dir  # a collective under DDP: every rank asks, then rank 0 writes
-        if scores and self.trainer.is_global_zero and log_dir is not None:
-            path = write_results(log_dir, scores, self.eval_metrics.task_category, self.results_meta(),
-                                 self.results_markdown())
-            rank_zero_info(f"wrote {path} and {RESULTS_MD}: {self.trainer.ckpt_path} at step {self.evaluated_step}")
+        self._eval_epoch_end("test")  # logged as test/...; `EvaluationWriter` writes results.json from them
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
+        return self.generate_texts(batch)
 
     def results_meta(self) -> dict:
         """What the results describe: the model and its provenance (extended by subclasses)."""
@@ -217,45 +189,6 @@ class GenerativeStage(L.LightningModule):
     def results_markdown(self) -> str:
         """Extra Markdown appended to results.md (subclasses: inference cost)."""
         return ""
-
-    def on_predict_epoch_start(self) -> None:
-        self._open_predictions()
-
-    def predict_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch)  # streamed to predictions.jsonl; nothing is kept in memory
-
-    def on_predict_epoch_end(self) -> None:
-        self._close_predictions()
-
-    # -- completion marker
-
-    def on_train_end(self) -> None:
-        """The run's `last.ckpt` holds its final state. Lightning skips the final "last" save once a periodic
-        one happened (max_steps 150, every_n_train_steps 100: last.ckpt stays at step 100), so save it here,
-        after the callbacks' own train-end hooks; private API of the pinned Lightning (ModelCheckpoint)."""
-        if self.trainer.interrupted:
-            return
-        for callback in self.trainer.checkpoint_callbacks:
-            if getattr(callback, "save_last", False) and callback._last_global_step_saved != self.global_step:
-                callback._save_last_checkpoint(self.trainer, callback._monitor_candidates(self.trainer))
-
-    def on_fit_end(self) -> None:
-        """Mark the run folder finished (the pipeline skips a stage whose marker exists). At fit end,
-        not train end: a resume from a checkpoint already at max_steps skips the train hooks."""
-        log_dir = self.trainer.log_dir  # a collective under DDP: every rank must ask
-        if not self.trainer.is_global_zero or log_dir is None:
-            return
-        checkpoint = self.trainer.checkpoint_callback
-        last = getattr(checkpoint, "last_model_path", "") or getattr(checkpoint, "best_model_path", "")
-        marker = dict(
-            stage=self.stage,
-            global_step=self.global_step,
-            last_checkpoint=last,
-            interrupted=self.trainer.interrupted,
-            metrics={key: float(value) for key, value in self.trainer.callback_metrics.items() if value.numel() == 1},
-        )
-        if not self.trainer.interrupted:
-            atomic_write_text(Path(log_dir) / COMPLETE_NAME, json.dumps(marker, indent=2, sort_keys=True) + "\n")
 
     # -- optimisation
 

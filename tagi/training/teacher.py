@@ -91,13 +91,8 @@ class TeacherModule(GenerativeStage):
         if scores and not self.trainer.sanity_checking:
             self.last_scores = scores
 
-    def on_fit_end(self) -> None:
-        if self.trainer.is_global_zero:
-            self.save_teachers()
-        super().on_fit_end()
-
-    def save_teachers(self) -> list[Path]:
-        """One PEFT directory per cluster that has training tasks."""
+    def export(self, out_dir: Path) -> list[Path]:
+        """One PEFT directory per cluster that has training tasks (`ExportArtifacts` calls it when the fit ends)."""
         written = []
         bank = self.bank()
         for name, tasks in sorted(self.cluster_tasks.items()):
@@ -114,8 +109,8 @@ class TeacherModule(GenerativeStage):
                 validation={key: value for key, value in self.last_scores.items() if key.endswith(f"/category/{name}") or "/" not in key},
             )
             one = bank.select(torch.tensor([index], device=self.lora_A.device))
-            written.append(save_adapter(self.output_dir / cluster_slug(name), one, self.site_names, self.lora_alpha, self.backbone_spec.name, meta))
-        log.info("wrote %d teacher adapters to %s", len(written), self.output_dir)
+            written.append(save_adapter(out_dir / cluster_slug(name), one, self.site_names, self.lora_alpha, self.backbone_spec.name, meta))
+        log.info("wrote %d teacher adapters to %s", len(written), out_dir)
         return written
 
     def describe(self) -> dict:

@@ -1,0 +1,73 @@
+"""Every shipped config parses: each setting's pipeline YAML, every stage config it names (with the
+parts applied before it), and every baseline, through the same parsers `tagi` uses, without building
+any model. A misspelt key, a wrong type or a class path that moved fails here, not in a user's run."""
+
+from pathlib import Path
+
+import pytest
+from jsonargparse import ArgumentParser, ActionConfigFile
+
+from tagi.pipeline import STAGES, _relative_to, run_pipeline
+from tagi.training.cli import TAGICLI, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+SETTINGS = sorted(path.parent.name for path in CONFIGS.glob("*/pipeline.yaml"))
+
+
+class ParseOnly(TAGICLI):
+    """The CLI's parser and links; nothing is checked against the disk or built."""
+
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        pass
+
+
+def pipeline_stages(setting: str) -> dict[str, list[str]]:
+    parser = ArgumentParser()
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_function_arguments(run_pipeline)
+    options = parser.parse_args(["--config", str(CONFIGS / setting / "pipeline.yaml")]).as_dict()
+    stages = {stage: _relative_to(CONFIGS / setting, options[stage]) for stage in STAGES if options.get(stage)}
+    return {stage: [config] if isinstance(config, str) else config for stage, config in stages.items()}
+
+
+def shipped_stage_configs() -> list[tuple[str, list[str]]]:
+    """(name, config files in order) for every stage of every pipeline and every baseline."""
+    cases = []
+    for setting in SETTINGS:
+        stages = pipeline_stages(setting)
+        cases += [(f"{setting}/{stage}", files) for stage, files in stages.items()]
+        parts = stages["finetune"][:-1]  # what the setting applies before a stage config (its trainer part)
+        cases += [(f"{setting}/baselines/{path.stem}", [*parts, str(path)])
+                  for path in sorted((CONFIGS / setting / "baselines").glob("*.yaml"))]
+    return cases
+
+
+CASES = shipped_stage_configs()
+
+
+@pytest.mark.parametrize("files", [files for _, files in CASES], ids=[name for name, _ in CASES])
+def test_every_stage_config_parses(files):
+    config = run_cli(["fit"] + [arg for path in files for arg in ("--config", path)], cli_class=ParseOnly).config["fit"]
+    model, data = config.model, config.data
+    assert model.class_path.startswith("tagi.training.") and data.class_path.startswith("tagi.data.modules.")
+    assert model.init_args.tokenizer == data.init_args.tokenizer  # linked: set once, in data
+
+
+def test_every_yaml_under_configs_is_parsed_or_referenced():
+    parsed = {Path(path).resolve() for _, files in CASES for path in files}
+    parsed |= {(CONFIGS / setting / "pipeline.yaml").resolve() for setting in SETTINGS}
+    referenced = set()
+    for path in parsed:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            value = line.split("#")[0].split(":", 1)[-1].strip()
+            if value.startswith("parts/") and value.endswith(".yaml"):
+                referenced.add((path.parent / value).resolve())
+    shipped = {path.resolve() for path in CONFIGS.rglob("*.yaml")}
+    assert shipped - parsed - referenced == set()

@@ -1,0 +1,95 @@
+"""The dependency rules of docs/ARCHITECTURE.md, checked on the code itself."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "tagi"
+LIGHTNING_FREE = ["tagi.modeling", "tagi.eval", "tagi.inference", "tagi.io", "tagi.errors"]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imported_tagi_modules(path: Path) -> set[str]:
+    """Every tagi module `path` imports, at the top or inside a function (a late import is still a dependency)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against this module's package
+                package = module_name(path).split(".")
+                package = package if path.name == "__init__.py" else package[:-1]
+                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+            names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found |= {name for name in names if name in MODULES}
+    return found
+
+
+GRAPH = {name: imported_tagi_modules(path) for name, path in MODULES.items()}
+
+
+@pytest.mark.parametrize("package", LIGHTNING_FREE)
+def test_method_eval_and_inference_never_load_lightning(package):
+    members = [name for name in MODULES if name == package or name.startswith(package + ".")]
+    code = ("import importlib, sys\n"
+            f"for name in {members!r}: importlib.import_module(name)\n"
+            "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning'))\n"
+            "assert not loaded, loaded[:5]\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_data_imports_lightning_only_in_its_data_modules():
+    lightning_users = {name for name, path in MODULES.items() if name.startswith("tagi.data")
+                       and "lightning" in path.read_text(encoding="utf-8")}
+    assert lightning_users == {"tagi.data.modules"}
+
+
+def test_no_import_cycle():
+    """Depth-first search over the import graph; a back edge is a cycle (printed as the path)."""
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = "open"
+        for child in sorted(GRAPH[name]):
+            if child == name or child.startswith(name + "."):
+                continue  # a package importing its own submodules (its __init__) is not a cycle
+            assert state.get(child) != "open", " → ".join([*path, name, child])
+            if child not in state:
+                visit(child, [*path, name])
+        state[name] = "done"
+
+    for name in GRAPH:
+        if name not in state:
+            visit(name, [])
+
+
+def test_only_the_command_line_imports_training():
+    allowed = {"tagi.cli", "tagi.pipeline"}
+    outside = {name: sorted(d for d in deps if d.startswith("tagi.training")) for name, deps in GRAPH.items()
+               if not name.startswith("tagi.training") and name not in allowed}
+    assert not {name: deps for name, deps in outside.items() if deps}
+
+
+def test_no_artifact_is_written_from_a_stage_hook():
+    """The stages compute; the callbacks in training/callbacks.py write results, predictions and the
+    completion marker, and call a stage's `export` (θ0, teachers) when its fit has ended."""
+    for stage in ("stage", "hyper", "full", "teacher", "pretrain", "finetune"):
+        source = (PACKAGE / "training" / f"{stage}.py").read_text(encoding="utf-8")
+        hooks = [hook for hook in ("on_fit_end", "on_train_end", "on_test_end", "on_predict_end") if f"def {hook}" in source]
+        writers = [name for name in ("write_results", "PredictionWriter", "COMPLETE_NAME", "atomic_write_text") if name in source]
+        assert not hooks and not writers, f"training/{stage}.py: {hooks} {writers}"
