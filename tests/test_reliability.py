@@ -132,7 +132,7 @@ def test_a_killed_adapter_write_leaves_no_partial_artifact(tmp_path):
     save_adapter(target, lora, sites, 8.0, "tiny")
     script = f"""
 import os, signal, torch, safetensors.torch as st
-from tagi import adapters
+from tagi.modeling import adapters
 real = st.save_file
 def dying_save(tensors, path, *args, **kwargs):
     with open(path, "wb") as handle:
@@ -418,7 +418,7 @@ def test_an_evaluation_with_bad_data_writes_no_folder(workdir, stages, capsys):
 def test_pipeline_inputs_are_checked_before_any_stage_trains(workdir, capsys):
     pipeline = ["pipeline", "--config", str(Path(config("pipeline")))]
     run_fails_cleanly([*pipeline, "--run=/tmp/elsewhere"], capsys, "run: '/tmp/elsewhere' is not a run name")
-    run_fails_cleanly([*pipeline, "--finetune=finetun.yaml"], capsys, "finetune: finetun.yaml is not a file")
+    run_fails_cleanly([*pipeline, "--finetune=finetun.yaml"], capsys, "finetune: ", "configs/demo/finetun.yaml is not a file")
 
 
 @pytest.mark.parametrize("option, message", [
