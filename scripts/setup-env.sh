@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install the pinned dependencies when they are missing or the pins changed.
 # torch goes first and pinned: an unpinned torch pulled in by another package would fetch GBs of
-# CUDA wheels (DESIGN §4).
+# CUDA wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stamp=.venv/.installed

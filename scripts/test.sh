@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test suite: sets up .venv if needed, then runs the fast CPU tests (slow ones: -m slow).
+# The test suite: sets up .venv if needed, then runs every test on CPU (CI runs exactly this).
+# Extra arguments go to pytest: `bash scripts/test.sh -m "not e2e"` skips the end-to-end CLI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-env.sh

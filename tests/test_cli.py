@@ -25,6 +25,8 @@ from tagi.pipeline import main as pipeline_main
 from tagi.inference.student import Student
 from transformers import AutoTokenizer, T5ForConditionalGeneration
 
+pytestmark = pytest.mark.e2e  # whole stages through the CLI; `-m "not e2e"` skips them
+
 
 
 def test_help_lists_every_command_without_importing_torch():

@@ -17,6 +17,8 @@ from transformers import T5ForConditionalGeneration
 
 from helpers import ROOT, TINY, chdir_scratch, config
 
+pytestmark = pytest.mark.e2e  # whole stages through the CLI; `-m "not e2e"` skips them
+
 STEPS = 6
 COMMON = [TINY, f"--trainer.max_steps={STEPS}", f"--trainer.val_check_interval={STEPS}", "--trainer.log_every_n_steps=1",
           "--trainer.enable_progress_bar=false", "--data.init_args.batch_size=4",
@@ -75,9 +77,10 @@ def test_stage_runs_data_parallel_on_two_cpu_processes(workdir, stage):
     run(stage, "single")  # finetune: on the same DDP-written teachers and stage-2 checkpoint
     single = train_losses("single", stage)
     assert len(ddp) == len(single) == STEPS and all(torch.isfinite(torch.tensor(ddp)))
-    # Same initial weights; rank 0's first batch is the single run's first batch (the C4 stream shards
-    # by document instead), so the curves start together.
-    assert abs(ddp[0] - single[0]) <= 0.1 * abs(single[0])
+    # Same initial weights, and rank 0's first batch is the single run's first batch, so the first losses
+    # agree to float rounding; the C4 stream (pretrain) shards by document instead, so only roughly there.
+    tolerance = 0.1 if stage == "pretrain" else 1e-4
+    assert abs(ddp[0] - single[0]) <= tolerance * abs(single[0])
 
 
 def test_deepspeed_zero2_bf16_config_parses_and_builds_a_trainer(workdir, monkeypatch):

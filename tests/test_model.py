@@ -70,8 +70,13 @@ def test_fusion_and_fid_change_the_output_once_trained(instructions, inputs):
     with torch.no_grad():
         task = model.encode_task(*instructions)
         states, states_mask = model.encode_inputs(task.select(torch.tensor([0, 0, 1, 1])), ids, mask)
+        plain, _ = model.encode_inputs(task.select(torch.tensor([0, 0, 1, 1])), ids, mask, lora_only=True)
+        fused = model(task, ids, mask, decoder_input_ids=dec, task_index=torch.tensor([0, 0, 1, 1])).logits
+        unfused = model(task, ids, mask, decoder_input_ids=dec, task_index=torch.tensor([0, 0, 1, 1]), lora_only=True).logits
     assert states.shape[1] == instructions[0].shape[1] + ids.shape[1]  # [I ; F]
     assert torch.equal(states_mask[:, : instructions[0].shape[1]], instructions[1][[0, 0, 1, 1]])
+    assert (states[:, instructions[0].shape[1]:] - plain).abs().max() > 1e-3  # fusion moved the input states
+    assert (fused - unfused).abs().max() > 1e-3  # and fusion + FiD move the logits
 
 
 def test_fused_mixed_task_batch_matches_each_row_alone(instructions, inputs):

@@ -1,6 +1,6 @@
 """The hypernetwork: an encoded instruction → LoRA factors for every q/v site of the backbone.
 
-One generator serves every site (DESIGN §1): what tells the sites apart is a learned embedding of
+One generator serves every site (docs/ARCHITECTURE.md, "The method"): what tells the sites apart is a learned embedding of
 (stack, layer, q/v), not separate weights, so its size does not grow with the number of layers.
 
     I (N, L, d), mask ─► context per backbone layer      c (N, T, P)      T = encoder + decoder blocks

@@ -7,7 +7,7 @@ It reads `FinetuneDataModule` batches (they carry both forms) and validates by g
 validation tasks like every other stage. With `output_dir` set, the trained backbone is written
 there with `save_pretrained` at the end of training, so later stages can load it by path as their
 `backbone.name`: the offline settings have no pretrained T5 to download, and this is how they get
-a θ0 that has learnt to read instructions at all (DESIGN §1 assumes a pretrained backbone).
+a θ0 that has learnt to read instructions at all (the method assumes a pretrained backbone; docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
