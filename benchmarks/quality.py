@@ -195,13 +195,13 @@ class Chain:
         return [*self.seed_args(), f"--model.init_args.backbone.name={self.ensure_theta0()}"]
 
     def ensure_theta0(self) -> Path:
-        has_stage0 = (ROOT / "configs" / self.setting / "backbone.yaml").is_file()
+        has_stage0 = (ROOT / "configs" / self.setting / "theta0.yaml").is_file()
         if self.shared_theta0 or not has_stage0:
             return self.theta0
-        if (self.folder / "backbone" / "complete.json").is_file():
-            self.ledger.add(str(self.folder / "backbone"), None)  # reused: its seconds still count
+        if (self.folder / "theta0" / "complete.json").is_file():
+            self.ledger.add(str(self.folder / "theta0"), None)  # reused: its seconds still count
             return self.theta0
-        self.ledger.fit(self.folder, "backbone", self.config("backbone.yaml"),
+        self.ledger.fit(self.folder, "theta0", self.config("theta0.yaml"),
                         [*self.seed_args(), f"--model.init_args.backbone.seed={self.seed}",
                          f"--model.init_args.output_dir={self.theta0}"])
         return self.theta0
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--controls", nargs="*", default=list(CONTROL_ROWS), choices=list(CONTROL_ROWS),
                         help="instruction controls to test every instruction-reading variant with (NI/SNI: no paraphrase)")
     parser.add_argument("--share-theta0", action="store_true",
-                        help="reuse the pipeline's θ0 (checkpoints/<setting>/theta0) instead of training one per seed")
+                        help="reuse the pipeline's θ0 (checkpoints/<setting>/theta0/model) instead of training one per seed")
     parser.add_argument("--runs-dir", default="runs/quality")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
     args = parser.parse_args(argv)

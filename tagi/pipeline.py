@@ -1,4 +1,4 @@
-"""`python -m tagi pipeline --config configs/<setting>/pipeline.yaml`: [backbone →] teacher → pretrain → finetune → test.
+"""`python -m tagi pipeline --config configs/<setting>/pipeline.yaml`: [theta0 →] teacher → pretrain → finetune → test.
 
 Each stage is the same `fit` a user would run by hand, with the previous stages' artifacts passed
 in as overrides; a stage whose run folder holds a completion marker is skipped, and one that was
@@ -28,8 +28,8 @@ from tagi.eval.reports import COMPLETE_NAME
 
 log = logging.getLogger(__name__)
 
-STAGES = ("backbone", "teacher", "pretrain", "finetune")
-THETA0 = "theta0"  # where stage 0 writes the backbone, under the run's checkpoint folder
+STAGES = ("theta0", "teacher", "pretrain", "finetune")
+THETA0 = Path("theta0") / "model"  # where stage 0 writes θ0 (from_pretrained), inside its run folder
 CONTROL_ROWS = {"paraphrase": "student, paraphrased instruction", "other_task": "student, another task's instruction",
                 "empty": "student, empty instruction", "random": "student, random instruction"}
 HEADLINE = "exact_match"  # a model that copies its input cannot score it on the demo suite (ROUGE-L it can)
@@ -114,27 +114,27 @@ def run_pipeline(
     adapter_check: bool = True,
     results_json: str | None = None,
     force: bool = False,
-    backbone: StageConfig | None = None,
+    theta0: StageConfig | None = None,
     overrides: list[str] | None = None,
 ) -> dict:
     """Run the stages and the tests on the test tasks; return (and print) the scores.
 
-    `backbone`: the config of an optional stage 0 that trains θ0 in full and saves it to
-    <checkpoints_dir>/<run>/theta0, which every later stage then loads (offline settings only:
+    `theta0`: the config of an optional stage 0 that trains θ0 in full and saves it to
+    <checkpoints_dir>/<run>/theta0/model, which every later stage then loads (offline settings only:
     there is no pretrained T5 to download); θ0 is then tested too (instruction concatenated).
     `controls`: instruction controls the student is also tested with (`tagi.data.controls`).
     `overrides`: command-line arguments given to every stage, e.g. ["--trainer.max_steps=10"];
     the links between stages are applied after them.
     """
-    check_inputs(run, {"backbone": backbone, "teacher": teacher, "pretrain": pretrain, "finetune": finetune})
+    check_inputs(run, {"theta0": theta0, "teacher": teacher, "pretrain": pretrain, "finetune": finetune})
     start = time.perf_counter()
     run_dir, teacher_out = Path(checkpoints_dir) / run, Path(teachers_dir) / run
     stages, shared = {}, list(overrides or [])
-    if backbone is not None:
-        theta0 = run_dir / THETA0
-        stages["backbone"] = fit_stage("backbone", backbone, run_dir, [*shared, f"--model.init_args.output_dir={theta0}"], force)
+    if theta0 is not None:
+        model = run_dir / THETA0
+        stages["theta0"] = fit_stage("theta0", theta0, run_dir, [*shared, f"--model.init_args.output_dir={model}"], force)
         theta0_args = list(shared)
-        shared.append(f"--model.init_args.backbone.name={theta0}")
+        shared.append(f"--model.init_args.backbone.name={model}")
     stages["teacher"] = fit_stage("teacher", teacher, run_dir, [*shared, f"--model.init_args.output_dir={teacher_out}"], force)
     stages["pretrain"] = fit_stage("pretrain", pretrain, run_dir, shared, force)
     links = [*shared, f"--model.init_args.init_from={stages['pretrain']['last_checkpoint']}", f"--model.init_args.teachers={teacher_out}"]
@@ -145,8 +145,8 @@ def run_pipeline(
         scores[CONTROL_ROWS[control]] = score_checkpoint(finetune, run_dir, student, [*links, *control_args(control)], f"test-{control}")
     if adapter_check:
         scores["backbone + exported adapter only"] = score_checkpoint(finetune, run_dir, student, [*links, "--model.init_args.adapter_only=true"], "test-adapter-only")
-    if backbone is not None:
-        scores["θ0, instruction concatenated (stage 0)"] = score_checkpoint(backbone, run_dir, stages["backbone"]["last_checkpoint"], theta0_args, "test-theta0")
+    if theta0 is not None:
+        scores["θ0, instruction concatenated (stage 0)"] = score_checkpoint(theta0, run_dir, stages["theta0"]["last_checkpoint"], theta0_args, "test-theta0")
     summary = dict(run=run, stages=stages, scores=scores, seconds=round(time.perf_counter() - start, 1))
     summary = _keep_earlier(run_dir / "pipeline.json", summary)
     atomic_write_text(run_dir / "pipeline.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")

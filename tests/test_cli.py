@@ -142,12 +142,12 @@ def test_print_config_and_misspelt_key(workdir, capsys):
     assert "lora_rnk" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_backbone_stage_writes_a_from_pretrained_folder(workdir):
-    fit("backbone", "--model.init_args.output_dir=theta0")
+def test_theta0_stage_writes_a_from_pretrained_folder(workdir):
+    fit("theta0", "--model.init_args.output_dir=theta0")
     theta0 = T5ForConditionalGeneration.from_pretrained(workdir / "theta0")
     assert theta0.config.d_model == 32 and theta0.config.vocab_size == len(load_tokenizer("synthetic"))
     meta = json.loads((workdir / "theta0/tagi_backbone.json").read_text())
-    assert meta["stage"] == "full" and meta["input"] == "concat" and meta["global_step"] == 4
+    assert meta["stage"] == "theta0" and meta["input"] == "concat" and meta["global_step"] == 4
     assert json.loads((workdir / "checkpoints/demo/backbone/complete.json").read_text())["global_step"] == 4
 
 
@@ -156,7 +156,7 @@ def test_pipeline_runs_every_stage_skips_finished_ones_and_resumes_a_killed_one(
     overrides = [TINY, *FAST]
     config = str(ROOT / "configs/demo/pipeline.yaml")
     summary = pipeline_main(["--config", config, "--run=t", f"--overrides={json.dumps(overrides)}"])
-    assert set(summary["stages"]) == {"backbone", "teacher", "pretrain", "finetune"}
+    assert set(summary["stages"]) == {"theta0", "teacher", "pretrain", "finetune"}
     assert list(summary["scores"]) == ["student (TAGI)", "student, paraphrased instruction", "student, another task's instruction",
                                        "student, empty instruction", "student, random instruction",
                                        "backbone + exported adapter only", "θ0, instruction concatenated (stage 0)"]
@@ -170,11 +170,11 @@ def test_pipeline_runs_every_stage_skips_finished_ones_and_resumes_a_killed_one(
     assert written["split"] == "test" and written["metric"] == "exact_match" and len(written["commit"]) >= 7
     assert written["rows"] == {name: {"exact_match": round(s["exact_match"], 2), "rougeL": round(s["rougeL"], 2)}
                                for name, s in summary["scores"].items()}
-    assert (tmp_path / "checkpoints/t/theta0/config.json").is_file() and (tmp_path / "teachers/t/case").is_dir()
-    saved = AutoTokenizer.from_pretrained(str(tmp_path / "checkpoints/t/theta0"))  # plain transformers, θ0's vocabulary
+    assert (tmp_path / "checkpoints/t/theta0/model/config.json").is_file() and (tmp_path / "teachers/t/case").is_dir()
+    saved = AutoTokenizer.from_pretrained(str(tmp_path / "checkpoints/t/theta0/model"))  # plain transformers, θ0's vocabulary
     assert saved("cow ape").input_ids == load_tokenizer("synthetic")("cow ape").input_ids
     teacher = json.loads((tmp_path / "teachers/t/case/meta.json").read_text())
-    assert teacher["backbone"]["name"] == "checkpoints/t/theta0"  # every stage adapted the stage-0 backbone
+    assert teacher["backbone"]["name"] == "checkpoints/t/theta0/model"  # every stage adapted the stage-0 backbone
     assert json.loads((tmp_path / "checkpoints/t/pipeline.json").read_text())["scores"] == summary["scores"]
 
     again = pipeline_main(["--config", config, "--run=t", f"--overrides={json.dumps(overrides)}"])

@@ -25,7 +25,7 @@ COMMON = [TINY, f"--trainer.max_steps={STEPS}", f"--trainer.val_check_interval={
           "--data.init_args.max_test_instances_per_task=2"]
 HELD_OUT = 10 * 2  # held-out tasks × max_test_instances_per_task: what all but the teacher stage validate on
 STAGE_ARGS = {
-    "backbone": ["--model.init_args.output_dir=theta0-{mode}"],
+    "theta0": ["--model.init_args.output_dir=theta0-{mode}"],
     "teacher": ["--model.init_args.output_dir=teachers-{mode}", "--data.init_args.val_instances_per_task=1"],
     "pretrain": ["--model.init_args.architecture.generator=hart"],
     "finetune": ["--model.init_args.init_from=ddp/pretrain/checkpoints/last.ckpt", "--model.init_args.teachers=teachers-ddp",
@@ -56,19 +56,19 @@ def train_losses(mode: str, stage: str) -> list[float]:
     return [float(row[key]) for row in rows if row.get(key)]
 
 
-@pytest.mark.parametrize("stage", ["backbone", "teacher", "pretrain", "finetune"])
+@pytest.mark.parametrize("stage", ["theta0", "teacher", "pretrain", "finetune"])
 def test_stage_runs_data_parallel_on_two_cpu_processes(workdir, stage):
     marker = run(stage, "ddp")
     assert marker["global_step"] == STEPS
     checkpoint = torch.load(marker["last_checkpoint"], weights_only=False)
-    assert checkpoint["tagi"]["stage"] == ("full" if stage == "backbone" else stage) and checkpoint["state_dict"]
+    assert checkpoint["tagi"]["stage"] == stage and checkpoint["state_dict"]
 
     if stage != "teacher":  # held-out validation: every example once, synced across ranks
         assert marker["metrics"]["val/count"] == HELD_OUT
     if stage == "teacher":  # rank 0 wrote each cluster's adapter once, atomically
         assert sorted(path.name for path in Path("teachers-ddp").iterdir()) == [
             "case", "counting", "deletion", "filtering", "selection", "spelling", "word-order"]  # the categories with train tasks
-    if stage == "backbone":
+    if stage == "theta0":
         assert T5ForConditionalGeneration.from_pretrained("theta0-ddp").config.d_model == 32
     if stage == "finetune":  # the HART/teacher state lives on every rank; the checkpoint has it once
         assert "consistency_mean" in checkpoint["state_dict"]

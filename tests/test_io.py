@@ -42,3 +42,9 @@ def test_artifacts_get_the_users_umask(tmp_path):
     assert (tmp_path / "adapter").stat().st_mode & 0o777 == 0o755
 
 
+
+
+def test_stage_zero_checkpoints_from_before_its_rename_are_read_as_theta0():
+    from tagi.training.checkpoints import recorded_stage
+
+    assert recorded_stage({"stage": "full"}) == "theta0" and recorded_stage({"stage": "finetune"}) == "finetune"

@@ -88,7 +88,7 @@ def test_only_the_command_line_imports_training():
 def test_no_artifact_is_written_from_a_stage_hook():
     """The stages compute; the callbacks in training/callbacks.py write results, predictions and the
     completion marker, and call a stage's `export` (θ0, teachers) when its fit has ended."""
-    for stage in ("stage", "hyper", "full", "teacher", "pretrain", "finetune"):
+    for stage in ("stage", "hyper", "theta0", "teacher", "pretrain", "finetune"):
         source = (PACKAGE / "training" / f"{stage}.py").read_text(encoding="utf-8")
         hooks = [hook for hook in ("on_fit_end", "on_train_end", "on_test_end", "on_predict_end") if f"def {hook}" in source]
         writers = [name for name in ("write_results", "PredictionWriter", "COMPLETE_NAME", "atomic_write_text") if name in source]

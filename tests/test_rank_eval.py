@@ -35,11 +35,11 @@ def test_test_reports_rank_accuracy_for_instances_with_options(tmp_path, monkeyp
     suite = write_suite(tmp_path / "suite", num_instances=6)
     assert with_options(suite) == 6
     assert read_task(next((suite / "tasks").glob("*pick_second*.json"))).instances[0].options
-    run_cli(["fit", "--config", str(ROOT / "configs/demo/backbone.yaml"), TINY, f"--data.init_args.data_dir={suite}",
+    run_cli(["fit", "--config", str(ROOT / "configs/demo/theta0.yaml"), TINY, f"--data.init_args.data_dir={suite}",
              "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1",
              "--trainer.enable_progress_bar=false", "--data.init_args.batch_size=4", "--model.init_args.output_dir=theta0"])
     checkpoint = tmp_path / "checkpoints/demo/backbone/checkpoints/last.ckpt"
-    run_cli(["test", "--config", str(ROOT / "configs/demo/backbone.yaml"), TINY, f"--data.init_args.data_dir={suite}",
+    run_cli(["test", "--config", str(ROOT / "configs/demo/theta0.yaml"), TINY, f"--data.init_args.data_dir={suite}",
              "--trainer.enable_progress_bar=false", "--trainer.logger.init_args.name=report", f"--ckpt_path={checkpoint}"])
     overall = json.loads((tmp_path / "checkpoints/demo/report/results.json").read_text())["overall"]
     assert overall["rank_count"] == 6 and overall["rank_accuracy"] == 50.0

@@ -277,7 +277,7 @@ def test_a_task_file_that_is_not_utf8(tmp_path, capsys, monkeypatch):
     suite = write_suite(tmp_path / "suite", num_instances=4)
     task = sorted((suite / "tasks").glob("*.json"))[0]
     task.write_bytes(task.read_bytes().replace(b"Definition", b"D\xe9finition", 1))  # latin-1, not UTF-8
-    run_fails_cleanly(["fit", "--config", config("backbone"), TINY, *FAST, f"--data.init_args.data_dir={suite}",
+    run_fails_cleanly(["fit", "--config", config("theta0"), TINY, *FAST, f"--data.init_args.data_dir={suite}",
                        "--model.init_args.output_dir=theta0"], capsys, f"{task.name}: field '<file>': not UTF-8 text")
 
 

@@ -14,6 +14,15 @@ from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from tagi.io import read_checkpoint, weights_digest
 
 
+STAGE_RENAMED = {"full": "theta0"}  # stage 0's record in checkpoints written before it had one name
+
+
+def recorded_stage(record: dict) -> str | None:
+    """The stage a checkpoint's `tagi` record names, under today's name."""
+    stage = record.get("stage")
+    return STAGE_RENAMED.get(stage, stage)
+
+
 def backbone_record(spec: dict) -> dict:
     """What a checkpoint, teacher or adapter records of its backbone: the spec, and for a local folder the
     digest of its weights (`tagi.io.weights_digest`), so a θ0 retrained in place is noticed."""

@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from tagi.errors import ConfigurationError
 from tagi.io import folder_lock, read_checkpoint
 from tagi.training.callbacks import StepProgressBar, artifact_callbacks
+from tagi.training.checkpoints import recorded_stage
 from tagi.training.preflight import (CKPT_ALIASES, EVAL_SUBCOMMANDS, check_config, check_fit_target, eval_checkpoint,
                                      fit_checkpoint, is_training_run, logger_dir)
 
@@ -115,7 +116,7 @@ class TAGICLI(LightningCLI):
             return  # aliases resolve later; a folder is a DeepSpeed checkpoint, which DeepSpeed itself resumes
         saved = read_checkpoint(path, "--ckpt_path", mmap=True).get("tagi") or {}
         stage = self.model.describe()["stage"]
-        if saved.get("stage") != stage or not self.model.backbone_spec.matches(saved.get("backbone")):
+        if recorded_stage(saved) != stage or not self.model.backbone_spec.matches(saved.get("backbone")):
             raise ConfigurationError(
                 f"--ckpt_path {path}: it was written by the {saved.get('stage')!r} stage on backbone "
                 f"{saved.get('backbone')}, but this config is the {stage!r} stage on {self.model.describe()['backbone']}. "

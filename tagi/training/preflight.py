@@ -105,7 +105,7 @@ def check_backbone(name: str | None) -> None:
     if Path(name).exists() or not HUB_ID.match(name) or name.startswith((".", "/", "~")) or _offline_and_uncached(name):
         raise InputError(
             f"model.init_args.backbone.name: {name} is not a folder with a saved T5 (config.json + weights). "
-            "Give the folder stage 0 wrote (checkpoints/<run>/theta0; run the pipeline's backbone stage first), "
+            "Give the folder stage 0 wrote (checkpoints/<run>/theta0/model; run the pipeline's theta0 stage first), "
             "a Hugging Face hub id such as google/t5-base-lm-adapt (with HF_HUB_OFFLINE set, one already in the local "
             "cache), or `tiny`.")
 

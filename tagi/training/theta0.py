@@ -1,4 +1,5 @@
-"""Full finetuning of the backbone, no hypernetwork: the baselines, and the demo's θ0 warm-up.
+"""Stage 0, θ0: the backbone itself trained in full, no hypernetwork; also the baselines that finetune
+θ0 in full (instruction concatenated, or the input alone).
 
     input: concat   the instruction concatenated with every input (Tk-Instruct)
     input: plain    the input alone (the no-instruction baseline)
@@ -26,8 +27,8 @@ from tagi.training.stage import GenerativeStage
 log = logging.getLogger(__name__)
 
 
-class FullFinetuneModule(GenerativeStage):
-    stage = "full"
+class Theta0Module(GenerativeStage):
+    stage = "theta0"
 
     def __init__(
         self,
