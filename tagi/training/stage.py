@@ -27,7 +27,6 @@ from tagi.training.optim import optimizer_and_schedule
 log = logging.getLogger(__name__)
 
 
-
 class GenerativeStage(L.LightningModule):
     """Base LightningModule: optimizer + validation/test by generation (validation tasks while fitting, test tasks in `test`)."""
 
