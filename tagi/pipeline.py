@@ -21,10 +21,10 @@ from typing import Literal
 from jsonargparse import ArgumentParser, ActionConfigFile
 
 from tagi.errors import InputError
-from tagi.training.cli import run_cli
-from tagi.io import atomic_write_text
-from tagi.eval.results import git_commit, render_block
 from tagi.eval.reports import COMPLETE_NAME
+from tagi.eval.results import git_commit, render_block
+from tagi.io import atomic_write_text
+from tagi.training.cli import run_cli
 
 log = logging.getLogger(__name__)
 
