@@ -194,10 +194,7 @@ def eval_checkpoint(subcommand: str, config: dict) -> str:
         raise ConfigurationError(f"--ckpt_path: `{subcommand}` needs the checkpoint to evaluate (without one it would "
                                  f"score a model that was never trained); give e.g. --ckpt_path {example}")
     if path == "last":
-        if run is None or not Path(example).is_file():
-            raise InputError(f"--ckpt_path last: there is no {example if run else 'fixed logger folder to look in'}; "
-                             "give the checkpoint file to evaluate (e.g. the training run's checkpoints/last.ckpt)")
-        return str(example)
+        return last_checkpoint(run, "give the checkpoint file to evaluate (e.g. the training run's checkpoints/last.ckpt)")
     if path in CKPT_ALIASES:
         raise ConfigurationError(f"--ckpt_path {path}: `{subcommand}` resolves only `last`; give the checkpoint file")
     return str(path)
@@ -235,13 +232,19 @@ def _continues(ckpt_path: str | None, run: Path | None) -> bool:
 def fit_checkpoint(config: dict) -> str | None:
     """The checkpoint a fit resumes from. `last` is the run folder's checkpoints/last.ckpt and must exist:
     Lightning alone warns and trains from scratch, over the artifacts of the run it was asked to continue."""
-    path, run = config.get("ckpt_path"), logger_dir(config.get("trainer") or {})
+    path = config.get("ckpt_path")
     if path != "last":
         return path
+    return last_checkpoint(logger_dir(config.get("trainer") or {}), "drop --ckpt_path to start the run, or give the "
+                           "checkpoint file to resume from (nothing was written)")
+
+
+def last_checkpoint(run: Path | None, fix: str) -> str:
+    """`--ckpt_path last` of every subcommand: the run folder's checkpoints/last.ckpt (a file, or DeepSpeed's
+    folder), which must exist; `fix` says what to do instead."""
     last = run / "checkpoints" / "last.ckpt" if run is not None else None
     if last is None or not last.exists():
-        raise InputError(f"--ckpt_path last: there is no {last or 'fixed logger folder to look in'} to resume; drop "
-                         "--ckpt_path to start the run, or give the checkpoint file to resume from (nothing was written)")
+        raise InputError(f"--ckpt_path last: there is no {last or 'fixed logger folder to look in'}; {fix}")
     return str(last)
 
 
