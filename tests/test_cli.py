@@ -350,7 +350,7 @@ def test_adapter_subcommand_writes_a_peft_adapter(workdir, student_checkpoint, c
         (["--ckpt", "missing.ckpt", "--instruction", "x", "--out", "a"], "--ckpt missing.ckpt: no such checkpoint file"),
         (["--ckpt", str(checkpoint), "--instruction", "@nope.txt", "--out", "a"], "file nope.txt does not exist"),
         (["--ckpt", str(workdir / "checkpoints/demo/teacher/checkpoints/last.ckpt"), "--instruction", "x", "--out", "a"],
-         "is not a TAGI student checkpoint"),
+         "written by the 'teacher' stage, and a checkpoint of the 'pretrain' or 'finetune' stage is needed"),
         (["--ckpt", str(checkpoint), "--instruction", "x", "--out", "pos.jsonl"], "--out pos.jsonl: a file is there"),
         (["--ckpt", str(checkpoint), "--instruction", "  ", "--out", "a"], "the instruction is empty"),
         (["--ckpt", str(checkpoint), "--instruction", "@latin1.txt", "--out", "a"], "latin1.txt is not UTF-8 text"),

@@ -1,4 +1,5 @@
-"""Artifacts on disk: θ0 weight digests (provenance) and the modes of atomically written files."""
+"""Artifacts on disk: θ0 weight digests and checkpoint provenance (`tagi.provenance`), and the modes of
+atomically written files."""
 
 import json
 import os
@@ -45,6 +46,37 @@ def test_artifacts_get_the_users_umask(tmp_path):
 
 
 def test_stage_zero_checkpoints_from_before_its_rename_are_read_as_theta0():
-    from tagi.training.checkpoints import recorded_stage
+    from tagi.provenance import Provenance
 
-    assert recorded_stage({"stage": "full"}) == "theta0" and recorded_stage({"stage": "finetune"}) == "finetune"
+    assert Provenance.of({"tagi": {"stage": "full"}}, "x.ckpt", "--ckpt_path").stage == "theta0"
+    assert Provenance.of({"tagi": {"stage": "finetune"}}, "x.ckpt", "--ckpt_path").stage == "finetune"
+    assert Provenance.of({}, "x.ckpt", "--ckpt_path").stage is None  # a checkpoint no stage of ours wrote
+
+
+def test_provenance_verifies_stage_backbone_and_unchanged_weights(tmp_path):
+    """Every reader of a checkpoint's record goes through `Provenance.verify`; each refusal names the option,
+    the file, what it holds and what was expected."""
+    import pytest
+
+    from tagi.modeling.backbone import load_backbone
+    from tagi.provenance import CheckpointError, Provenance
+    from tagi.training.config import Backbone
+
+    folder = tmp_path / "theta0"
+    load_backbone("tiny", dict(d_model=32, num_heads=2)).save_pretrained(folder)
+    spec = Backbone(name=str(folder))
+    checkpoint = {"tagi": {"stage": "pretrain", "backbone": spec.record(), "architecture": {}}}
+    record = Provenance.of(checkpoint, "run/last.ckpt", "--ckpt").verify(["pretrain", "finetune"]).record
+    assert record == checkpoint["tagi"]
+    assert Provenance.of(checkpoint, "a.ckpt", "--ckpt").verify(["pretrain"], spec).stage == "pretrain"
+
+    with pytest.raises(CheckpointError, match=r"--ckpt_path a.ckpt was written by the 'pretrain' stage.*'finetune'.*Fix it"):
+        Provenance.of(checkpoint, "a.ckpt", "--ckpt_path").verify(["finetune"], spec, hint="Fix it.")
+    with pytest.raises(CheckpointError, match=r"init_from a.ckpt was trained on backbone .*but this run uses .*'tiny'"):
+        Provenance.of(checkpoint, "a.ckpt", "init_from").verify(["pretrain"], Backbone())
+
+    load_backbone("tiny", dict(d_model=32, num_heads=2), seed=1).save_pretrained(folder)  # θ0 retrained in place
+    with pytest.raises(CheckpointError, match=r"--ckpt a.ckpt was trained on backbone .* the weights there are now"):
+        Provenance.of(checkpoint, "a.ckpt", "--ckpt").verify(["pretrain"])
+    with pytest.raises(CheckpointError, match="was trained on backbone"):
+        Provenance.of(checkpoint, "a.ckpt", "--ckpt").verify(["pretrain"], spec)

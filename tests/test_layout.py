@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "tagi"
-LIGHTNING_FREE = ["tagi.modeling", "tagi.eval", "tagi.inference", "tagi.io", "tagi.errors"]
+LIGHTNING_FREE = ["tagi.modeling", "tagi.eval", "tagi.inference", "tagi.io", "tagi.errors", "tagi.provenance"]
 
 
 def module_name(path: Path) -> str:

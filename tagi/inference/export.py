@@ -76,7 +76,8 @@ def main(argv: list[str]) -> Path:
     from transformers.utils import logging as hf_logging
 
     from tagi.modeling.adapters import CONFIG_NAME
-    from tagi.inference.student import CheckpointError, Student, format_instruction  # heavy imports after --help
+    from tagi.inference.student import Student, format_instruction  # heavy imports after --help
+    from tagi.provenance import CheckpointError
 
     hf_logging.disable_progress_bar()  # transformers' "Writing model shards" bars: noise for a one-folder save
 

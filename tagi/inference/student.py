@@ -23,8 +23,9 @@ from tagi.inference.cache import TaskCache
 from tagi.data.sni import Demonstration, Task
 from tagi.data.templates import instruction_text, student_input_text
 from tagi.data.tokenization import encode, load_tokenizer
-from tagi.errors import InputError, TagiError
-from tagi.io import atomic_directory, read_checkpoint, weights_digest
+from tagi.errors import InputError
+from tagi.io import atomic_directory, read_checkpoint
+from tagi.provenance import STUDENT_STAGES, Provenance
 from tagi.modeling.model import TAGIModel, TaskEncoding
 from tagi.modeling.backbone import load_backbone
 
@@ -34,23 +35,10 @@ BACKBONE_FOLDER = "backbone"  # inside an exported adapter that carries its own 
 EXPORT_MARK = "tagi adapter"  # meta.json's "written_by": a folder this export may replace
 
 
-class CheckpointError(TagiError, ValueError):
-    """A checkpoint that is not a student (pretrain or finetune stage) checkpoint."""
-
-
 def format_instruction(definition: str, positive_examples: Sequence[tuple[str, str]] = ()) -> str:
     """The hypernetwork's input for a definition and k positive examples (the training template)."""
     task = Task("instruction", definition, [Demonstration(x, y) for x, y in positive_examples], [], ["user"], Path("."))
     return instruction_text(task, num_pos=len(positive_examples))
-
-
-def _check_backbone_unchanged(path: str | Path, spec: dict) -> None:
-    """The student's LoRA was learned for θ0's weights: a θ0 folder retrained in place since is an error."""
-    recorded, folder = spec.get("weights"), Path(spec["name"])
-    if recorded and folder.is_dir() and weights_digest(folder) != recorded:
-        raise CheckpointError(f"{path} was trained on backbone {folder} with weights {recorded}, but the weights there "
-                              f"are now {weights_digest(folder)} (θ0 was retrained or replaced since); use the θ0 it "
-                              "was trained on, or retrain the student on this one")
 
 
 class Student:
@@ -67,13 +55,10 @@ class Student:
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> "Student":
         checkpoint = read_checkpoint(path, "--ckpt")
-        described = checkpoint.get("tagi", {})
-        if described.get("stage") not in ("pretrain", "finetune") or "architecture" not in described:
-            raise CheckpointError(f"{path} is not a TAGI student checkpoint (stage {described.get('stage')!r}); "
-                                  "give a finetune-stage checkpoint such as checkpoints/<run>/finetune/checkpoints/last.ckpt")
+        described = Provenance.of(checkpoint, path, "--ckpt").verify(
+            STUDENT_STAGES, hint="Give a finetune-stage checkpoint such as checkpoints/<run>/finetune/checkpoints/last.ckpt.").record
         tokenizer = load_tokenizer(described["tokenizer"])
         spec = described["backbone"]
-        _check_backbone_unchanged(path, spec)
         tiny = {"vocab_size": len(tokenizer), **(spec.get("tiny_config") or {})}
         model = TAGIModel(load_backbone(spec["name"], tiny, spec.get("seed", 0)), **described["architecture"])
         state = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items() if key.startswith("model.")}

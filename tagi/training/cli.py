@@ -24,10 +24,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
 
-from tagi.errors import ConfigurationError
 from tagi.io import folder_lock, read_checkpoint
+from tagi.provenance import Provenance
 from tagi.training.callbacks import StepProgressBar, artifact_callbacks
-from tagi.training.checkpoints import recorded_stage
 from tagi.training.preflight import (CKPT_ALIASES, EVAL_SUBCOMMANDS, check_config, check_fit_target, eval_checkpoint,
                                      fit_checkpoint, is_training_run, logger_dir)
 
@@ -114,13 +113,10 @@ class TAGICLI(LightningCLI):
         path = self.config[self.subcommand].get("ckpt_path")
         if not path or path in CKPT_ALIASES or Path(path).is_dir() or not hasattr(self.model, "describe"):
             return  # aliases resolve later; a folder is a DeepSpeed checkpoint, which DeepSpeed itself resumes
-        saved = read_checkpoint(path, "--ckpt_path", mmap=True).get("tagi") or {}
-        stage = self.model.describe()["stage"]
-        if recorded_stage(saved) != stage or not self.model.backbone_spec.matches(saved.get("backbone")):
-            raise ConfigurationError(
-                f"--ckpt_path {path}: it was written by the {saved.get('stage')!r} stage on backbone "
-                f"{saved.get('backbone')}, but this config is the {stage!r} stage on {self.model.describe()['backbone']}. "
-                "Give this stage's config (the config.yaml saved beside the checkpoint), or a checkpoint of this stage.")
+        Provenance.of(read_checkpoint(path, "--ckpt_path", mmap=True), path, "--ckpt_path").verify(
+            [self.model.stage], self.model.backbone_spec,
+            hint=f"This config is the {self.model.stage!r} stage: give the config.yaml saved beside the checkpoint, "
+                 "or a checkpoint of this stage.")
 
     def _resume_checkpoint(self) -> Path | None:
         """The file `--ckpt_path` resumes from (`last`: where ModelCheckpoint(save_last=True) writes it)."""

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from tagi.modeling.backbone import load_backbone
 from tagi.modeling.hypernet import GeneratorKind
 from tagi.modeling.losses import ParamForm
-from tagi.training.checkpoints import backbone_record, same_backbone
+from tagi.provenance import backbone_record, same_backbone
 
 
 @dataclass

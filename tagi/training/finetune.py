@@ -19,6 +19,7 @@ from tagi.modeling.adapters import AdapterError, cluster_slug, load_adapter, rea
 from tagi.errors import ConfigurationError
 from tagi.modeling.lora import LoRAWeights, apply_lora
 from tagi.modeling.losses import consistency_loss, kl_distillation, lora_param_distance
+from tagi.provenance import Provenance
 from tagi.training.checkpoints import load_stage_checkpoint
 from tagi.training.config import Architecture, Backbone, Distillation, Generation, Optimization
 from tagi.training.hyper import HyperStage
@@ -67,16 +68,10 @@ class FinetuneModule(HyperStage):
         if not Path(path).exists():
             raise ConfigurationError(f"model.init_args.init_from: {path} does not exist; point it at the stage-2 (pretrain) checkpoint")
         checkpoint = load_stage_checkpoint(path)
-        described = checkpoint.get("tagi", {})
-        if described.get("stage") != "pretrain":
-            raise ConfigurationError(f"model.init_args.init_from: {path} is not a pretrain-stage checkpoint (it says stage {described.get('stage')!r})")
-        theirs = described.get("backbone")
-        if not self.backbone_spec.matches(theirs):
-            raise ConfigurationError(
-                f"model.init_args.init_from: {path} was trained on backbone {theirs}, but this run uses "
-                f"{self.backbone_spec.record()}; use the same model.init_args.backbone in both stages, or the stage-2 "
-                "checkpoint trained on this backbone"
-            )
+        described = Provenance.of(checkpoint, path, "model.init_args.init_from").verify(
+            ["pretrain"], self.backbone_spec,
+            hint="Use the same model.init_args.backbone in both stages, or the stage-2 (pretrain) checkpoint trained "
+                 "on this backbone.").record
         if not described.get("architecture", {}).get("freeze_backbone", True):
             raise ConfigurationError(
                 f"model.init_args.init_from: {path} trained the backbone; finetuning needs the frozen θ0 the teachers were trained on. "

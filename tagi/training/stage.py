@@ -20,6 +20,7 @@ from tagi.data.tokenization import load_tokenizer
 from tagi.errors import NonFiniteLossError
 from tagi.eval.metrics import InstructionMetrics, results_table
 from tagi.eval.rank import RankAccuracy, rank_classify
+from tagi.provenance import PROVENANCE_KEY
 from tagi.training.checkpoints import restore_rng_states, save_rng_states
 from tagi.training.config import Backbone, Generation, Optimization
 from tagi.training.optim import optimizer_and_schedule
@@ -58,7 +59,7 @@ class GenerativeStage(L.LightningModule):
         )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["tagi"] = self.describe()
+        checkpoint[PROVENANCE_KEY] = self.describe()
         save_rng_states(checkpoint)
         if self._trainer is not None and self.trainer.logger is not None:
             self.trainer.logger.save()  # the log up to this checkpoint is on disk, so a resume continues it

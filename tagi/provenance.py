@@ -1,0 +1,117 @@
+"""What produced a checkpoint, read and verified in one place.
+
+Every stage stores a record under `checkpoint["tagi"]` (its `describe()`: stage, tokenizer, backbone
+with θ0's weight digest, architecture, ...). Three consumers read it back, all through `Provenance`:
+a run given `--ckpt_path` (same stage, same backbone), the finetune stage's warm start from
+`init_from` (a pretrain checkpoint on the same backbone) and `Student.from_checkpoint` (a student
+checkpoint whose θ0 is still the one it was trained on). Lightning-free.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from tagi.errors import ConfigurationError
+from tagi.io import weights_digest
+
+PROVENANCE_KEY = "tagi"  # where a stage stores its `describe()` in a checkpoint
+STAGE_RENAMED = {"full": "theta0"}  # stage 0's record in checkpoints written before it had one name
+STUDENT_STAGES = ("pretrain", "finetune")  # the stages whose checkpoints hold a hypernetwork
+
+
+class CheckpointError(ConfigurationError):
+    """A checkpoint of another stage, backbone or architecture than the one that reads it."""
+
+
+class BackboneSpec(Protocol):
+    """What a consumer knows of its own backbone (`tagi.training.config.Backbone`)."""
+
+    def record(self) -> dict: ...
+
+    def matches(self, saved: dict | None) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Provenance:
+    record: dict
+    """The checkpoint's `tagi` entry as written ({} for a checkpoint without one)."""
+    source: str
+    """How messages name the checkpoint: the option and the path the user gave."""
+
+    @classmethod
+    def of(cls, checkpoint: Mapping, path: str | Path, option: str) -> "Provenance":
+        return cls(dict(checkpoint.get(PROVENANCE_KEY) or {}), f"{option} {path}")
+
+    @property
+    def stage(self) -> str | None:
+        """The stage that wrote it, under today's name."""
+        stage = self.record.get("stage")
+        return STAGE_RENAMED.get(stage, stage)
+
+    @property
+    def backbone(self) -> dict | None:
+        return self.record.get("backbone")
+
+    def verify(self, stages: Collection[str], backbone: BackboneSpec | None = None, hint: str = "") -> "Provenance":
+        """Raise `CheckpointError` unless one of `stages` wrote it, on `backbone` (None: on the backbone it
+        records, whose local weights must not have changed since). `hint`: how to fix it, for the message."""
+        if self.stage not in stages:
+            wanted = " or ".join(repr(stage) for stage in stages)
+            raise CheckpointError(f"{self.source} was written by the {self.record.get('stage')!r} stage, and a "
+                                  f"checkpoint of the {wanted} stage is needed here. {hint}".strip())
+        if backbone is None:
+            self._verify_backbone_unchanged(hint)
+        elif not backbone.matches(self.backbone):
+            raise CheckpointError(f"{self.source} was trained on backbone {self.backbone}, but this run uses "
+                                  f"{backbone.record()}. {hint}".strip())
+        return self
+
+    def _verify_backbone_unchanged(self, hint: str) -> None:
+        """The LoRA was learned for θ0's weights: a θ0 folder retrained in place since is an error."""
+        spec = self.backbone or {}
+        recorded, folder = spec.get("weights"), Path(spec.get("name", "tiny"))
+        if recorded and folder.is_dir() and weights_digest(folder) != recorded:
+            raise CheckpointError(f"{self.source} was trained on backbone {folder} with weights {recorded}, but the "
+                                  f"weights there are now {weights_digest(folder)} (θ0 was retrained or replaced since). "
+                                  f"Use the θ0 it was trained on, or retrain on this one. {hint}".strip())
+
+
+def backbone_record(spec: dict) -> dict:
+    """What a checkpoint, teacher or adapter records of its backbone: the spec, and for a local folder the
+    digest of its weights (`tagi.io.weights_digest`), so a θ0 retrained in place is noticed."""
+    name = spec["name"]
+    weights = _weights_digest(_resolved(name)) if name != "tiny" and Path(name).is_dir() else None
+    return {**spec, **({"weights": weights} if weights else {})}
+
+
+def same_backbone(spec: dict, saved: dict | None, default: dict) -> bool:
+    """Is `saved` (a checkpoint's or teacher's record of its backbone) the backbone `spec`? Local folders
+    compare by resolved path, so a relative and an absolute spelling agree, and by the weights' digest
+    where both sides have one (records from before digests have none). `default`: the spec's defaults,
+    which a record may leave out."""
+    if not saved:
+        return False
+    if spec["name"] == "tiny" or saved.get("name") == "tiny":
+        return spec == {**default, **{k: v for k, v in saved.items() if k != "weights"}}
+    mine = backbone_record(spec).get("weights")
+    same_weights = mine is None or saved.get("weights") is None or mine == saved["weights"]
+    return _resolved(spec["name"]) == _resolved(saved.get("name", "")) and same_weights
+
+
+@functools.lru_cache(maxsize=8)
+def _weights_digest_at(folder: str, mtime_ns: int) -> str | None:
+    return weights_digest(folder)
+
+
+def _weights_digest(folder: str) -> str | None:
+    """Cached per folder state: a stage asks several times (describe, checks) and θ0 may be large."""
+    stamps = [path.stat().st_mtime_ns for path in Path(folder).iterdir()]
+    return _weights_digest_at(folder, max(stamps, default=0))
+
+
+def _resolved(name: str) -> str:
+    return str(Path(name).resolve()) if Path(name).exists() else name
