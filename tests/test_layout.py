@@ -88,8 +88,21 @@ def test_only_the_command_line_imports_training():
 def test_no_artifact_is_written_from_a_stage_hook():
     """The stages compute; the callbacks in training/callbacks.py write results, predictions and the
     completion marker, and call a stage's `export` (θ0, teachers) when its fit has ended."""
-    for stage in ("stage", "hyper", "theta0", "teacher", "pretrain", "finetune"):
+    for stage in ("stage", "theta0", "teacher", "pretrain", "finetune"):
         source = (PACKAGE / "training" / f"{stage}.py").read_text(encoding="utf-8")
         hooks = [hook for hook in ("on_fit_end", "on_train_end", "on_test_end", "on_predict_end") if f"def {hook}" in source]
         writers = [name for name in ("write_results", "PredictionWriter", "COMPLETE_NAME", "atomic_write_text") if name in source]
         assert not hooks and not writers, f"training/{stage}.py: {hooks} {writers}"
+
+
+def test_every_stage_is_one_subclass_of_the_flat_base():
+    """One level of inheritance: a stage file holds that stage's own steps; what they share is `Stage`
+    or a composed object (`Evaluation`, `StudentRunner`), not an intermediate class."""
+    from tagi.training.finetune import FinetuneModule
+    from tagi.training.pretrain import PretrainModule
+    from tagi.training.stage import Stage
+    from tagi.training.teacher import TeacherModule
+    from tagi.training.theta0 import Theta0Module
+
+    for module in (Theta0Module, TeacherModule, PretrainModule, FinetuneModule):
+        assert module.__bases__ == (Stage,), f"{module.__name__} derives from {module.__bases__}"

@@ -65,3 +65,8 @@ class Collator:
             if key in first:
                 batch[batch_key] = [ex[key] for ex in examples]
         return batch
+
+
+def group_rows(keys: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """Rows of a batch grouped by an integer key (task index, cluster id): [(key, row indices)]."""
+    return [(int(key), (keys == key).nonzero().squeeze(1)) for key in torch.unique(keys)]

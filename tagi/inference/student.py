@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from tagi.modeling.adapters import CONFIG_NAME as ADAPTER_CONFIG, AdapterError, read_meta, write_adapter
-from tagi.inference.cache import TaskCache
+from tagi.inference.runner import StudentRunner
 from tagi.data.sni import Demonstration, Task
 from tagi.data.templates import instruction_text, student_input_text
 from tagi.data.tokenization import encode, load_tokenizer
@@ -49,7 +49,8 @@ class Student:
         self.tokenizer = tokenizer
         self.backbone = backbone  # the Backbone spec the model was trained on (name, tiny_config, seed)
         self.max_instruction_length = max_instruction_length
-        self.cache = TaskCache(model.encode_task, cache_size)
+        self.runner = StudentRunner(model, tokenizer, cache_size)  # what the stages' evaluation generates with too
+        self.cache = self.runner.cache
         self.truncated_instructions = 0
 
     @classmethod
@@ -78,7 +79,7 @@ class Student:
             log.warning("instruction of %d tokens truncated to %d", len(ids) + 1, self.max_instruction_length)
             ids = ids[: self.max_instruction_length - 1]
         ids = torch.tensor(ids + [self.tokenizer.eos_token_id])
-        return self.cache.get(ids, torch.ones_like(ids))
+        return self.runner.encode(ids, torch.ones_like(ids))
 
     # -- per input
 
@@ -90,9 +91,8 @@ class Student:
         for start in range(0, len(inputs), batch_size):
             texts = [student_input_text(x, self.student_input, instruction) for x in inputs[start : start + batch_size]]
             batch = self.tokenizer(texts, return_tensors="pt", padding=True)
-            sequences = self.model.generate(task, batch["input_ids"], batch["attention_mask"], merge=True, lora_only=lora_only,
-                                            max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
-            outputs += self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+            outputs += self.runner.generate_task(task, batch["input_ids"], batch["attention_mask"], lora_only,
+                                                 max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
         return outputs
 
     # -- export

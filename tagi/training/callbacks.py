@@ -115,8 +115,8 @@ class EvaluationWriter(Callback):
         log_dir = trainer.log_dir  # a collective under DDP: every rank asks, then rank 0 writes
         scores = {key.removeprefix("test/"): float(value) for key, value in trainer.callback_metrics.items()
                   if key.startswith("test/")}
-        if scores and trainer.is_global_zero and log_dir is not None and pl_module.eval_metrics is not None:
-            path = write_results(log_dir, scores, pl_module.eval_metrics.task_category, pl_module.results_meta(),
+        if scores and trainer.is_global_zero and log_dir is not None and pl_module.evaluation is not None:
+            path = write_results(log_dir, scores, pl_module.evaluation.task_category, pl_module.results_meta(),
                                  pl_module.results_markdown())
             rank_zero_info(f"wrote {path} and {RESULTS_MD}: {trainer.ckpt_path} at step {pl_module.evaluated_step}")
 

@@ -15,19 +15,21 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from tagi.inference.runner import StudentRunner
 from tagi.modeling.adapters import AdapterError, cluster_slug, load_adapter, read_meta
 from tagi.errors import ConfigurationError
 from tagi.modeling.lora import LoRAWeights, apply_lora
 from tagi.modeling.losses import consistency_loss, kl_distillation, lora_param_distance
+from tagi.modeling.model import TAGIModel
 from tagi.provenance import Provenance
 from tagi.training.checkpoints import load_stage_checkpoint
 from tagi.training.config import Architecture, Backbone, Distillation, Generation, Optimization
-from tagi.training.hyper import HyperStage
+from tagi.training.stage import Stage
 
 log = logging.getLogger(__name__)
 
 
-class FinetuneModule(HyperStage):
+class FinetuneModule(Stage):
     stage = "finetune"
 
     def __init__(
@@ -42,7 +44,12 @@ class FinetuneModule(HyperStage):
         init_from: str | None = None,
         teachers: str | None = None,
     ):
-        super().__init__(backbone, architecture, tokenizer, optimization, generation, adapter_only)
+        """`adapter_only`: as in `PretrainModule`. `init_from`: the stage-2 checkpoint to warm-start from;
+        `teachers`: the teacher stage's output_dir."""
+        super().__init__(backbone, tokenizer, optimization, generation)
+        self.architecture, self.adapter_only = architecture, adapter_only
+        self.model = TAGIModel(backbone.load(len(self.tokenizer)), **asdict(architecture))
+        self.student = StudentRunner(self.model, self.tokenizer)
         if distillation.consistency_weight > 0 and architecture.generator != "hart":
             raise ConfigurationError(
                 "distillation.consistency_weight > 0 is HART's local consistency loss on its per-layer states; "
@@ -177,7 +184,7 @@ class FinetuneModule(HyperStage):
         return loss
 
     def training_step(self, batch: dict, batch_idx: int):
-        task, outputs = self.student_outputs(batch)
+        task, outputs = self.student.outputs(batch)
         d = self.distillation
         terms = {"ce": outputs.loss}
         if d.kl_weight > 0:
@@ -210,4 +217,5 @@ class FinetuneModule(HyperStage):
                                     step=self.global_step)
 
     def describe(self) -> dict:
-        return {**super().describe(), "distillation": asdict(self.distillation), "init_from": self.init_from, "teachers": self.teachers}
+        return {**super().describe(), "architecture": asdict(self.architecture), "distillation": asdict(self.distillation),
+                "init_from": self.init_from, "teachers": self.teachers}

@@ -7,11 +7,15 @@ the model is trained with cross-entropy to produce `c` (HINT's 3-way split; the 
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
+from tagi.inference.runner import StudentRunner
+from tagi.modeling.model import TAGIModel
 from tagi.training.config import Architecture, Backbone, Generation, Optimization
-from tagi.training.hyper import HyperStage
+from tagi.training.stage import Stage
 
 
-class PretrainModule(HyperStage):
+class PretrainModule(Stage):
     stage = "pretrain"
 
     def __init__(
@@ -23,8 +27,16 @@ class PretrainModule(HyperStage):
         generation: Generation = Generation(),
         adapter_only: bool = False,
     ):
-        super().__init__(backbone, architecture, tokenizer, optimization, generation, adapter_only)
+        """`adapter_only`: evaluation ablation, the student reduced to backbone + generated LoRA (what `tagi adapter`
+        exports). Evaluating with other instructions is the data's `instruction_control`."""
+        super().__init__(backbone, tokenizer, optimization, generation)
+        self.architecture, self.adapter_only = architecture, adapter_only
+        self.model = TAGIModel(backbone.load(len(self.tokenizer)), **asdict(architecture))
+        self.student = StudentRunner(self.model, self.tokenizer)
 
     def training_step(self, batch: dict, batch_idx: int):
-        _, outputs = self.student_outputs(batch)
+        _, outputs = self.student.outputs(batch)
         return self.training_loss({"ce": outputs.loss}, batch["input_ids"].shape[0])
+
+    def describe(self) -> dict:
+        return {**super().describe(), "architecture": asdict(self.architecture)}

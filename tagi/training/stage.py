@@ -1,14 +1,15 @@
-"""What every stage shares: the backbone spec, the tokenizer, the optimizer, and evaluation by
-generation — on the validation tasks while fitting, on the test tasks in `test` — scored with
-torchmetrics (ROUGE-L, exact match; per task, per category, overall).
+"""The one base of the four stages (θ0, teacher, pretrain, finetune): the backbone spec, the tokenizer,
+the loss sum, the checkpoint's provenance record, the optimizer, and evaluation by generation — on the
+validation tasks while fitting, on the test tasks in `test` — scored by a composed `Evaluation`.
 
-Subclasses implement `training_step` and `generate_texts(batch) -> list[str]`.
+A stage implements `training_step`; θ0 and the teachers also `generate_texts` and `option_logits`.
+The student stages (pretrain, finetune) set `self.student`, a `StudentRunner`, and evaluate through
+it: the same code path as `Student`, with its per-task cache, and on test the inference-cost tally.
 """
 
 from __future__ import annotations
 
 import logging
-from abc import abstractmethod
 from dataclasses import asdict
 
 import lightning as L
@@ -16,10 +17,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from tagi.data.collate import group_rows
 from tagi.data.tokenization import load_tokenizer
 from tagi.errors import NonFiniteLossError
-from tagi.eval.metrics import InstructionMetrics, results_table
-from tagi.eval.rank import RankAccuracy, rank_classify
+from tagi.eval.cost import CostTally, task_cost
+from tagi.eval.evaluation import Evaluation
+from tagi.eval.metrics import results_table
+from tagi.inference.runner import StudentRunner
 from tagi.provenance import PROVENANCE_KEY
 from tagi.training.checkpoints import restore_rng_states, save_rng_states
 from tagi.training.config import Backbone, Generation, Optimization
@@ -28,8 +32,8 @@ from tagi.training.optim import optimizer_and_schedule
 log = logging.getLogger(__name__)
 
 
-class GenerativeStage(L.LightningModule):
-    """Base LightningModule: optimizer + validation/test by generation (validation tasks while fitting, test tasks in `test`)."""
+class Stage(L.LightningModule):
+    stage = "stage"  # the method's name for this stage: theta0 / teacher / pretrain / finetune
 
     def __init__(self, backbone: Backbone, tokenizer: str, optimization: Optimization, generation: Generation):
         super().__init__()
@@ -38,14 +42,14 @@ class GenerativeStage(L.LightningModule):
         self.backbone_spec = backbone
         self.optimization = optimization
         self.generation = generation
-        self.eval_metrics: InstructionMetrics | None = None
-        self.rank_accuracy = RankAccuracy()  # multiple-choice rows only (instances with "options")
-        self._ranked = 0
-
-    stage = "stage"  # the method's name for this stage: teacher / pretrain / finetune
+        self.evaluation: Evaluation | None = None  # built in `setup` for the tasks this run evaluates
+        self.student: StudentRunner | None = None  # the student stages' model, run task by task
+        self.adapter_only = False  # student stages: evaluate backbone + generated LoRA alone (what `tagi adapter` exports)
+        self.cost_tally: CostTally | None = None  # student stages, test: inference cost vs instruction concatenation
+        self.last_scores: dict[str, float] = {}  # the last validation's (not the sanity check's)
 
     def describe(self) -> dict:
-        """What produced a checkpoint: stored under checkpoint["tagi"] and read by the next stage.
+        """What produced a checkpoint: stored under checkpoint["tagi"] and read back by `tagi.provenance`.
 
         Kept out of Lightning's `hyper_parameters` on purpose: LightningCLI re-applies those over the
         command line when `--ckpt_path` is given, which would undo overrides such as `adapter_only`.
@@ -69,6 +73,12 @@ class GenerativeStage(L.LightningModule):
         self.checkpoint_step = checkpoint.get("global_step")
         restore_rng_states(checkpoint)
 
+    def prepare(self, datamodule) -> None:
+        """Load and check what this stage reads from earlier stages; raise `TagiError` on a mismatch.
+        Called before training writes anything; the data module is already set up."""
+
+    # -- training
+
     def training_loss(self, terms: dict[str, Tensor], batch_size: int, weights: dict[str, float] | None = None) -> Tensor:
         """Σ weight·term, each term logged as train/<name> (and the sum as train/loss when there are
         several). A NaN/inf stops the run on every rank before the optimizer step, so the last
@@ -89,114 +99,119 @@ class GenerativeStage(L.LightningModule):
             self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         return loss
 
-    def prepare(self, datamodule) -> None:
-        """Load and check what this stage reads from earlier stages; raise `TagiError` on a mismatch.
-        Called before training writes anything; the data module is already set up."""
+    def configure_optimizers(self):
+        trainable = [parameter for parameter in self.parameters() if parameter.requires_grad]
+        return optimizer_and_schedule(trainable, self.optimization, int(self.trainer.estimated_stepping_batches))
 
-    # -- evaluation
+    # -- how rows are answered (θ0 and the teachers override both)
 
-    def setup(self, stage: str) -> None:
-        """Metrics over the tasks this run evaluates: `val_tasks` when fitting/validating, else `eval_tasks`."""
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        tasks = getattr(datamodule, "eval_tasks" if stage == "test" else "val_tasks", None)
-        self.eval_metrics = InstructionMetrics(tasks) if tasks and stage != "predict" else None
-
-    @abstractmethod
     def generate_texts(self, batch: dict) -> list[str]:
-        """One prediction per row; each stage decides how its rows get their weights."""
+        """One prediction per row."""
+        return self.student.generate(batch, self.adapter_only, **self.generate_kwargs())
 
-    def decode(self, sequences: Tensor) -> list[str]:
-        return self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+    def option_logits(self, batch: dict, rows: Tensor, labels: Tensor) -> Tensor:
+        """Logits (len(rows), Y, V) of `labels` for the given batch rows (rank classification)."""
+        return self.student.option_logits(batch, rows, labels, self.adapter_only)
 
     def generate_kwargs(self) -> dict:
         return dict(max_new_tokens=self.generation.max_new_tokens, num_beams=self.generation.num_beams, do_sample=False)
 
-    def _eval_step(self, batch: dict) -> list[str]:
+    def decode(self, sequences: Tensor) -> list[str]:
+        return self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+
+    # -- evaluation: validation while fitting, test, predict
+
+    def setup(self, stage: str) -> None:
+        """An evaluation over the tasks this run scores: `val_tasks` when fitting/validating, else `eval_tasks`."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        tasks = getattr(datamodule, "eval_tasks" if stage == "test" else "val_tasks", None)
+        self.evaluation = Evaluation(tasks, self.tokenizer) if tasks and stage != "predict" else None
+
+    def _evaluate(self, batch: dict) -> list[str]:
         """Generate, and score where this run has tasks to score (`predict` has none)."""
         texts = self.generate_texts(batch)
-        if self.eval_metrics is not None:
-            self.eval_metrics.update(texts, batch["references"], batch["task_names"])
-            self._rank_step(batch)
+        if self.evaluation is not None:
+            self.evaluation.update(batch, texts, lambda rows, labels: self.option_logits(
+                batch, rows.to(self.device), labels.to(self.device)))
         return texts
 
-    def _rank_step(self, batch: dict) -> None:
-        """Rank classification for the rows that carry answer options (multiple-choice instances)."""
-        rows = [i for i, options in enumerate(batch.get("options") or []) if options]
-        if not rows:
-            return
-        index = torch.tensor(rows, device=self.device)
-
-        def scorer(option_rows: Tensor, labels: Tensor) -> Tensor:
-            return self.option_logits(batch, index[option_rows.to(self.device)], labels.to(self.device))
-
-        chosen = rank_classify(scorer, [batch["options"][i] for i in rows], self.tokenizer.pad_token_id)
-        correct = [[k for k, text in enumerate(self._option_texts(batch["options"][i])) if text in batch["references"][i]]
-                   for i in rows]
-        self.rank_accuracy.update(chosen, correct)
-        self._ranked += len(rows)
-
-    def _option_texts(self, options: list[list[int]]) -> list[str]:
-        return self.tokenizer.batch_decode(options, skip_special_tokens=True)
-
-    @abstractmethod
-    def option_logits(self, batch: dict, rows: Tensor, labels: Tensor) -> Tensor:
-        """Logits (len(rows), Y, V) of `labels` for the given batch rows, as this stage predicts them
-        (rank classification); every stage implements it with its own weights."""
-
-    def _eval_epoch_end(self, prefix: str) -> dict[str, float]:
-        if self.eval_metrics is None:
+    def _end_evaluation(self, prefix: str) -> dict[str, float]:
+        if self.evaluation is None:
             return {}
-        scores = {key: float(value) for key, value in self.eval_metrics.compute().items()}
-        self.eval_metrics.reset()
-        if self._ranked:
-            scores["rank_accuracy"], scores["rank_count"] = 100 * float(self.rank_accuracy.compute()), float(self._ranked)
-        self.rank_accuracy.reset()
-        self._ranked = 0
+        scores = self.evaluation.compute()
         self.log_dict({f"{prefix}/{key}": value for key, value in scores.items()}, sync_dist=False)
         if not self.trainer.sanity_checking:
             rank_zero_info(f"{prefix} scores at step {self.global_step}:\n{results_table(scores)}")
         return scores
 
+    def _weights_changed(self) -> None:
+        if self.student is not None:
+            self.student.cache.clear()  # encodings of the earlier weights
+
+    def on_validation_epoch_start(self) -> None:
+        self._weights_changed()
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        if self.eval_metrics is not None:
-            self._eval_step(batch)
+        if self.evaluation is not None:
+            self._evaluate(batch)
 
     def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
+        scores = self._end_evaluation("val")
+        if scores and not self.trainer.sanity_checking:
+            self.last_scores = scores
+        self._weights_changed()
+
+    def on_test_epoch_start(self) -> None:
+        self._weights_changed()  # the cache is kept after the epoch: results.json (written on test end) counts its runs
+        self.cost_tally = None
 
     def test_step(self, batch: dict, batch_idx: int) -> list[str]:
-        return self._eval_step(batch)  # `EvaluationWriter` streams them to predictions.jsonl
+        texts = self._evaluate(batch)  # `EvaluationWriter` streams them to predictions.jsonl
+        if self.student is not None and "concat_input_ids" in batch:
+            self._tally_cost(batch)
+        return texts
 
     def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")  # logged as test/...; `EvaluationWriter` writes results.json from them
+        self._end_evaluation("test")  # logged as test/...; `EvaluationWriter` writes results.json from them
+
+    def on_predict_epoch_start(self) -> None:
+        self._weights_changed()
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
         return self.generate_texts(batch)
 
+    def _tally_cost(self, batch: dict) -> None:
+        """Per task in the batch: TAGI (instruction once + these inputs) vs the concatenated inputs."""
+        self.cost_tally = self.cost_tally or CostTally()
+        for task_row, rows in group_rows(batch["task_index"]):
+            mask = batch["instruction_mask"][task_row].bool()
+            instruction = batch["instruction_ids"][task_row][mask][None], batch["instruction_mask"][task_row][mask][None]
+            cost = task_cost(self.student.model, instruction, (batch["input_ids"][rows], batch["attention_mask"][rows]),
+                             (batch["concat_input_ids"][rows], batch["concat_attention_mask"][rows]), batch["labels"][rows],
+                             batch_size=len(rows))
+            self.cost_tally.add(batch["task_names"][int(rows[0])], cost)
+
+    # -- what results.json / results.md say besides the scores
+
     def results_meta(self) -> dict:
-        """What the results describe: the model and its provenance (extended by subclasses)."""
+        """What the results describe: the model and its provenance."""
         data = getattr(self.trainer, "datamodule", None)
         control = getattr(getattr(data, "hparams", None), "instruction_control", "real")
-        return {"model": type(self).__name__, "checkpoint": self.trainer.ckpt_path, "global_step": self.evaluated_step,
+        meta = {"model": type(self).__name__, "checkpoint": self.trainer.ckpt_path, "global_step": self.evaluated_step,
                 "describe": self.describe(), "instruction_control": control}
+        if self.student is not None:
+            cache = self.student.cache
+            meta |= {"adapter_only": self.adapter_only, "task_cache": {"hypernetwork_runs": cache.misses, "reuses": cache.hits}}
+        if self.cost_tally is not None and self.cost_tally.examples:
+            meta["inference_cost"] = self.cost_tally.summary()
+        return meta
+
+    def results_markdown(self) -> str:
+        """Extra Markdown appended to results.md: the inference cost, where measured."""
+        return self.cost_tally.markdown() if self.cost_tally is not None and self.cost_tally.examples else ""
 
     @property
     def evaluated_step(self) -> int:
         """The training step of the weights being evaluated (the checkpoint's, outside fit)."""
         step = getattr(self, "checkpoint_step", None)
         return self.global_step if self.trainer.state.fn == "fit" or step is None else step
-
-    def results_markdown(self) -> str:
-        """Extra Markdown appended to results.md (subclasses: inference cost)."""
-        return ""
-
-    # -- optimisation
-
-    def configure_optimizers(self):
-        trainable = [parameter for parameter in self.parameters() if parameter.requires_grad]
-        return optimizer_and_schedule(trainable, self.optimization, int(self.trainer.estimated_stepping_batches))
-
-
-def group_rows(keys: Tensor) -> list[tuple[int, Tensor]]:
-    """Rows of a batch grouped by an integer key (task index, cluster id): [(key, row indices)]."""
-    return [(int(key), (keys == key).nonzero().squeeze(1)) for key in torch.unique(keys)]

@@ -16,15 +16,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tagi.data.collate import group_rows
 from tagi.modeling.adapters import cluster_slug, save_adapter
 from tagi.modeling.lora import LoRAWeights, apply_lora, lora_site_names, lora_sites
 from tagi.training.config import Backbone, Generation, Optimization
-from tagi.training.stage import GenerativeStage, group_rows
+from tagi.training.stage import Stage
 
 log = logging.getLogger(__name__)
 
 
-class TeacherModule(GenerativeStage):
+class TeacherModule(Stage):
     stage = "teacher"
 
     def __init__(
@@ -43,7 +44,6 @@ class TeacherModule(GenerativeStage):
         self.site_names = lora_site_names(self.backbone)
         self.lora_A: nn.Parameter | None = None  # (K, S, r, in), built in setup once the clusters are known
         self.lora_B: nn.Parameter | None = None  # (K, S, out, r)
-        self.last_scores: dict[str, float] = {}
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -85,11 +85,6 @@ class TeacherModule(GenerativeStage):
     def option_logits(self, batch: dict, rows: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with apply_lora(lora_sites(self.backbone), self.bank().select(batch["cluster_ids"][rows])):
             return self.backbone(input_ids=batch["input_ids"][rows], attention_mask=batch["attention_mask"][rows], labels=labels).logits
-
-    def on_validation_epoch_end(self) -> None:
-        scores = self._eval_epoch_end("val")
-        if scores and not self.trainer.sanity_checking:
-            self.last_scores = scores
 
     def export(self, out_dir: Path) -> list[Path]:
         """One PEFT directory per cluster that has training tasks (`ExportArtifacts` calls it when the fit ends)."""

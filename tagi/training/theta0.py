@@ -22,12 +22,12 @@ import torch
 
 from tagi.io import BACKBONE_META, atomic_directory, weights_record
 from tagi.training.config import Backbone, Generation, Optimization
-from tagi.training.stage import GenerativeStage
+from tagi.training.stage import Stage
 
 log = logging.getLogger(__name__)
 
 
-class Theta0Module(GenerativeStage):
+class Theta0Module(Stage):
     stage = "theta0"
 
     def __init__(
