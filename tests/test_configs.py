@@ -43,7 +43,7 @@ def shipped_stage_configs() -> list[tuple[str, list[str]]]:
     for setting in SETTINGS:
         stages = pipeline_stages(setting)
         cases += [(f"{setting}/{stage}", files) for stage, files in stages.items()]
-        parts = stages["finetune"][:-1]  # what the setting applies before a stage config (its trainer part)
+        parts = stages["finetune"][:-1]  # what a pipeline applies before a stage config (none of the shipped ones)
         cases += [(f"{setting}/baselines/{path.stem}", [*parts, str(path)])
                   for path in sorted((CONFIGS / setting / "baselines").glob("*.yaml"))]
     return cases
@@ -71,3 +71,22 @@ def test_every_yaml_under_configs_is_parsed_or_referenced():
                 referenced.add((path.parent / value).resolve())
     shipped = {path.resolve() for path in CONFIGS.rglob("*.yaml")}
     assert shipped - parsed - referenced == set()
+
+
+@pytest.mark.parametrize("files", [files for _, files in CASES], ids=[name for name, _ in CASES])
+def test_every_stage_config_takes_its_trainer_from_the_settings_part(files):
+    """One sharing rule: every stage and baseline file names its setting's parts/trainer.yaml (`config:`) and
+    sets only its own trainer values, as dotted keys; a nested `trainer:` block would silently replace the part."""
+    import yaml
+
+    stage_file = Path(files[-1])
+    keys = yaml.safe_load(stage_file.read_text(encoding="utf-8"))
+    part = (stage_file.parent / keys.get("config", "<missing>")).resolve()
+    assert part == (CONFIGS / stage_file.relative_to(CONFIGS).parts[0] / "parts" / "trainer.yaml").resolve()
+    assert "trainer" not in keys and list(keys).index("config") < min(i for i, k in enumerate(keys) if k.startswith("trainer."))
+    shared = yaml.safe_load(part.read_text(encoding="utf-8"))["trainer"]
+    trainer = run_cli(["fit", "--config", str(stage_file)], cli_class=ParseOnly).config["fit"].trainer
+    for key in ("accelerator", "log_every_n_steps", "num_sanity_val_steps"):
+        assert trainer[key] == shared[key], key  # the part reached the run
+    assert [c.class_path for c in trainer.callbacks] == [c["class_path"] for c in shared["callbacks"]]
+    assert trainer.max_steps == keys["trainer.max_steps"] and trainer.logger.init_args.save_dir == shared["logger"]["init_args"]["save_dir"]

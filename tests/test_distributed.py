@@ -91,7 +91,7 @@ def test_deepspeed_zero2_bf16_config_parses_and_builds_a_trainer(workdir, monkey
 
     monkeypatch.setattr("tagi.training.cli.check_config", lambda config: None)  # it refuses DeepSpeed without CUDA (tested)
     setting = ROOT / "configs/sni-t5-base"
-    cli = run_cli(["--config", str(setting / "parts/trainer.yaml"), "--config", str(setting / "finetune.yaml"), TINY,
+    cli = run_cli(["--config", str(setting / "finetune.yaml"), TINY,  # it names parts/trainer.yaml
                    "--trainer.accelerator=cpu", "--trainer.devices=1", "--data.init_args.data_dir=synthetic",
                    "--data.init_args.tokenizer=synthetic"], run=False)
     strategy = cli.trainer.strategy
