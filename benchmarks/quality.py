@@ -5,7 +5,7 @@
 Per seed, every stage a variant depends on is trained with that seed (θ0 when the setting has a
 stage 0, unless --share-theta0 reuses the pipeline's; the teachers; the stage-2 checkpoint), under
 runs/quality/<setting>/seed<N>/. Every variant is a config of the framework (finetune.yaml or
-baselines/*.yaml, plus overrides), trained the same number of steps, then tested on the test
+baselines/*.yaml, then the configs/ablations/*.yaml it names), trained the same number of steps, then tested on the test
 tasks: with the real instructions and, for every variant that reads instructions, with each
 instruction control. Finished runs and tests are reused on rerun and a killed run resumes from its
 last checkpoint, so the command can be repeated until everything is there.
@@ -38,64 +38,53 @@ from tagi.pipeline import CONTROL_ROWS, HEADLINE, THETA0, control_args, fit_stag
 from tagi.eval.reports import RESULTS_JSON  # noqa: E402
 from tagi.eval.results import git_commit, paired_bootstrap, per_example, render_block  # noqa: E402
 
-NO_FUSION = ["--model.init_args.architecture.fusion=false", "--model.init_args.architecture.fid=false"]
-HART = ["--model.init_args.architecture.generator=hart"]
-H256 = ["--model.init_args.architecture.generator_hidden_dim=256"]
-LAYER_NORMS = ["--model.init_args.architecture.train_layer_norms=true"]
+ABLATIONS = ROOT / "configs" / "ablations"  # one change each, applied after a stage config: --config <stage> --config <ablation>
 
 
 @dataclass(frozen=True)
 class Variant:
     config: str  # relative to configs/<setting>/
     label: str
-    overrides: tuple[str, ...] = ()
+    ablations: tuple[str, ...] = ()  # configs/ablations/<name>.yaml applied after `config`, in order
     needs: tuple[str, ...] = ()  # upstream stages: "teacher", "pretrain" (θ0 always)
     reads_instructions: bool = True
-    pretrain_overrides: tuple[str, ...] | None = None  # its own stage 2 (another architecture)
+    pretrain_ablations: tuple[str, ...] | None = None  # its own stage 2 (another architecture), these applied to pretrain.yaml
     reference: str | None = None  # paired difference against this variant
 
 
+TAGI = ("teacher", "pretrain")
 VARIANTS: dict[str, Variant] = {
     "no-instruction": Variant("baselines/no-instruction.yaml", "θ0 finetuned on inputs alone", reads_instructions=False,
                               reference="concat"),
     "concat": Variant("baselines/concat.yaml", "θ0 finetuned, instruction concatenated (Tk-Instruct)"),
     "hint": Variant("baselines/hint.yaml", "hypernetwork, CE only (HINT-like)", needs=("pretrain",), reference="concat"),
-    "tagi": Variant("finetune.yaml", "TAGI: CE + KL + parameter loss", needs=("teacher", "pretrain"), reference="concat"),
-    "tagi-no-kl": Variant("finetune.yaml", "TAGI without KL", ("--model.init_args.distillation.kl_weight=0",),
-                          ("teacher", "pretrain"), reference="tagi"),
-    "tagi-no-param": Variant("finetune.yaml", "TAGI without parameter loss", ("--model.init_args.distillation.param_weight=0",),
-                             ("teacher", "pretrain"), reference="tagi"),
-    "tagi-ab": Variant("finetune.yaml", "TAGI, `ab` parameter loss", ("--model.init_args.distillation.param_form=ab",),
-                       ("teacher", "pretrain"), reference="tagi"),
-    "tagi-hart": Variant("finetune.yaml", "TAGI, HART's autoregressive generator", tuple(HART), ("teacher", "pretrain"),
-                         pretrain_overrides=tuple(HART), reference="tagi"),
-    "tagi-hart-cst": Variant("finetune.yaml", "TAGI, HART generator + consistency loss (λ 0.1)",
-                             (*HART, "--model.init_args.distillation.consistency_weight=0.1"), ("teacher", "pretrain"),
-                             pretrain_overrides=tuple(HART), reference="tagi-hart"),
-    "tagi-bare": Variant("finetune.yaml", "TAGI, student reads the bare input (no instance template)",
-                         ("--data.init_args.student_input=bare",), ("teacher", "pretrain"), reference="tagi"),
+    "tagi": Variant("finetune.yaml", "TAGI: CE + KL + parameter loss", needs=TAGI, reference="concat"),
+    "tagi-no-kl": Variant("finetune.yaml", "TAGI without KL", ("no-kl",), TAGI, reference="tagi"),
+    "tagi-no-param": Variant("finetune.yaml", "TAGI without parameter loss", ("no-param",), TAGI, reference="tagi"),
+    "tagi-ab": Variant("finetune.yaml", "TAGI, `ab` parameter loss", ("param-ab",), TAGI, reference="tagi"),
+    "tagi-hart": Variant("finetune.yaml", "TAGI, HART's autoregressive generator", ("hart",), TAGI,
+                         pretrain_ablations=("hart",), reference="tagi"),
+    "tagi-hart-cst": Variant("finetune.yaml", "TAGI, HART generator + consistency loss (λ 0.1)", ("hart", "consistency"), TAGI,
+                             pretrain_ablations=("hart",), reference="tagi-hart"),
+    "tagi-bare": Variant("finetune.yaml", "TAGI, student reads the bare input (no instance template)", ("bare-input",), TAGI,
+                         reference="tagi"),
     # The official code's setup: the student also reads the definition, so it is not instruction-free.
     "tagi-concat-input": Variant("finetune.yaml", "TAGI, student also reads the instruction (official code's setup)",
-                                 ("--data.init_args.student_input=concat",), ("teacher", "pretrain"), reference="concat"),
+                                 ("concat-input",), TAGI, reference="concat"),
     # Tuning candidates, compared on the validation tasks (`--out docs/results/tuning`).
-    "tagi-lr3e-3": Variant("finetune.yaml", "TAGI, learning rate 3e-3", ("--model.init_args.optimization.learning_rate=0.003",),
-                           ("teacher", "pretrain"), reference="tagi"),
-    "tagi-lr1e-2": Variant("finetune.yaml", "TAGI, learning rate 1e-2", ("--model.init_args.optimization.learning_rate=0.01",),
-                           ("teacher", "pretrain"), reference="tagi"),
-    "hint-lr1e-3": Variant("baselines/hint.yaml", "HINT-like, learning rate 1e-3",
-                           ("--model.init_args.optimization.learning_rate=0.001",), ("pretrain",), reference="hint"),
-    "tagi-wd": Variant("finetune.yaml", "TAGI, weight decay 0.01", ("--model.init_args.optimization.weight_decay=0.01",),
-                       ("teacher", "pretrain"), reference="tagi"),
-    "tagi-h256": Variant("finetune.yaml", "TAGI, generator hidden 256", tuple(H256), ("teacher", "pretrain"),
-                         pretrain_overrides=tuple(H256), reference="tagi"),
-    "tagi-ln": Variant("finetune.yaml", "TAGI, backbone layer norms trained (official code)", tuple(LAYER_NORMS),
-                       ("teacher", "pretrain"), pretrain_overrides=tuple(LAYER_NORMS), reference="tagi"),
-    "tagi-no-pretrain": Variant("finetune.yaml", "TAGI without stage 2", ("--model.init_args.init_from=null",),
-                                ("teacher",), reference="tagi"),
-    # The instruction reaches the model only through the generated LoRA: no encoder fusion, no FiD;
-    # its stage 2 is pretrained with the same architecture (same seed, same steps).
-    "tagi-no-fusion": Variant("finetune.yaml", "TAGI without fusion and FiD (LoRA only)", tuple(NO_FUSION),
-                              ("teacher", "pretrain"), pretrain_overrides=tuple(NO_FUSION), reference="tagi"),
+    "tagi-lr3e-3": Variant("finetune.yaml", "TAGI, learning rate 3e-3", ("lr3e-3",), TAGI, reference="tagi"),
+    "tagi-lr1e-2": Variant("finetune.yaml", "TAGI, learning rate 1e-2", ("lr1e-2",), TAGI, reference="tagi"),
+    "hint-lr1e-3": Variant("baselines/hint.yaml", "HINT-like, learning rate 1e-3", ("lr1e-3",), ("pretrain",), reference="hint"),
+    "tagi-wd": Variant("finetune.yaml", "TAGI, weight decay 0.01", ("weight-decay",), TAGI, reference="tagi"),
+    "tagi-h256": Variant("finetune.yaml", "TAGI, generator hidden 256", ("hidden256",), TAGI, pretrain_ablations=("hidden256",),
+                         reference="tagi"),
+    "tagi-ln": Variant("finetune.yaml", "TAGI, backbone layer norms trained (official code)", ("layer-norms",), TAGI,
+                       pretrain_ablations=("layer-norms",), reference="tagi"),
+    "tagi-no-pretrain": Variant("finetune.yaml", "TAGI without stage 2", ("no-pretrain",), ("teacher",), reference="tagi"),
+    # The instruction reaches the model only through the generated LoRA; its stage 2 is pretrained with the same
+    # architecture (same seed, same steps).
+    "tagi-no-fusion": Variant("finetune.yaml", "TAGI without fusion and FiD (LoRA only)", ("no-fusion",), TAGI,
+                              pretrain_ablations=("no-fusion",), reference="tagi"),
 }
 BASELINES = ["no-instruction", "concat", "hint", "tagi"]
 EXTRA_PAIRS = [("hint", "no-instruction")]  # a hypernetwork should at least beat ignoring the instruction
@@ -104,10 +93,10 @@ EXTRA_PAIRS = [("hint", "no-instruction")]  # a hypernetwork should at least bea
 RECIPE = "recipe.json"  # beside a run: the YAML files it was configured by (content digests) and its overrides
 
 
-def recipe(config: str, extra: list[str]) -> dict:
-    """What a run is made of: its config file and every YAML file that file names (parts/*.yaml),
+def recipe(configs: list[str], extra: list[str]) -> dict:
+    """What a run is made of: its config files and every YAML file they name (parts/*.yaml),
     by content digest, and the command-line overrides."""
-    files, pending = {}, [Path(config)]
+    files, pending = {}, [Path(config) for config in configs]
     while pending:
         path = pending.pop()
         if path in files or not path.is_file():
@@ -160,10 +149,10 @@ class Ledger:
         self.seconds[key] = round(self.seconds.get(key, 0.0) + seconds, 1)
         atomic_write_text(self.path, json.dumps(self.seconds, indent=1, sort_keys=True) + "\n")
 
-    def fit(self, folder: Path, stage: str, config: str, extra: list[str]) -> dict:
-        wanted = recipe(config, extra)
+    def fit(self, folder: Path, stage: str, configs: list[str], extra: list[str]) -> dict:
+        wanted = recipe(configs, extra)
         check_recipe(folder / stage, wanted)
-        done = fit_stage(stage, config, folder, extra, force=False)
+        done = fit_stage(stage, configs, folder, extra, force=False)
         if not done.get("skipped"):
             atomic_write_text(folder / stage / RECIPE, json.dumps(wanted, indent=1, sort_keys=True) + "\n")
         self.add(str(folder / stage), done.get("seconds"))
@@ -185,8 +174,9 @@ class Chain:
     shared_theta0: bool = False
     built: dict[str, str] = field(default_factory=dict)
 
-    def config(self, name: str) -> str:
-        return str(ROOT / "configs" / self.setting / name)
+    def config(self, name: str, ablations: tuple[str, ...] = ()) -> list[str]:
+        """configs/<setting>/<name>, then each ablation file."""
+        return [str(ROOT / "configs" / self.setting / name), *(str(ABLATIONS / f"{a}.yaml") for a in ablations)]
 
     def seed_args(self) -> list[str]:
         return [f"--seed_everything={self.seed}", f"--data.init_args.seed={self.seed}"]
@@ -214,10 +204,10 @@ class Chain:
             self.built["teacher"] = str(out)
         return self.built["teacher"]
 
-    def pretrain(self, overrides: tuple[str, ...] | None = None) -> str:
-        key = "pretrain" if overrides is None else "pretrain-" + "-".join(o.split(".")[-1] for o in overrides)
+    def pretrain(self, ablations: tuple[str, ...] | None = None) -> str:
+        key = "pretrain" if ablations is None else "-".join(("pretrain", *ablations))
         if key not in self.built:
-            done = self.ledger.fit(self.folder, key, self.config("pretrain.yaml"), [*self.base_args(), *(overrides or ())])
+            done = self.ledger.fit(self.folder, key, self.config("pretrain.yaml", ablations or ()), self.base_args())
             self.built[key] = done["last_checkpoint"]
         return self.built[key]
 
@@ -225,13 +215,13 @@ class Chain:
 def variant_args(chain: Chain, variant: Variant) -> list[str]:
     args = chain.base_args()
     if "pretrain" in variant.needs:
-        args.append(f"--model.init_args.init_from={chain.pretrain(variant.pretrain_overrides)}")
+        args.append(f"--model.init_args.init_from={chain.pretrain(variant.pretrain_ablations)}")
     if "teacher" in variant.needs:
         args.append(f"--model.init_args.teachers={chain.teachers()}")
-    return [*args, *variant.overrides]
+    return args
 
 
-def test_once(chain: Chain, config: str, checkpoint: str, args: list[str], name: str) -> Path:
+def test_once(chain: Chain, config: list[str], checkpoint: str, args: list[str], name: str) -> Path:
     """Test `checkpoint` into folder/name unless that test of this checkpoint is there already."""
     results = chain.folder / name / RESULTS_JSON
     seconds = None
@@ -246,7 +236,7 @@ def test_once(chain: Chain, config: str, checkpoint: str, args: list[str], name:
 def run_variant(chain: Chain, name: str, controls: list[str]) -> dict:
     """Train (or reuse) one variant for one seed; test it with the real instructions and each control."""
     variant = VARIANTS[name]
-    config, args = chain.config(variant.config), variant_args(chain, variant)
+    config, args = chain.config(variant.config, variant.ablations), variant_args(chain, variant)
     done = chain.ledger.fit(chain.folder, name, config, args)
     tests = {"real": test_once(chain, config, done["last_checkpoint"], args, f"{name}-test")}
     for control in controls if variant.reads_instructions else []:

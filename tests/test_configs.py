@@ -2,6 +2,7 @@
 parts applied before it), and every baseline, through the same parsers `tagi` uses, without building
 any model. A misspelt key, a wrong type or a class path that moved fails here, not in a user's run."""
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -60,8 +61,45 @@ def test_every_stage_config_parses(files):
     assert model.init_args.tokenizer == data.init_args.tokenizer  # linked: set once, in data
 
 
+def ablation_cases() -> list[tuple[str, list[str]]]:
+    """benchmarks/quality.py's variants that apply configs/ablations/*.yaml, on each setting's stage configs."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import quality
+
+    cases = []
+    for setting in SETTINGS:
+        for name, variant in quality.VARIANTS.items():
+            for stage, ablations in ((variant.config, variant.ablations), ("pretrain.yaml", variant.pretrain_ablations or ())):
+                if ablations and (CONFIGS / setting / stage).is_file():  # sni-t5-base ships no baselines
+                    files = [str(CONFIGS / setting / stage), *(str(quality.ABLATIONS / f"{a}.yaml") for a in ablations)]
+                    if all(files != known for _, known in cases):  # variants that share an ablation: parsed once
+                        cases.append((f"{setting}/{name}/{Path(stage).stem}", files))
+    return cases
+
+
+ABLATION_CASES = ablation_cases()
+
+
+@functools.lru_cache(maxsize=None)
+def resolved(files: tuple[str, ...]) -> dict:
+    """The fit config these files give, as the CLI resolves it (the list of files itself left out)."""
+    config = run_cli(["fit"] + [arg for path in files for arg in ("--config", path)], cli_class=ParseOnly).config["fit"]
+    return {key: value for key, value in config.clone().as_dict().items() if key != "config"}
+
+
+def test_every_ablation_parses_and_changes_what_it_says():
+    """Each ablation parses on every stage a variant applies it to; one that changed nothing in any setting
+    would report the base run under another name."""
+    changed = {Path(files[-1]).stem for _, files in ABLATION_CASES if resolved(tuple(files)) != resolved(tuple(files[:-1]))}
+    used = {Path(files[-1]).stem for _, files in ABLATION_CASES}
+    assert used == {path.stem for path in (CONFIGS / "ablations").glob("*.yaml")}  # every file is used by a variant
+    assert changed == used, f"no-ops in every setting: {sorted(used - changed)}"
+
+
 def test_every_yaml_under_configs_is_parsed_or_referenced():
-    parsed = {Path(path).resolve() for _, files in CASES for path in files}
+    parsed = {Path(path).resolve() for _, files in [*CASES, *ABLATION_CASES] for path in files}
     parsed |= {(CONFIGS / setting / "pipeline.yaml").resolve() for setting in SETTINGS}
     referenced = set()
     for path in parsed:

@@ -64,8 +64,10 @@ def test_a_run_is_reused_only_for_the_recipe_it_was_trained_with(tmp_path):
     (tmp_path / "parts" / "architecture.yaml").write_text("generator: mlp\n")
     config = tmp_path / "finetune.yaml"
     config.write_text("model:\n  init_args:\n    architecture: parts/architecture.yaml\n    lr: 0.003\n")
-    wanted = quality.recipe(str(config), ["--seed_everything=0"])
-    assert len(wanted["configs"]) == 2  # the part the config names is part of the recipe
+    ablation = tmp_path / "no-kl.yaml"
+    ablation.write_text("model.init_args.distillation.kl_weight: 0\n")
+    wanted = quality.recipe([str(config), str(ablation)], ["--seed_everything=0"])
+    assert len(wanted["configs"]) == 3  # the part the config names and the ablation are part of the recipe
 
     run = tmp_path / "run"
     run.mkdir()
@@ -73,7 +75,9 @@ def test_a_run_is_reused_only_for_the_recipe_it_was_trained_with(tmp_path):
     quality.check_recipe(run, wanted)  # same recipe: reused
     (tmp_path / "parts" / "architecture.yaml").write_text("generator: hart\n")
     with pytest.raises(SystemExit, match=r"another recipe \(configs that differ: \[.*architecture\.yaml"):
-        quality.check_recipe(run, quality.recipe(str(config), ["--seed_everything=0"]))
+        quality.check_recipe(run, quality.recipe([str(config), str(ablation)], ["--seed_everything=0"]))
+    with pytest.raises(SystemExit, match=r"configs that differ: \[.*no-kl\.yaml"):
+        quality.check_recipe(run, quality.recipe([str(config)], ["--seed_everything=0"]))  # the ablation left out
     with pytest.raises(SystemExit, match=r"overrides that differ: \['--seed_everything=0', '--seed_everything=1'\]"):
         quality.check_recipe(run, {**wanted, "args": ["--seed_everything=1"]})
 
