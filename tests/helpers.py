@@ -1,6 +1,8 @@
 """Shared by the CLI-level tests: a tiny backbone, a few steps per stage, runs in a scratch folder."""
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 from tagi.training.cli import run_cli
@@ -38,3 +40,29 @@ def fit(stage: str, *extra: str):
 def fit_teachers(out_dir: str = "teachers/t"):
     """The teacher stage, one validation example per task: the teachers later stages read."""
     return fit("teacher", f"--model.init_args.output_dir={out_dir}", "--data.init_args.val_instances_per_task=1")
+
+
+TEACHERS = Path("teachers/t")
+PRETRAIN = Path("checkpoints/demo/pretrain/checkpoints/last.ckpt")
+
+
+def train_shared_stages(root: Path) -> Path:
+    """Teachers and a stage-2 checkpoint, trained in `root` (the `trained_stages` fixture, once per test run)."""
+    previous = os.getcwd()
+    os.chdir(root)
+    try:
+        fit_teachers(str(TEACHERS))
+        words = "the cat sat on a mat while an old dog slept near the warm fire".split()
+        corpus = root / "corpus.jsonl"  # a small corpus of its own: `data.init_args.source` is a user's C4-style file
+        corpus.write_text("".join(json.dumps({"text": " ".join(words[i:] + words[:i]) * 3}) + "\n" for i in range(12)))
+        fit("pretrain", f"--data.init_args.source={corpus}")
+    finally:
+        os.chdir(previous)
+    return root
+
+
+def stages_in(trained: Path, workdir: Path) -> dict[str, Path]:
+    """A copy of the shared runs (teacher and pretrain run folders, the teachers, the generated data) in `workdir`."""
+    for name in ("teachers", "checkpoints", "runs"):
+        shutil.copytree(trained / name, workdir / name, dirs_exist_ok=True)
+    return {"teachers": workdir / TEACHERS, "pretrain": workdir / PRETRAIN}

@@ -15,7 +15,7 @@ import torch
 import yaml
 from peft import PeftModel
 
-from helpers import FAST, ROOT, TINY, chdir_scratch, config, fit, fit_teachers
+from helpers import FAST, ROOT, TINY, chdir_scratch, config, fit, stages_in
 from tagi.__main__ import main as tagi_main
 from tagi.training.cli import run_cli
 from tagi.eval.reports import read_predictions
@@ -68,9 +68,13 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def teachers(workdir):
-    fit_teachers()
-    return workdir / "teachers/t"
+def stages(workdir, trained_stages):
+    return stages_in(trained_stages, workdir)
+
+
+@pytest.fixture(scope="module")
+def teachers(stages):
+    return stages["teachers"]
 
 
 def test_teacher_stage_writes_one_peft_adapter_per_cluster(workdir, teachers):
@@ -90,15 +94,9 @@ def test_teacher_stage_writes_one_peft_adapter_per_cluster(workdir, teachers):
 
 
 @pytest.fixture(scope="module")
-def pretrain(workdir):
-    """A stage-2 checkpoint on a small corpus of its own: what the finetune tests warm-start from."""
-    checkpoint = workdir / "checkpoints/demo/pretrain/checkpoints/last.ckpt"
-    if not checkpoint.is_file():
-        corpus = workdir / "corpus.jsonl"
-        words = "the cat sat on a mat while an old dog slept near the warm fire".split()
-        corpus.write_text("".join(json.dumps({"text": " ".join(words[i:] + words[:i]) * 3}) + "\n" for i in range(12)))
-        fit("pretrain", f"--data.init_args.source={corpus}")
-    return checkpoint
+def pretrain(stages):
+    """The shared stage-2 checkpoint (trained on a small corpus of its own): what the finetune tests warm-start from."""
+    return stages["pretrain"]
 
 
 def test_pretrain_stage_writes_checkpoint_and_config(workdir, pretrain):
@@ -148,7 +146,7 @@ def test_theta0_stage_writes_a_from_pretrained_folder(workdir):
     assert theta0.config.d_model == 32 and theta0.config.vocab_size == len(load_tokenizer("synthetic"))
     meta = json.loads((workdir / "theta0/tagi_backbone.json").read_text())
     assert meta["stage"] == "theta0" and meta["input"] == "concat" and meta["global_step"] == 4
-    assert json.loads((workdir / "checkpoints/demo/backbone/complete.json").read_text())["global_step"] == 4
+    assert json.loads((workdir / "checkpoints/demo/theta0/complete.json").read_text())["global_step"] == 4
 
 
 def test_pipeline_runs_every_stage_skips_finished_ones_and_resumes_a_killed_one(tmp_path, monkeypatch, caplog, capsys):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import FAST, TINY, chdir_scratch, config, fit, fit_teachers
+from helpers import FAST, TINY, chdir_scratch, config, fit, stages_in
 from tagi.__main__ import main as tagi_main
 from tagi.modeling.adapters import load_adapter, save_adapter
 from tagi.data.modules import FinetuneDataModule
@@ -36,11 +36,9 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def stages(workdir):
-    """Teachers and a stage-2 checkpoint of the tiny backbone: what the finetune stage reads."""
-    fit_teachers()
-    fit("pretrain")
-    return {"teachers": workdir / "teachers/t", "pretrain": workdir / "checkpoints/demo/pretrain/checkpoints/last.ckpt"}
+def stages(workdir, trained_stages):
+    """Teachers and a stage-2 checkpoint of the tiny backbone (this module's copy): what the finetune stage reads."""
+    return stages_in(trained_stages, workdir)
 
 
 def finetune_args(stages, *extra: str) -> list[str]:
