@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
+from tagi.data.collate import group_rows
 from tagi.modeling.model import TAGIModel
 
 
@@ -123,6 +124,17 @@ class CostTally:
             total = self.totals[key]
             self.totals[key] = Cost(total.flops + part.flops, total.seconds + part.seconds)
         self.examples += cost.examples
+
+    def add_batch(self, model: TAGIModel, batch: dict) -> None:
+        """Every task of a test batch (a `FinetuneDataModule` batch, which carries the concatenated inputs):
+        its instruction once + its inputs, against its inputs with the instruction concatenated."""
+        for task_row, rows in group_rows(batch["task_index"]):
+            keep = batch["instruction_mask"][task_row].bool()  # (L,) the instruction without padding
+            instruction = batch["instruction_ids"][task_row][keep][None], batch["instruction_mask"][task_row][keep][None]
+            cost = task_cost(model, instruction, (batch["input_ids"][rows], batch["attention_mask"][rows]),
+                             (batch["concat_input_ids"][rows], batch["concat_attention_mask"][rows]), batch["labels"][rows],
+                             batch_size=len(rows))
+            self.add(batch["task_names"][int(rows[0])], cost)
 
     def summary(self) -> dict:
         instruction, inputs, baseline = (self.totals[key] for key in ("tagi_instruction", "tagi_inputs", "baseline"))

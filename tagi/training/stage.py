@@ -17,10 +17,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from tagi.data.collate import group_rows
 from tagi.data.tokenization import load_tokenizer
 from tagi.errors import NonFiniteLossError
-from tagi.eval.cost import CostTally, task_cost
+from tagi.eval.cost import CostTally
 from tagi.eval.evaluation import Evaluation
 from tagi.eval.metrics import results_table
 from tagi.inference.runner import StudentRunner
@@ -168,7 +167,8 @@ class Stage(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> list[str]:
         texts = self._evaluate(batch)  # `EvaluationWriter` streams them to predictions.jsonl
         if self.student is not None and "concat_input_ids" in batch:
-            self._tally_cost(batch)
+            self.cost_tally = self.cost_tally or CostTally()
+            self.cost_tally.add_batch(self.student.model, batch)
         return texts
 
     def on_test_epoch_end(self) -> None:
@@ -179,17 +179,6 @@ class Stage(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
         return self.generate_texts(batch)
-
-    def _tally_cost(self, batch: dict) -> None:
-        """Per task in the batch: TAGI (instruction once + these inputs) vs the concatenated inputs."""
-        self.cost_tally = self.cost_tally or CostTally()
-        for task_row, rows in group_rows(batch["task_index"]):
-            mask = batch["instruction_mask"][task_row].bool()
-            instruction = batch["instruction_ids"][task_row][mask][None], batch["instruction_mask"][task_row][mask][None]
-            cost = task_cost(self.student.model, instruction, (batch["input_ids"][rows], batch["attention_mask"][rows]),
-                             (batch["concat_input_ids"][rows], batch["concat_attention_mask"][rows]), batch["labels"][rows],
-                             batch_size=len(rows))
-            self.cost_tally.add(batch["task_names"][int(rows[0])], cost)
 
     # -- what results.json / results.md say besides the scores
 
