@@ -3,8 +3,10 @@ a command imports them (`tagi.cli`) when it runs."""
 
 from __future__ import annotations
 
+import difflib
 import sys
 
+COMMANDS = ("fit", "validate", "test", "predict", "pipeline", "adapter")
 USAGE = """usage: tagi <command> [options]        (or: python -m tagi <command> [options])
 
 commands:
@@ -25,6 +27,12 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stdout if argv else sys.stderr, end="")
         raise SystemExit(0 if argv else 2)
+    if not argv[0].startswith("-") and argv[0] not in COMMANDS:  # before the heavy imports: a typo answers at once
+        close = difflib.get_close_matches(argv[0], COMMANDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        print(f"error: unknown command {argv[0]!r} (the commands: {', '.join(COMMANDS)}){hint} `tagi --help` describes "
+              "each.", file=sys.stderr)
+        raise SystemExit(2)
     from tagi.cli import main as run
 
     run(argv)

@@ -39,6 +39,16 @@ def test_help_lists_every_command_without_importing_torch():
         assert f"\n  {command} " in shown.stdout, command
 
 
+def test_an_unknown_command_names_every_command_and_the_closest(capsys):
+    """jsonargparse's own message lists only fit/validate/test/predict: pipeline and adapter are routed before it."""
+    for typo, hint in (("fitt", "did you mean 'fit'?"), ("adaptr", "did you mean 'adapter'?"), ("train", "")):
+        with pytest.raises(SystemExit) as exit_info:
+            tagi_main([typo, "--config", "x.yaml"])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and f"unknown command {typo!r}" in err and hint in err
+        assert "fit, validate, test, predict, pipeline, adapter" in err
+
+
 def test_a_parse_error_is_short_and_names_the_option(capsys):
     """Not jsonargparse's full usage (every Trainer option, ~150 lines) above the line that matters."""
     with pytest.raises(SystemExit) as exit_info:
