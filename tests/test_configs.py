@@ -128,3 +128,21 @@ def test_every_stage_config_takes_its_trainer_from_the_settings_part(files):
         assert trainer[key] == shared[key], key  # the part reached the run
     assert [c.class_path for c in trainer.callbacks] == [c["class_path"] for c in shared["callbacks"]]
     assert trainer.max_steps == keys["trainer.max_steps"] and trainer.logger.init_args.save_dir == shared["logger"]["init_args"]["save_dir"]
+
+
+def test_a_nested_block_beside_a_named_part_is_refused(tmp_path):
+    """jsonargparse applies a block whole: a `trainer:` block in a file that also names parts/trainer.yaml would
+    drop one of them without a word. The shipped files pass; a user's file that does it gets the fix."""
+    from tagi.errors import ConfigurationError
+    from tagi.training.preflight import check_config_files
+
+    check_config_files([files[-1] for _, files in CASES])
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "trainer.yaml").write_text("trainer:\n  accelerator: cpu\n  log_every_n_steps: 10\n")
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("config: parts/trainer.yaml\ntrainer:\n  max_steps: 50\n")
+    with pytest.raises(ConfigurationError, match=r"mine.yaml: its `trainer:` block and the `trainer:` block of "
+                                                 r"parts/trainer.yaml .*`trainer.max_steps: ...`"):
+        check_config_files([str(mine)])
+    mine.write_text("config: parts/trainer.yaml\ntrainer.max_steps: 50\n")
+    check_config_files([str(mine)])  # dotted keys add to the part

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import FAST, TINY, chdir_scratch, config, fit, stages_in
+from helpers import FAST, ROOT, TINY, chdir_scratch, config, fit, stages_in
 from tagi.__main__ import main as tagi_main
 from tagi.modeling.adapters import load_adapter, save_adapter
 from tagi.data.modules import FinetuneDataModule
@@ -408,3 +408,15 @@ def test_an_unwritable_output_dir_and_a_teacher_of_another_tokenizer(workdir, st
     other = edited_teachers(stages, "teachers-other-tokenizer", "meta.json", lambda meta: {**meta, "tokenizer": "byt5"})
     run_fails_cleanly(finetune_args(stages, f"--model.init_args.teachers={other}"), capsys,
                       "does not match this student", "tokenizer 'byt5' ≠ 'synthetic'")
+
+
+def test_a_stage_file_with_a_trainer_block_beside_its_trainer_part_is_refused(workdir, capsys):
+    """The part would be dropped whole (or the block, by order) without a word: say how to write it instead."""
+    folder = workdir / "nested-configs"
+    if not folder.exists():
+        shutil.copytree(ROOT / "configs/demo", folder)  # parts/ resolve beside it
+        text = (folder / "pretrain.yaml").read_text()
+        (folder / "pretrain.yaml").write_text(text.replace("trainer.max_steps: 300\n", "trainer:\n  max_steps: 300\n"))
+    run_fails_cleanly(["fit", "--config", str(folder / "pretrain.yaml"), TINY, *FAST], capsys,
+                      "pretrain.yaml: its `trainer:` block and the `trainer:` block of parts/trainer.yaml",
+                      "`trainer.max_steps: ...`")

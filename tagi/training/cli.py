@@ -27,8 +27,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from tagi.io import folder_lock, read_checkpoint
 from tagi.provenance import Provenance
 from tagi.training.callbacks import StepProgressBar, artifact_callbacks
-from tagi.training.preflight import (CKPT_ALIASES, EVAL_SUBCOMMANDS, check_config, check_fit_target, eval_checkpoint,
-                                     fit_checkpoint, is_training_run, logger_dir)
+from tagi.training.preflight import (CKPT_ALIASES, EVAL_SUBCOMMANDS, check_config, check_config_files, check_fit_target,
+                                     eval_checkpoint, fit_checkpoint, is_training_run, logger_dir)
 
 
 class ShortUsageParser(LightningArgumentParser):
@@ -67,6 +67,7 @@ class TAGICLI(LightningCLI):
             self._own_eval_folder(config)
         if self.subcommand == "fit":
             config.ckpt_path = fit_checkpoint(config.as_dict())  # `last` resolved: checked like any other file
+        check_config_files([getattr(path, "absolute", str(path)) for path in config.get("config") or []])
         check_config(config.as_dict())
         if self.subcommand == "fit":
             check_fit_target(config.as_dict())

@@ -46,6 +46,33 @@ def check_config(config: dict) -> None:
         check_checkpoint("--ckpt_path", ckpt_path, "a checkpoint of this stage, or `last` to resume the latest")
 
 
+def check_config_files(paths: list[str]) -> None:
+    """A config file that names another with `config:` (a setting's parts/trainer.yaml) and also sets one of
+    its blocks as a nested mapping: jsonargparse applies each block whole, so one of the two would be
+    silently dropped. Its own values must be dotted keys (`trainer.max_steps: 300`)."""
+    for path in map(Path, paths):
+        keys = _yaml_mapping(path)
+        for part in [keys["config"]] if isinstance(keys.get("config"), str) else keys.get("config") or []:
+            shared = _yaml_mapping(path.parent / part)
+            clashes = [key for key, value in keys.items() if isinstance(value, dict) and key in shared]
+            if clashes:
+                key = clashes[0]
+                raise ConfigurationError(
+                    f"{path}: its `{key}:` block and the `{key}:` block of {part} (named by its `config:` key) would not "
+                    f"be merged: one replaces the other whole. Set this file's own values as dotted keys, e.g. "
+                    f"`{key}.{next(iter(keys[key]), 'max_steps')}: ...`, as the shipped stage configs do")
+
+
+def _yaml_mapping(path: Path) -> dict:
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}  # jsonargparse has read it already, or reports it itself
+    return loaded if isinstance(loaded, dict) else {}
+
+
 def check_checkpoint(option: str, value: str, what: str) -> None:
     """A checkpoint file, or the folder DeepSpeed writes for one (it holds a `latest` file)."""
     path = Path(value)
