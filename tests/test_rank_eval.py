@@ -38,7 +38,7 @@ def test_test_reports_rank_accuracy_for_instances_with_options(tmp_path, monkeyp
     run_cli(["fit", "--config", str(ROOT / "configs/demo/theta0.yaml"), TINY, f"--data.init_args.data_dir={suite}",
              "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1",
              "--trainer.enable_progress_bar=false", "--data.init_args.batch_size=4", "--model.init_args.output_dir=theta0"])
-    checkpoint = tmp_path / "checkpoints/demo/backbone/checkpoints/last.ckpt"
+    checkpoint = tmp_path / "checkpoints/demo/theta0/checkpoints/last.ckpt"
     run_cli(["test", "--config", str(ROOT / "configs/demo/theta0.yaml"), TINY, f"--data.init_args.data_dir={suite}",
              "--trainer.enable_progress_bar=false", "--trainer.logger.init_args.name=report", f"--ckpt_path={checkpoint}"])
     overall = json.loads((tmp_path / "checkpoints/demo/report/results.json").read_text())["overall"]
