@@ -10,6 +10,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 
+from tagi.eval.cost import CostTally
 from tagi.eval.reports import COMPLETE_NAME, PREDICTIONS, RESULTS_MD, PredictionWriter, write_results
 from tagi.io import atomic_write_text
 
@@ -116,9 +117,10 @@ class EvaluationWriter(Callback):
         scores = {key.removeprefix("test/"): float(value) for key, value in trainer.callback_metrics.items()
                   if key.startswith("test/")}
         if scores and trainer.is_global_zero and log_dir is not None and pl_module.evaluation is not None:
-            path = write_results(log_dir, scores, pl_module.evaluation.task_category, pl_module.results_meta(),
-                                 pl_module.results_markdown())
-            rank_zero_info(f"wrote {path} and {RESULTS_MD}: {trainer.ckpt_path} at step {pl_module.evaluated_step}")
+            tally = pl_module.cost_tally if pl_module.cost_tally is not None and pl_module.cost_tally.examples else None
+            path = write_results(log_dir, scores, pl_module.evaluation.task_category, results_meta(trainer, pl_module, tally),
+                                 tally.markdown() if tally is not None else "")
+            rank_zero_info(f"wrote {path} and {RESULTS_MD}: {trainer.ckpt_path} at step {evaluated_step(trainer, pl_module)}")
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.predict_loop.return_predictions = False  # they are streamed to the file instead
@@ -129,6 +131,28 @@ class EvaluationWriter(Callback):
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._close()
+
+
+def evaluated_step(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
+    """The training step of the weights being evaluated (the loaded checkpoint's, outside fit)."""
+    step = pl_module.checkpoint_step
+    return pl_module.global_step if trainer.state.fn == "fit" or step is None else step
+
+
+def results_meta(trainer: L.Trainer, pl_module: L.LightningModule, tally: CostTally | None) -> dict:
+    """What results.json says besides the scores: the model, its provenance, the student's task-cache
+    use and, where measured, the inference cost against instruction concatenation."""
+    control = getattr(getattr(trainer.datamodule, "hparams", None), "instruction_control", "real")
+    meta = {"model": type(pl_module).__name__, "checkpoint": trainer.ckpt_path,
+            "global_step": evaluated_step(trainer, pl_module), "describe": pl_module.describe(),
+            "instruction_control": control}
+    if pl_module.student is not None:
+        cache = pl_module.student.cache
+        meta |= {"adapter_only": pl_module.adapter_only,
+                 "task_cache": {"hypernetwork_runs": cache.misses, "reuses": cache.hits}}
+    if tally is not None:
+        meta["inference_cost"] = tally.summary()
+    return meta
 
 
 def artifact_callbacks() -> list[Callback]:

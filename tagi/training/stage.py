@@ -46,6 +46,7 @@ class Stage(L.LightningModule):
         self.adapter_only = False  # student stages: evaluate backbone + generated LoRA alone (what `tagi adapter` exports)
         self.cost_tally: CostTally | None = None  # student stages, test: inference cost vs instruction concatenation
         self.last_scores: dict[str, float] = {}  # the last validation's (not the sanity check's)
+        self.checkpoint_step: int | None = None  # test/predict: the step the loaded weights were trained to
 
     def describe(self) -> dict:
         """What produced a checkpoint: stored under checkpoint["tagi"] and read back by `tagi.provenance`.
@@ -68,7 +69,7 @@ class Stage(L.LightningModule):
             self.trainer.logger.save()  # the log up to this checkpoint is on disk, so a resume continues it
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # test/predict do not restore the loop counters: keep the step the evaluated weights were trained to
+        # test/predict do not restore the loop counters: keep it for results.json
         self.checkpoint_step = checkpoint.get("global_step")
         restore_rng_states(checkpoint)
 
@@ -179,28 +180,3 @@ class Stage(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
         return self.generate_texts(batch)
-
-    # -- what results.json / results.md say besides the scores
-
-    def results_meta(self) -> dict:
-        """What the results describe: the model and its provenance."""
-        data = getattr(self.trainer, "datamodule", None)
-        control = getattr(getattr(data, "hparams", None), "instruction_control", "real")
-        meta = {"model": type(self).__name__, "checkpoint": self.trainer.ckpt_path, "global_step": self.evaluated_step,
-                "describe": self.describe(), "instruction_control": control}
-        if self.student is not None:
-            cache = self.student.cache
-            meta |= {"adapter_only": self.adapter_only, "task_cache": {"hypernetwork_runs": cache.misses, "reuses": cache.hits}}
-        if self.cost_tally is not None and self.cost_tally.examples:
-            meta["inference_cost"] = self.cost_tally.summary()
-        return meta
-
-    def results_markdown(self) -> str:
-        """Extra Markdown appended to results.md: the inference cost, where measured."""
-        return self.cost_tally.markdown() if self.cost_tally is not None and self.cost_tally.examples else ""
-
-    @property
-    def evaluated_step(self) -> int:
-        """The training step of the weights being evaluated (the checkpoint's, outside fit)."""
-        step = getattr(self, "checkpoint_step", None)
-        return self.global_step if self.trainer.state.fn == "fit" or step is None else step
