@@ -5,6 +5,7 @@ import torch
 from transformers import ByT5Tokenizer
 
 from tagi.eval.cost import task_cost
+from tagi.eval.evaluation import Evaluation
 from tagi.modeling.model import TAGIModel
 from tagi.modeling.backbone import load_backbone
 from tagi.eval.rank import RankAccuracy, option_scores, rank_classify
@@ -28,6 +29,26 @@ def test_rank_classification_picks_the_option_the_model_prefers():
     metric.update(chosen, [1, [1, 0]])
     metric.update([2], [0])
     assert metric.compute().item() == pytest.approx(2 / 3)
+
+
+def test_evaluation_counts_ranked_rows_across_batches_and_resets():
+    tok = ByT5Tokenizer()
+    evaluation = Evaluation([("t", "c")], tok)
+
+    def prefers_first_option(rows, labels):  # logits (R, Y, V) that favour option 0's token at every position
+        logits = torch.zeros(labels.shape[0], labels.shape[1], len(tok))
+        logits[..., tok("a").input_ids[0]] = 5.0
+        return logits
+
+    plain = dict(references=[["x"]], task_names=["t"])
+    ranked = dict(references=[["a"], ["b"], ["a"]], task_names=["t"] * 3,
+                  options=[[tok("a").input_ids, tok("b").input_ids]] * 2 + [[]])  # row 2 has no options
+    evaluation.update(plain, ["x"], prefers_first_option)
+    evaluation.update(ranked, ["a", "a", "a"], prefers_first_option)
+    scores = evaluation.compute()
+    assert scores["rank_count"] == 2 and scores["rank_accuracy"] == 50.0  # row 0 right (a), row 1 wrong (b)
+    evaluation.update(plain, ["x"], prefers_first_option)
+    assert "rank_count" not in evaluation.compute()  # reset: the next pass ranked nothing
 
 
 def test_rank_classification_with_a_real_model_matches_its_loss():

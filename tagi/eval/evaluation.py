@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torchmetrics.aggregation import SumMetric
 
 from tagi.eval.metrics import InstructionMetrics
 from tagi.eval.rank import RankAccuracy, rank_classify
@@ -26,7 +27,8 @@ class Evaluation(nn.Module):
         super().__init__()
         self.metrics = InstructionMetrics(tasks)
         self.rank_accuracy = RankAccuracy()
-        self.ranked = 0
+        # Summed over processes: under DDP every process must agree whether to compute (and sync) the accuracy.
+        self.ranked = SumMetric()
         self.tokenizer = tokenizer
 
     @property
@@ -36,6 +38,7 @@ class Evaluation(nn.Module):
     def update(self, batch: dict, texts: list[str], option_logits: OptionLogits) -> None:
         self.metrics.update(texts, batch["references"], batch["task_names"])
         rows = [i for i, options in enumerate(batch.get("options") or []) if options]
+        self.ranked.update(len(rows))
         if rows:
             self._rank(batch, rows, option_logits)
 
@@ -47,15 +50,14 @@ class Evaluation(nn.Module):
         correct = [[k for k, text in enumerate(self.tokenizer.batch_decode(batch["options"][i], skip_special_tokens=True))
                     if text in batch["references"][i]] for i in rows]
         self.rank_accuracy.update(chosen, correct)
-        self.ranked += len(rows)
 
     def compute(self) -> dict[str, float]:
         """The pass's scores (`rougeL`, `exact_match`, `count`, per task and category; `rank_accuracy` and
         `rank_count` when rows were ranked), then reset for the next pass."""
         scores = {key: float(value) for key, value in self.metrics.compute().items()}
-        if self.ranked:
-            scores["rank_accuracy"], scores["rank_count"] = 100 * float(self.rank_accuracy.compute()), float(self.ranked)
-        self.metrics.reset()
-        self.rank_accuracy.reset()
-        self.ranked = 0
+        ranked = float(self.ranked.compute())
+        if ranked:
+            scores["rank_accuracy"], scores["rank_count"] = 100 * float(self.rank_accuracy.compute()), ranked
+        for metric in (self.metrics, self.rank_accuracy, self.ranked):
+            metric.reset()
         return scores
