@@ -1,18 +1,21 @@
-"""Callbacks the CLI installs on every Trainer: all the artifact writing of a run (the stages only
-compute), and a progress bar that counts optimizer steps."""
+"""Callbacks the CLI installs on every Trainer: when each artifact of a run is written (the stages only
+compute; θ0's and the teachers' folder formats are their stage's `export`), and a progress bar that
+counts optimizer steps."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from tagi.eval.cost import CostTally
 from tagi.eval.reports import COMPLETE_NAME, PREDICTIONS, RESULTS_MD, PredictionWriter, write_results
-from tagi.io import atomic_write_text
+from tagi.io import atomic_write_text, read_checkpoint
 
 
 class StepProgressBar(RichProgressBar):
@@ -48,6 +51,38 @@ class FinalCheckpoint(Callback):
         for callback in trainer.checkpoint_callbacks:
             if getattr(callback, "save_last", False) and callback._last_global_step_saved != trainer.global_step:
                 callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+
+
+class MetricsLog(Callback):
+    """The run's metrics.csv continues across a resume. Flushed at every checkpoint, so the log on disk
+    reaches the step a resume starts from. Lightning's CSVLogger deletes the file when it creates its
+    writer, which happens before any callback hook, so the CLI calls `keep_history` before fitting."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if trainer.logger is not None:
+            trainer.logger.save()
+
+    @staticmethod
+    def keep_history(trainer: L.Trainer, checkpoint: Path | None) -> None:
+        """Resuming from `checkpoint`: keep the rows logged before its step, so the resumed run's log
+        continues the killed one's instead of replacing it."""
+        logger = trainer.logger
+        if not isinstance(logger, CSVLogger) or checkpoint is None or trainer.global_rank != 0:
+            return
+        metrics = Path(logger.log_dir) / "metrics.csv"
+        if not metrics.is_file():
+            return
+        step = read_checkpoint(checkpoint, "--ckpt_path", mmap=True)["global_step"]
+        with metrics.open(newline="") as file:
+            reader = csv.DictReader(file)
+            fields, rows = reader.fieldnames, [row for row in reader if int(row["step"]) < step]
+        # Creating the writer removes metrics.csv. It appends to an existing file, and rewrites it
+        # with a wider header when new keys come, so it must know the old file's keys.
+        logger.experiment.metrics_keys = list(fields)
+        with metrics.open("w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 class ExportArtifacts(Callback):
@@ -156,5 +191,5 @@ def results_meta(trainer: L.Trainer, pl_module: L.LightningModule, tally: CostTa
 
 
 def artifact_callbacks() -> list[Callback]:
-    """Every artifact a run writes besides checkpoints and metrics.csv, in the order they must be written."""
-    return [FinalCheckpoint(), ExportArtifacts(), CompletionMarker(), EvaluationWriter()]
+    """Every artifact a run writes besides the checkpoints themselves, in the order they must be written."""
+    return [FinalCheckpoint(), MetricsLog(), ExportArtifacts(), CompletionMarker(), EvaluationWriter()]

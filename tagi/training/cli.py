@@ -9,7 +9,6 @@ paragraph with exit status 2.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import sys
@@ -21,12 +20,11 @@ import torch
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from tagi.io import folder_lock, read_checkpoint
 from tagi.provenance import Provenance
-from tagi.training.callbacks import StepProgressBar, artifact_callbacks
+from tagi.training.callbacks import MetricsLog, StepProgressBar, artifact_callbacks
 from tagi.training.preflight import (CKPT_ALIASES, EVAL_SUBCOMMANDS, check_config, check_config_files, check_fit_target,
                                      eval_checkpoint, fit_checkpoint, is_training_run, logger_dir)
 
@@ -95,7 +93,7 @@ class TAGICLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._check_ckpt_path()
-        self._keep_metrics_history()
+        MetricsLog.keep_history(self.trainer, self._resume_checkpoint())
         self.datamodule.prepare_data()
         self.datamodule.setup("fit")  # idempotent: Lightning's own setup call reuses the datasets
         if hasattr(self.model, "prepare"):
@@ -126,28 +124,6 @@ class TAGICLI(LightningCLI):
         if path == "last" and callback is not None and logger is not None:
             path = Path(callback.dirpath or Path(logger.log_dir) / "checkpoints") / "last.ckpt"
         return Path(path) if path and Path(path).is_file() else None
-
-    def _keep_metrics_history(self) -> None:
-        """On resume, Lightning's CSVLogger deletes the run's metrics.csv; keep the rows logged before the
-        checkpoint's step, so the resumed run's log continues the killed one's instead of replacing it."""
-        logger, checkpoint = self.trainer.logger, self._resume_checkpoint()
-        if not isinstance(logger, CSVLogger) or checkpoint is None or self.trainer.global_rank != 0:
-            return
-        metrics = Path(logger.log_dir) / "metrics.csv"
-        if not metrics.is_file():
-            return
-        step = read_checkpoint(checkpoint, "--ckpt_path", mmap=True)["global_step"]
-        with metrics.open(newline="") as file:
-            reader = csv.DictReader(file)
-            fields, rows = reader.fieldnames, [row for row in reader if int(row["step"]) < step]
-        # Creating the writer removes metrics.csv. It appends to an existing file, and rewrites it
-        # with a wider header when new keys come, so it must know the old file's keys.
-        logger.experiment.metrics_keys = list(fields)
-        with metrics.open("w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
         """Every run writes its artifacts through `artifact_callbacks`; with a progress bar on and none

@@ -65,8 +65,6 @@ class Stage(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[PROVENANCE_KEY] = self.describe()
         save_rng_states(checkpoint)
-        if self._trainer is not None and self.trainer.logger is not None:
-            self.trainer.logger.save()  # the log up to this checkpoint is on disk, so a resume continues it
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # test/predict do not restore the loop counters: keep it for results.json
