@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: sets up .venv if needed, then runs the offline demo pipeline on CPU
-# (teacher → pretrain → finetune → held-out test). Extra arguments go to the pipeline (e.g. --force true).
+# (θ0 → teachers → pretrain → finetune → held-out test). Extra arguments go to the pipeline (e.g. --force true).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-env.sh

@@ -18,7 +18,10 @@ from typing import Collection, Iterator
 from tagi.errors import ConfigurationError, InputError
 
 LOCK_SUFFIX = ".lock"  # `.<run folder>.lock` beside a run folder while a process writes it
-BACKBONE_META = "tagi_backbone.json"  # in a θ0 folder stage 0 wrote: what made it, and its weights' digest
+# In a θ0 folder stage 0 wrote: what made it, and its weights' digest. The name predates `theta0` (stage 0's
+# one name); it stays, because θ0 folders written before the rename must still load.
+BACKBONE_META = "tagi_backbone.json"
+COMPLETE_NAME = "complete.json"  # a fit's completion marker, written last, by the `CompletionMarker` callback
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 
 

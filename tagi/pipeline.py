@@ -21,9 +21,8 @@ from typing import Literal
 from jsonargparse import ArgumentParser, ActionConfigFile
 
 from tagi.errors import InputError
-from tagi.eval.reports import COMPLETE_NAME
 from tagi.eval.results import git_commit, render_block
-from tagi.io import atomic_write_text
+from tagi.io import COMPLETE_NAME, atomic_write_text
 from tagi.training.cli import run_cli
 
 log = logging.getLogger(__name__)

@@ -2,6 +2,7 @@
 parts applied before it), and every baseline, through the same parsers `tagi` uses, without building
 any model. A misspelt key, a wrong type or a class path that moved fails here, not in a user's run."""
 
+import ast
 import functools
 from pathlib import Path
 
@@ -146,3 +147,16 @@ def test_a_nested_block_beside_a_named_part_is_refused(tmp_path):
         check_config_files([str(mine)])
     mine.write_text("config: parts/trainer.yaml\ntrainer.max_steps: 50\n")
     check_config_files([str(mine)])  # dotted keys add to the part
+
+
+def test_every_config_field_says_what_it_is():
+    """Each YAML block's dataclass (training/config.py) documents every field: the docstring under it is
+    what jsonargparse prints in --help."""
+    tree = ast.parse((ROOT / "tagi/training/config.py").read_text(encoding="utf-8"))
+    undocumented = []
+    for block in (node for node in tree.body if isinstance(node, ast.ClassDef)):
+        for field, after in zip(block.body, [*block.body[1:], None]):
+            documented = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)
+            if isinstance(field, ast.AnnAssign) and not documented:
+                undocumented.append(f"{block.name}.{field.target.id}")
+    assert not undocumented, undocumented

@@ -24,7 +24,7 @@ QUALITY = {
     "paired": {"tagi - concat": {"metric": "exact_match", "mean": 1.75, "ci95": [-0.5, 4.0]}},
 }
 DEMO = {"setting": "demo", "commit": "fedcba9876543210", "split": "test", "metric": "exact_match", "seconds": 400.0,
-        "stage_seconds": {"backbone": 168.0, "finetune": 149.0},
+        "stage_seconds": {"theta0": 168.0, "finetune": 149.0},
         "rows": {"student": {"rougeL": 25.87, "exact_match": 12.78}, "blanked": {"rougeL": 7.77, "exact_match": 2.22}}}
 
 
@@ -191,10 +191,7 @@ def test_check_detects_one_edited_number(tmp_path, capsys):
 
 def test_readme_results_match_their_json():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    blocks = find_blocks(text)
-    if not blocks:
-        assert "<!-- results:" not in text
-        pytest.skip("README has no results blocks yet")
+    assert find_blocks(text), "README.md has lost its <!-- results: ... --> blocks"
     assert render_readme(text, ROOT / "docs/results") == text, (
         "README results blocks differ from docs/results/*.json; run `python -m tagi.eval.results --write`")
 

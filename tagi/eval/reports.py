@@ -17,7 +17,6 @@ from tagi.io import atomic_write_text, with_umask
 from tagi.eval.metrics import results_table
 
 RESULTS_JSON, RESULTS_MD, PREDICTIONS = "results.json", "results.md", "predictions.jsonl"
-COMPLETE_NAME = "complete.json"  # a fit's completion marker (written last, by the stage)
 METRICS = ("rougeL", "exact_match", "count")
 
 

@@ -14,8 +14,8 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from tagi.eval.cost import CostTally
-from tagi.eval.reports import COMPLETE_NAME, PREDICTIONS, RESULTS_MD, PredictionWriter, write_results
-from tagi.io import atomic_write_text, read_checkpoint
+from tagi.eval.reports import PREDICTIONS, RESULTS_MD, PredictionWriter, write_results
+from tagi.io import COMPLETE_NAME, atomic_write_text, read_checkpoint
 
 
 class StepProgressBar(RichProgressBar):

@@ -41,7 +41,9 @@ class Optimization:
     """AdamW with linear warm-up, then linear decay to 0."""
 
     learning_rate: float = 1e-3
+    """Peak learning rate, reached at the end of the warm-up."""
     weight_decay: float = 0.0
+    """AdamW's decoupled weight decay on every trained weight; must not be negative."""
     warmup_ratio: float = 0.06
     """Share of the steps spent warming up."""
     fused: bool = True
@@ -55,7 +57,9 @@ class Generation:
     """Decoding on the validation and test tasks."""
 
     max_new_tokens: int = 64
+    """Longest answer generated, in tokens."""
     num_beams: int = 1
+    """1: greedy decoding (the papers' setting); more: beam search."""
 
 
 @dataclass
@@ -77,7 +81,9 @@ class Architecture:
     b_init_std: float = 1e-3
     """Scale of the B head at initialisation: the generated delta starts near zero, both heads get gradients."""
     hart_layers: int = 1
+    """generator: hart — layers of the decoder that writes one state per backbone layer."""
     hart_heads: int = 4
+    """generator: hart — that decoder's attention heads; must divide generator_width."""
     fusion: bool = True
     """Instruction-fusion cross-attention in every encoder block (TAGI eq. 1)."""
     fusion_heads: int | None = None
@@ -87,6 +93,7 @@ class Architecture:
     fid: bool = True
     """Fusion-in-decoder: the decoder attends to [instruction ; input]."""
     freeze_backbone: bool = True
+    """θ0 stays fixed; only the hypernetwork (and fusion) train. Finetuning needs it: the teachers were trained on θ0."""
     train_layer_norms: bool = False
     """The backbone's layer norms train with the hypernetwork (the official code's choice)."""
 
@@ -97,8 +104,11 @@ class Distillation:
     skips its term's work entirely."""
 
     kl_weight: float = 1.0
+    """λ of KL(teacher ‖ student) on the answer tokens' distributions."""
     temperature: float = 1.0
+    """Softens both distributions of the KL term (scaled back by temperature²)."""
     param_weight: float = 1.0
+    """λ of the distance between the generated LoRA and the row's cluster teacher's (param_form)."""
     param_form: ParamForm = "delta"
     """"delta": ‖ΔW_student − ΔW_teacher‖² / ‖ΔW_teacher‖² per site (ΔW = s·B·A), so weight 1 means the same
     at every shape; "ab": MSE on A and on B (the paper's eq. 4, raw scale)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from tagi.errors import ConfigurationError, InputError
-from tagi.eval.reports import COMPLETE_NAME
+from tagi.io import COMPLETE_NAME
 
 SYNTHETIC = "synthetic"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "t5-base", "google/t5-base-lm-adapt"
