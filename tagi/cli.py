@@ -7,8 +7,6 @@ from __future__ import annotations
 import logging
 import sys
 
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
-
 from tagi.errors import TagiError
 
 
@@ -50,9 +48,12 @@ def user_error(error: BaseException | None) -> Exception | None:
     """The `TagiError` behind `error` (jsonargparse re-raises what a class's constructor raised as its own
     ValueError, "Does not validate against any of the Union subtypes", with ours as the cause), or
     Lightning's own verdict on a Trainer option (`MisconfigurationException`, e.g. devices=0)."""
+    # Looked up, not imported: `tagi adapter` never loads Lightning (if it is not loaded, it raised nothing).
+    lightning = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    user_errors = (TagiError, lightning.MisconfigurationException) if lightning is not None else (TagiError,)
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, (TagiError, MisconfigurationException)):
+        if isinstance(error, user_errors):
             return error
         seen.add(id(error))
         error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
