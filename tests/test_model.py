@@ -70,7 +70,7 @@ def test_fusion_and_fid_change_the_output_once_trained(instructions, inputs):
     with torch.no_grad():
         task = model.encode_task(*instructions)
         states, states_mask = model.encode_inputs(task.select(torch.tensor([0, 0, 1, 1])), ids, mask)
-        plain, _ = model.encode_inputs(task.select(torch.tensor([0, 0, 1, 1])), ids, mask, lora_only=True)
+        plain, _ = model.encode_inputs(task.select(torch.tensor([0, 0, 1, 1])), ids, mask, reads_instruction=False)
         fused = model(task, ids, mask, decoder_input_ids=dec, task_index=torch.tensor([0, 0, 1, 1])).logits
         unfused = model(task, ids, mask, decoder_input_ids=dec, task_index=torch.tensor([0, 0, 1, 1]), lora_only=True).logits
     assert states.shape[1] == instructions[0].shape[1] + ids.shape[1]  # [I ; F]

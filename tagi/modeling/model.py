@@ -55,8 +55,6 @@ class TaskEncoding:
         )
 
 
-
-
 @dataclass(frozen=True)
 class ExecutionPath:
     """How one `forward`/`generate` call runs (`TAGIModel._path`)."""
@@ -65,6 +63,7 @@ class ExecutionPath:
     merged: bool  # that one task's LoRA is merged into the weights; else forward hooks apply it per row
     reads_instruction: bool  # fusion and FiD on; False: backbone + LoRA only, what an exported adapter computes
     fid_cache: bool  # the decoder's keys/values over the instruction are projected once per task
+
 
 class TAGIModel(nn.Module):
     """A T5 whose q/v projections get LoRA weights generated from a task instruction."""
@@ -165,7 +164,8 @@ class TAGIModel(nn.Module):
 
     # -- per input, many times
 
-    def _path(self, task: TaskEncoding, task_index: Tensor | None, merge: bool | None, lora_only: bool) -> ExecutionPath:
+    def _path(self, task: TaskEncoding, task_index: Tensor | None, merge: bool | None, lora_only: bool,
+              num_beams: int = 1) -> ExecutionPath:
         """How a forward/generate call runs, decided once, here (as peft's `Linear.forward` decides at its top)."""
         rows = task if task_index is None else task.select(task_index)
         merged = len(rows) == 1 and not torch.is_grad_enabled() if merge is None else merge
@@ -173,7 +173,8 @@ class TAGIModel(nn.Module):
         # The instruction's decoder keys/values are shared by one task's rows, or (inference only) gathered
         # per row of a mixed batch. Training batches leave them to the backbone: the same values in another
         # batch shape round differently, and the measured results (README, Results) were trained that way.
-        shared = len(task) == 1 if task_index is None else not torch.is_grad_enabled()
+        # Beam search would need the cache expanded per beam, so it leaves them to the backbone too.
+        shared = (len(task) == 1 if task_index is None else not torch.is_grad_enabled()) and num_beams == 1
         return ExecutionPath(rows, merged, reads_instruction, self.use_fid and reads_instruction and shared)
 
     @contextmanager
@@ -196,23 +197,23 @@ class TAGIModel(nn.Module):
 
     def encode_inputs(
         self, task: TaskEncoding, input_ids: Tensor, attention_mask: Tensor, task_index: Tensor | None = None,
-        lora_only: bool = False,
+        reads_instruction: bool = True,
     ) -> tuple[Tensor, Tensor]:
         """Encoder pass (call inside `adapted`): states the decoder attends to, and their mask.
 
         `task` holds N tasks; row i of the inputs belongs to task `task_index[i]` (None: one task for
         all rows, or already one task row per input). Returns [I ; F] and [mask_I ; mask] with FiD
-        on, else F and mask. Shapes (B, L+T, d), (B, L+T). `lora_only` skips fusion and FiD: what
-        the backbone + an exported PEFT adapter computes.
+        on, else F and mask. Shapes (B, L+T, d), (B, L+T). `reads_instruction` False skips fusion and
+        FiD: what the backbone + an exported PEFT adapter computes.
         """
         batch = input_ids.shape[0]
         with ExitStack() as hooks:
-            if self.fusion is not None and not lora_only:
+            if self.fusion is not None and reads_instruction:
                 for block, fusion in zip(self.backbone.encoder.block, self.fusion):
                     hook = fusion_hook(fusion, task.instruction, task.instruction_mask, task_index, batch)
                     hooks.callback(block.layer[-1].register_forward_pre_hook(hook).remove)
             states = self.backbone.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        if not self.use_fid or lora_only:
+        if not (self.use_fid and reads_instruction):
             return states, attention_mask
         instruction = per_row(task.instruction, batch, task_index)  # (B, L, d)
         instruction_mask = per_row(task.instruction_mask, batch, task_index).to(attention_mask.dtype)
@@ -232,7 +233,7 @@ class TAGIModel(nn.Module):
         """Logits (and CE loss when `labels` are given) for inputs of the encoded task(s)."""
         path = self._path(task, task_index, merge, lora_only)
         with self.adapted(path):
-            states, mask = self.encode_inputs(task, input_ids, attention_mask, task_index, lora_only)
+            states, mask = self.encode_inputs(task, input_ids, attention_mask, task_index, path.reads_instruction)
             cache = self._fid_cache(task, task_index, states, path.merged) if path.fid_cache else None
             return self.backbone(
                 encoder_outputs=BaseModelOutput(last_hidden_state=states), attention_mask=mask, labels=labels,
@@ -251,10 +252,10 @@ class TAGIModel(nn.Module):
         **generate_kwargs: Any,
     ) -> Tensor:
         """`backbone.generate` for inputs of the encoded task(s); beams keep their row's weights."""
-        path = self._path(task, task_index, merge, lora_only)
+        path = self._path(task, task_index, merge, lora_only, generate_kwargs.get("num_beams", 1))
         with self.adapted(path):
-            states, mask = self.encode_inputs(task, input_ids, attention_mask, task_index, lora_only)
-            if path.fid_cache and generate_kwargs.get("num_beams", 1) == 1:  # beams would need it expanded per beam
+            states, mask = self.encode_inputs(task, input_ids, attention_mask, task_index, path.reads_instruction)
+            if path.fid_cache:
                 generate_kwargs["past_key_values"] = self._fid_cache(task, task_index, states, path.merged)
             return self.backbone.generate(
                 encoder_outputs=BaseModelOutput(last_hidden_state=states), attention_mask=mask, **generate_kwargs
@@ -272,18 +273,25 @@ class TAGIModel(nn.Module):
         layers = []
         for block in self.backbone.decoder.block:
             attention = block.layer[1].EncDecAttention
-
-            def heads(x: Tensor) -> Tensor:  # (N, S, h·dk) → (N, h, S, dk)
-                return x.view(x.shape[0], x.shape[1], -1, attention.key_value_proj_dim).transpose(1, 2)
-
             if task_index is None:  # one task: the site's own call (merged weights, or its LoRA hook)
-                instruction_keys = heads(attention.k(task.instruction)).expand(batch, -1, -1, -1)
-                instruction_values = heads(attention.v(task.instruction)).expand(batch, -1, -1, -1)
-            else:  # N tasks: project N instructions, then give each row its task's
-                instruction_keys = heads(attention.k(task.instruction)).index_select(0, task_index)
-                values = self._task_values(attention.v, task, merged)  # (N, L, h·dk)
-                instruction_values = heads(values).index_select(0, task_index)
-            keys = torch.cat([instruction_keys, heads(attention.k(inputs))], 2)
-            values = torch.cat([instruction_values, heads(attention.v(inputs))], 2)
+                instruction_keys = _heads(attention, attention.k(task.instruction)).expand(batch, -1, -1, -1)
+                instruction_values = _heads(attention, attention.v(task.instruction)).expand(batch, -1, -1, -1)
+            else:
+                instruction_keys, instruction_values = self._per_row_instruction_kv(attention, task, task_index, merged)
+            keys = torch.cat([instruction_keys, _heads(attention, attention.k(inputs))], 2)
+            values = torch.cat([instruction_values, _heads(attention, attention.v(inputs))], 2)
             layers.append((keys, values))  # (B, h, L+T, dk) each
         return EncoderDecoderCache(DynamicCache(config=self.backbone.config), DynamicCache(layers))
+
+    def _per_row_instruction_kv(self, attention: nn.Module, task: TaskEncoding, task_index: Tensor,
+                                merged: bool) -> tuple[Tensor, Tensor]:
+        """A mixed-task batch: the N instructions projected once, then each row given its task's keys and
+        values, (B, h, L, dk) each. The values carry each task's own LoRA (`_task_values`)."""
+        keys = _heads(attention, attention.k(task.instruction)).index_select(0, task_index)
+        values = _heads(attention, self._task_values(attention.v, task, merged)).index_select(0, task_index)
+        return keys, values
+
+
+def _heads(attention: nn.Module, x: Tensor) -> Tensor:
+    """(N, S, h·dk) → (N, h, S, dk) for a T5 attention layer."""
+    return x.view(x.shape[0], x.shape[1], -1, attention.key_value_proj_dim).transpose(1, 2)
