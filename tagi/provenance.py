@@ -4,7 +4,8 @@ Every stage stores a record under `checkpoint["tagi"]` (its `describe()`: stage,
 with θ0's weight digest, architecture, ...). Three consumers read it back, all through `Provenance`:
 a run given `--ckpt_path` (same stage, same backbone), the finetune stage's warm start from
 `init_from` (a pretrain checkpoint on the same backbone) and `Student.from_checkpoint` (a student
-checkpoint whose θ0 is still the one it was trained on). Lightning-free.
+checkpoint whose θ0 is still the one it was trained on). A teacher's `meta.json` is the same kind of
+record, checked by `verify_teacher` for the finetune stage that distils from it. Lightning-free.
 """
 
 from __future__ import annotations
@@ -78,6 +79,23 @@ class Provenance:
             raise CheckpointError(f"{self.source} was trained on backbone {folder} with weights {recorded}, but the "
                                   f"weights there are now {weights_digest(folder)} (θ0 was retrained or replaced since). "
                                   f"Use the θ0 it was trained on, or retrain on this one. {hint}".strip())
+
+
+def verify_teacher(directory: Path, meta: Mapping, backbone: BackboneSpec, lora_rank: int, tokenizer: str) -> None:
+    """Raise `CheckpointError` unless the teacher in `directory` (its `meta.json`, `meta`) was trained on
+    `backbone` with `tokenizer`, at the student's `lora_rank`."""
+    differences = []
+    if not backbone.matches(meta.get("backbone")):
+        differences.append(f"backbone {meta.get('backbone')} ≠ {backbone.record()}")
+    if meta.get("lora_rank") != lora_rank:
+        differences.append(f"LoRA rank {meta.get('lora_rank')} ≠ the hypernetwork's {lora_rank}")
+    if meta.get("tokenizer") != tokenizer:
+        differences.append(f"tokenizer {meta.get('tokenizer')!r} ≠ {tokenizer!r}")
+    if differences:
+        raise CheckpointError(
+            f"teacher {directory} does not match this student: " + "; ".join(differences) + ". Retrain the "
+            "teachers with this backbone, tokenizer and lora_rank (teacher.yaml), or point "
+            "model.init_args.teachers at the folder the matching teacher stage wrote.")
 
 
 def backbone_record(spec: dict) -> dict:

@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 import torch
 
-from tagi.data.collate import IGNORE_INDEX, Collator
+from tagi.data.collate import IGNORE_INDEX, Collator, answer_by_group
 from tagi.data.sampler import ShuffledBatchSampler, TaskBatchSampler
 
 PAD = 0
@@ -86,3 +86,14 @@ def test_resume_starts_mid_epoch_then_continues_with_the_next_epoch(make):
     resumed.resume(epoch=1, position=2)  # killed after 2 batches of the second epoch
     assert list(resumed) == epochs[1][2:]
     assert list(resumed) == epochs[2]
+
+
+def test_answers_by_group_come_back_in_row_order():
+    calls = []
+
+    def answer(key, rows):  # one call per key, with that key's rows
+        calls.append((key, rows.tolist()))
+        return [f"{key}:{row}" for row in rows.tolist()]
+
+    assert answer_by_group(torch.tensor([2, 0, 2, 1]), answer) == ["2:0", "0:1", "2:2", "1:3"]
+    assert sorted(calls) == [(0, [1]), (1, [3]), (2, [0, 2])]

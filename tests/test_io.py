@@ -3,6 +3,7 @@ atomically written files."""
 
 import json
 import os
+from pathlib import Path
 
 
 def test_a_backbone_folder_retrained_in_place_is_noticed(tmp_path):
@@ -43,8 +44,6 @@ def test_artifacts_get_the_users_umask(tmp_path):
     assert (tmp_path / "adapter").stat().st_mode & 0o777 == 0o755
 
 
-
-
 def test_stage_zero_checkpoints_from_before_its_rename_are_read_as_theta0():
     from tagi.provenance import Provenance
 
@@ -80,3 +79,18 @@ def test_provenance_verifies_stage_backbone_and_unchanged_weights(tmp_path):
         Provenance.of(checkpoint, "a.ckpt", "--ckpt").verify(["pretrain"])
     with pytest.raises(CheckpointError, match="was trained on backbone"):
         Provenance.of(checkpoint, "a.ckpt", "--ckpt").verify(["pretrain"], spec)
+
+
+def test_a_teacher_record_is_verified_against_the_student():
+    import pytest
+
+    from tagi.provenance import CheckpointError, verify_teacher
+    from tagi.training.config import Backbone
+
+    meta = {"backbone": Backbone().record(), "lora_rank": 8, "tokenizer": "byt5"}
+    verify_teacher(Path("teachers/c"), meta, Backbone(), 8, "byt5")  # the same: no error
+    with pytest.raises(CheckpointError, match=r"teacher teachers/c does not match.*LoRA rank 8 ≠ the hypernetwork's 4; "
+                                              r"tokenizer 'byt5' ≠ 'synthetic'"):
+        verify_teacher(Path("teachers/c"), meta, Backbone(), 4, "synthetic")
+    with pytest.raises(CheckpointError, match=r"backbone .* ≠ "):
+        verify_teacher(Path("teachers/c"), meta, Backbone(seed=1), 8, "byt5")

@@ -13,7 +13,7 @@ Example dict (any subset of)              →  batch keys
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -70,3 +70,12 @@ class Collator:
 def group_rows(keys: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
     """Rows of a batch grouped by an integer key (task index, cluster id): [(key, row indices)]."""
     return [(int(key), (keys == key).nonzero().squeeze(1)) for key in torch.unique(keys)]
+
+
+def answer_by_group(keys: torch.Tensor, answer: Callable[[int, torch.Tensor], list[str]]) -> list[str]:
+    """One text per row, in row order: `answer(key, rows)` runs once per group of rows sharing a key."""
+    texts: list[str] = [""] * len(keys)
+    for key, rows in group_rows(keys):
+        for row, text in zip(rows.tolist(), answer(key, rows)):
+            texts[row] = text
+    return texts

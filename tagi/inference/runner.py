@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tagi.data.collate import group_rows
+from tagi.data.collate import answer_by_group, group_rows
 from tagi.inference.cache import TaskCache
 from tagi.modeling.model import TAGIModel, TaskEncoding
 
@@ -44,14 +44,12 @@ class StudentRunner:
 
     def generate(self, batch: dict, lora_only: bool = False, **generate_kwargs) -> list[str]:
         """One text per row of a batch that mixes tasks (`instruction_ids` (N, L), `task_index` (B,)), task by task."""
-        texts: list[str] = [""] * batch["input_ids"].shape[0]
-        for task_row, rows in group_rows(batch["task_index"]):
+        def answer(task_row: int, rows: Tensor) -> list[str]:
             task = self.encode(batch["instruction_ids"][task_row], batch["instruction_mask"][task_row])
-            generated = self.generate_task(task, batch["input_ids"][rows], batch["attention_mask"][rows], lora_only,
-                                           **generate_kwargs)
-            for row, text in zip(rows.tolist(), generated):
-                texts[row] = text
-        return texts
+            return self.generate_task(task, batch["input_ids"][rows], batch["attention_mask"][rows], lora_only,
+                                      **generate_kwargs)
+
+        return answer_by_group(batch["task_index"], answer)
 
     def option_logits(self, batch: dict, rows: Tensor, labels: Tensor, lora_only: bool = False) -> Tensor:
         """Logits (len(rows), Y, V) of `labels` for the given batch rows, task by task with merged weights."""

@@ -21,7 +21,7 @@ from tagi.errors import ConfigurationError
 from tagi.modeling.lora import LoRAWeights, apply_lora
 from tagi.modeling.losses import consistency_loss, kl_distillation, lora_param_distance
 from tagi.modeling.model import TAGIModel
-from tagi.provenance import Provenance
+from tagi.provenance import Provenance, verify_teacher
 from tagi.training.checkpoints import load_stage_checkpoint
 from tagi.training.config import Architecture, Backbone, Distillation, Generation, Optimization
 from tagi.training.stage import Stage
@@ -121,7 +121,8 @@ class FinetuneModule(Stage):
             if not directory.is_dir():
                 raise ConfigurationError(f"teacher for cluster {name!r} not found: {directory} is missing (run the teacher stage)")
             try:
-                self._check_teacher(directory, read_meta(directory))
+                verify_teacher(directory, read_meta(directory), self.backbone_spec, self.architecture.lora_rank,
+                               self.tokenizer_name)
                 lora = load_adapter(directory, sites)
             except AdapterError as error:
                 raise ConfigurationError(f"teacher for cluster {name!r} cannot be used: {error}. Retrain the teachers "
@@ -132,20 +133,6 @@ class FinetuneModule(Stage):
                 B = torch.zeros(len(clusters), *lora.B.shape[1:])  # (K, S, out, r)
             A[clusters[name]], B[clusters[name]] = lora.A[0], lora.B[0]
         return LoRAWeights(A.to(self.device), B.to(self.device), first.scale)
-
-    def _check_teacher(self, directory: Path, meta: dict) -> None:
-        differences = []
-        if not self.backbone_spec.matches(meta.get("backbone")):
-            differences.append(f"backbone {meta.get('backbone')} ≠ {self.backbone_spec.record()}")
-        if meta.get("lora_rank") != self.architecture.lora_rank:
-            differences.append(f"LoRA rank {meta.get('lora_rank')} ≠ the hypernetwork's {self.architecture.lora_rank}")
-        if meta.get("tokenizer") != self.tokenizer_name:
-            differences.append(f"tokenizer {meta.get('tokenizer')!r} ≠ {self.tokenizer_name!r}")
-        if differences:
-            raise ConfigurationError(
-                f"teacher {directory} does not match this student: " + "; ".join(differences) + ". Retrain the "
-                "teachers with this backbone, tokenizer and lora_rank (teacher.yaml), or point "
-                "model.init_args.teachers at the folder the matching teacher stage wrote.")
 
     # -- training
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tagi.data.collate import group_rows
+from tagi.data.collate import answer_by_group
 from tagi.modeling.adapters import cluster_slug, save_adapter
 from tagi.modeling.lora import LoRAWeights, apply_lora, lora_site_names, lora_sites
 from tagi.training.config import Backbone, Generation, Optimization
@@ -70,17 +70,13 @@ class TeacherModule(Stage):
         return self.training_loss({"ce": loss}, batch["input_ids"].shape[0])
 
     def generate_texts(self, batch: dict) -> list[str]:
-        texts: list[str] = [""] * batch["input_ids"].shape[0]
-        sites = lora_sites(self.backbone)
-        for cluster, rows in group_rows(batch["cluster_ids"]):
+        def answer(cluster: int, rows: torch.Tensor) -> list[str]:
             lora = self.bank().select(torch.tensor([cluster], device=self.device))
-            with torch.no_grad(), apply_lora(sites, lora):  # one cluster: rows broadcast one LoRA
-                sequences = self.backbone.generate(
-                    input_ids=batch["input_ids"][rows], attention_mask=batch["attention_mask"][rows], **self.generate_kwargs()
-                )
-            for row, text in zip(rows.tolist(), self.decode(sequences)):
-                texts[row] = text
-        return texts
+            with torch.no_grad(), apply_lora(lora_sites(self.backbone), lora):  # one cluster: rows broadcast one LoRA
+                return self.decode(self.backbone.generate(
+                    input_ids=batch["input_ids"][rows], attention_mask=batch["attention_mask"][rows], **self.generate_kwargs()))
+
+        return answer_by_group(batch["cluster_ids"], answer)
 
     def option_logits(self, batch: dict, rows: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with apply_lora(lora_sites(self.backbone), self.bank().select(batch["cluster_ids"][rows])):
