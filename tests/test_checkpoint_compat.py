@@ -1,7 +1,7 @@
 """A checkpoint written before the package layout changed (tests/fixtures/pre-layout-pretrain.ckpt:
 a tiny pretrain-stage student, 3 steps, written by commit 4a71eda) still loads and computes the
 logits it computed then. Checkpoints hold weights and plain `describe()` records, no class paths,
-so moving code must not break the runs users already have. Stage 0's older record name is read too.
+so moving code must not break the runs users already have. Stage 0's older record name is read too."""
 
 import json
 from pathlib import Path
