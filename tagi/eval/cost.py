@@ -108,9 +108,10 @@ def _batches(n: int, size: int) -> list[slice]:
 
 
 class CostTally:
-    """Sums `TaskCost`s over a test set; a task split across batches pays its instruction once."""
+    """Sums `TaskCost`s of `model` over a test set; a task split across batches pays its instruction once."""
 
-    def __init__(self):
+    def __init__(self, model: TAGIModel):
+        self.model = model
         self.examples = 0
         self.totals = {"tagi_instruction": Cost(0, 0.0), "tagi_inputs": Cost(0, 0.0), "baseline": Cost(0, 0.0)}
         self.tasks: set[str] = set()
@@ -125,13 +126,13 @@ class CostTally:
             self.totals[key] = Cost(total.flops + part.flops, total.seconds + part.seconds)
         self.examples += cost.examples
 
-    def add_batch(self, model: TAGIModel, batch: dict) -> None:
+    def add_batch(self, batch: dict) -> None:
         """Every task of a test batch (a `FinetuneDataModule` batch, which carries the concatenated inputs):
         its instruction once + its inputs, against its inputs with the instruction concatenated."""
         for task_row, rows in group_rows(batch["task_index"]):
             keep = batch["instruction_mask"][task_row].bool()  # (L,) the instruction without padding
             instruction = batch["instruction_ids"][task_row][keep][None], batch["instruction_mask"][task_row][keep][None]
-            cost = task_cost(model, instruction, (batch["input_ids"][rows], batch["attention_mask"][rows]),
+            cost = task_cost(self.model, instruction, (batch["input_ids"][rows], batch["attention_mask"][rows]),
                              (batch["concat_input_ids"][rows], batch["concat_attention_mask"][rows]), batch["labels"][rows],
                              batch_size=len(rows))
             self.add(batch["task_names"][int(rows[0])], cost)

@@ -1,6 +1,7 @@
 """One evaluation pass (the validation tasks while fitting, the test tasks in `test`): generated texts
-scored with ROUGE-L and exact match per task, per category and overall, and the rows that carry
-answer options (multiple-choice instances) also scored by rank classification.
+scored with ROUGE-L and exact match per task, per category and overall, the rows that carry answer
+options (multiple-choice instances) also scored by rank classification, and, for a student on the
+test tasks, its inference cost against instruction concatenation.
 
 A stage owns one `Evaluation` per pass and feeds it each batch's texts and a scorer of its options;
 how the texts and logits are computed is the stage's business. Lightning-free.
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.aggregation import SumMetric
 
+from tagi.eval.cost import CostTally
 from tagi.eval.metrics import InstructionMetrics
 from tagi.eval.rank import RankAccuracy, rank_classify
 
@@ -23,13 +25,16 @@ OptionLogits = Callable[[Tensor, Tensor], Tensor]  # (batch rows (R,), labels (R
 class Evaluation(nn.Module):
     """A module so that its metrics follow the stage to its device and sync across processes."""
 
-    def __init__(self, tasks: Sequence[tuple[str, str]], tokenizer):
+    def __init__(self, tasks: Sequence[tuple[str, str]], tokenizer, cost: CostTally | None = None):
+        """`cost`: a student's inference-cost tally, fed the batches that carry the concatenated inputs and
+        kept after `compute` (results.json reports it)."""
         super().__init__()
         self.metrics = InstructionMetrics(tasks)
         self.rank_accuracy = RankAccuracy()
         # Summed over processes: under DDP every process must agree whether to compute (and sync) the accuracy.
         self.ranked = SumMetric()
         self.tokenizer = tokenizer
+        self.cost = cost
 
     @property
     def task_category(self) -> dict[str, str]:
@@ -41,6 +46,8 @@ class Evaluation(nn.Module):
         self.ranked.update(len(rows))
         if rows:
             self._rank(batch, rows, option_logits)
+        if self.cost is not None and "concat_input_ids" in batch:
+            self.cost.add_batch(batch)
 
     def _rank(self, batch: dict, rows: list[int], option_logits: OptionLogits) -> None:
         """The best-scoring option of each row, right when it is one its references contain."""

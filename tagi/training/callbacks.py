@@ -152,7 +152,8 @@ class EvaluationWriter(Callback):
         scores = {key.removeprefix("test/"): float(value) for key, value in trainer.callback_metrics.items()
                   if key.startswith("test/")}
         if scores and trainer.is_global_zero and log_dir is not None and pl_module.evaluation is not None:
-            tally = pl_module.cost_tally if pl_module.cost_tally is not None and pl_module.cost_tally.examples else None
+            cost = pl_module.evaluation.cost
+            tally = cost if cost is not None and cost.examples else None
             path = write_results(log_dir, scores, pl_module.evaluation.task_category, results_meta(trainer, pl_module, tally),
                                  tally.markdown() if tally is not None else "")
             rank_zero_info(f"wrote {path} and {RESULTS_MD}: {trainer.ckpt_path} at step {evaluated_step(trainer, pl_module)}")

@@ -4,7 +4,7 @@ validation tasks while fitting, on the test tasks in `test` — scored by a comp
 
 A stage implements `training_step`; θ0 and the teachers also `generate_texts` and `option_logits`.
 The student stages (pretrain, finetune) set `self.student`, a `StudentRunner`, and evaluate through
-it: the same code path as `Student`, with its per-task cache, and on test the inference-cost tally.
+it: the same code path as `Student`, with its per-task cache; on test their `Evaluation` also tallies the inference cost.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ class Stage(L.LightningModule):
         self.evaluation: Evaluation | None = None  # built in `setup` for the tasks this run evaluates
         self.student: StudentRunner | None = None  # the student stages' model, run task by task
         self.adapter_only = False  # student stages: evaluate backbone + generated LoRA alone (what `tagi adapter` exports)
-        self.cost_tally: CostTally | None = None  # student stages, test: inference cost vs instruction concatenation
         self.last_scores: dict[str, float] = {}  # the last validation's (not the sanity check's)
         self.checkpoint_step: int | None = None  # test/predict: the step the loaded weights were trained to
 
@@ -120,10 +119,12 @@ class Stage(L.LightningModule):
     # -- evaluation: validation while fitting, test, predict
 
     def setup(self, stage: str) -> None:
-        """An evaluation over the tasks this run scores: `val_tasks` when fitting/validating, else `eval_tasks`."""
+        """An evaluation over the tasks this run scores: `val_tasks` when fitting/validating, else `eval_tasks`
+        (and there a student's inference cost)."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         tasks = getattr(datamodule, "eval_tasks" if stage == "test" else "val_tasks", None)
-        self.evaluation = Evaluation(tasks, self.tokenizer) if tasks and stage != "predict" else None
+        cost = CostTally(self.student.model) if stage == "test" and self.student is not None else None
+        self.evaluation = Evaluation(tasks, self.tokenizer, cost) if tasks and stage != "predict" else None
 
     def _evaluate(self, batch: dict) -> list[str]:
         """Generate, and score where this run has tasks to score (`predict` has none)."""
@@ -161,14 +162,9 @@ class Stage(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._weights_changed()  # the cache is kept after the epoch: results.json (written on test end) counts its runs
-        self.cost_tally = None
 
     def test_step(self, batch: dict, batch_idx: int) -> list[str]:
-        texts = self._evaluate(batch)  # `EvaluationWriter` streams them to predictions.jsonl
-        if self.student is not None and "concat_input_ids" in batch:
-            self.cost_tally = self.cost_tally or CostTally()
-            self.cost_tally.add_batch(self.student.model, batch)
-        return texts
+        return self._evaluate(batch)  # `EvaluationWriter` streams them to predictions.jsonl
 
     def on_test_epoch_end(self) -> None:
         self._end_evaluation("test")  # logged as test/...; `EvaluationWriter` writes results.json from them
