@@ -149,14 +149,23 @@ def test_a_nested_block_beside_a_named_part_is_refused(tmp_path):
     check_config_files([str(mine)])  # dotted keys add to the part
 
 
-def test_every_config_field_says_what_it_is():
-    """Each YAML block's dataclass (training/config.py) documents every field: the docstring under it is
-    what jsonargparse prints in --help."""
+def test_every_config_field_says_what_it_is(capsys):
+    """Each YAML block's dataclass (training/config.py) documents every field, and `--model.help <Class>`
+    prints those docstrings under the options."""
     tree = ast.parse((ROOT / "tagi/training/config.py").read_text(encoding="utf-8"))
-    undocumented = []
+    documented, undocumented = {}, []
     for block in (node for node in tree.body if isinstance(node, ast.ClassDef)):
         for field, after in zip(block.body, [*block.body[1:], None]):
-            documented = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)
-            if isinstance(field, ast.AnnAssign) and not documented:
+            if not isinstance(field, ast.AnnAssign):
+                continue
+            if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
+                documented[f"{block.name}.{field.target.id}"] = after.value.value
+            else:
                 undocumented.append(f"{block.name}.{field.target.id}")
     assert not undocumented, undocumented
+
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "--model.help", "FinetuneModule"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for name in ("Optimization.learning_rate", "Distillation.kl_weight", "Architecture.lora_rank"):
+        assert " ".join(documented[name].split()) in shown, name

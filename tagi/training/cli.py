@@ -17,6 +17,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from jsonargparse import set_parsing_settings
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -158,6 +159,8 @@ def run_cli(args: list[str] | None = None, run: bool = True, cli_class: type[TAG
     # mid-epoch resume is exact; Lightning cannot see that and warns otherwise.
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
     quiet_third_parties()
+    # `--model.help <Class>` shows each config field's docstring (training/config.py), not only its type.
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
     return cli_class(
         L.LightningModule,
         L.LightningDataModule,
