@@ -5,6 +5,7 @@ Each run is a `python -m tagi fit` subprocess (DDP launches its second process b
 command). The finetune stage reads the teachers and stage-2 checkpoint the DDP runs wrote."""
 
 import csv
+import datetime
 import json
 import os
 import subprocess
@@ -99,3 +100,48 @@ def test_deepspeed_zero2_bf16_config_parses_and_builds_a_trainer(workdir, monkey
     assert strategy.config["zero_optimization"]["stage"] == 2
     assert cli.trainer.precision == "bf16-mixed" and cli.trainer.gradient_clip_val == 1.0
     assert cli.trainer.checkpoint_callback.save_last and cli.model.stage == "finetune"
+
+
+def _evaluate_on_rank(rank: int, port: int, out: str) -> None:
+    """One process of `test_rank_accuracy_is_counted_across_processes`: rank 0 has two multiple-choice rows,
+    rank 1 none."""
+    from transformers import ByT5Tokenizer
+
+    from tagi.eval.evaluation import Evaluation
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # A process left waiting in a collective fails after 30 s instead of hanging the test run.
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=30))
+    tok = ByT5Tokenizer()
+    evaluation = Evaluation([("t", "c")], tok)
+
+    def prefers_first_option(rows, labels):  # logits (R, Y, V) favouring option "a"'s token
+        logits = torch.zeros(labels.shape[0], labels.shape[1], len(tok))
+        logits[..., tok("a").input_ids[0]] = 5.0
+        return logits
+
+    if rank == 0:
+        batch = dict(references=[["a"], ["b"]], task_names=["t", "t"], options=[[tok("a").input_ids, tok("b").input_ids]] * 2)
+        evaluation.update(batch, ["a", "a"], prefers_first_option)
+    else:
+        evaluation.update(dict(references=[["x"]], task_names=["t"]), ["x"], prefers_first_option)
+    passes = [evaluation.compute()]
+    evaluation.update(dict(references=[["x"]], task_names=["t"]), ["x"], prefers_first_option)
+    passes.append(evaluation.compute())
+    Path(out, f"rank{rank}.json").write_text(json.dumps(passes))
+    torch.distributed.destroy_process_group()
+
+
+def test_rank_accuracy_is_counted_across_processes(tmp_path):
+    """A process without multiple-choice rows still joins the accuracy's sync (it would hang the other one
+    otherwise), and every process reports the global count."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.multiprocessing.spawn(_evaluate_on_rank, args=(port, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        first, second = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert first["rank_count"] == 2 and first["rank_accuracy"] == 50.0 and first["count"] == 3
+        assert "rank_count" not in second

@@ -10,20 +10,23 @@ how the texts and logits are computed is the stage's business. Lightning-free.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
-from torchmetrics.aggregation import SumMetric
 
-from tagi.eval.cost import CostTally
 from tagi.eval.metrics import InstructionMetrics
-from tagi.eval.rank import RankAccuracy, rank_classify
+from tagi.eval.rank import RankAccuracy, RankedCount, rank_classify
+
+if TYPE_CHECKING:
+    from tagi.eval.cost import CostTally
 
 OptionLogits = Callable[[Tensor, Tensor], Tensor]  # (batch rows (R,), labels (R, Y)) → logits (R, Y, V)
 
 
 class Evaluation(nn.Module):
-    """A module so that its metrics follow the stage to its device and sync across processes."""
+    """A module so that its metrics follow the stage to its device and sync across processes (the cost
+    tally is this process's own)."""
 
     def __init__(self, tasks: Sequence[tuple[str, str]], tokenizer, cost: CostTally | None = None):
         """`cost`: a student's inference-cost tally, fed the batches that carry the concatenated inputs and
@@ -32,7 +35,7 @@ class Evaluation(nn.Module):
         self.metrics = InstructionMetrics(tasks)
         self.rank_accuracy = RankAccuracy()
         # Summed over processes: under DDP every process must agree whether to compute (and sync) the accuracy.
-        self.ranked = SumMetric()
+        self.ranked = RankedCount()
         self.tokenizer = tokenizer
         self.cost = cost
 
@@ -62,9 +65,9 @@ class Evaluation(nn.Module):
         """The pass's scores (`rougeL`, `exact_match`, `count`, per task and category; `rank_accuracy` and
         `rank_count` when rows were ranked), then reset for the next pass."""
         scores = {key: float(value) for key, value in self.metrics.compute().items()}
-        ranked = float(self.ranked.compute())
+        ranked = int(self.ranked.compute())
         if ranked:
-            scores["rank_accuracy"], scores["rank_count"] = 100 * float(self.rank_accuracy.compute()), ranked
+            scores["rank_accuracy"], scores["rank_count"] = 100 * float(self.rank_accuracy.compute()), float(ranked)
         for metric in (self.metrics, self.rank_accuracy, self.ranked):
             metric.reset()
         return scores

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+from torchmetrics import Metric
 from torchmetrics.aggregation import MeanMetric
 
 from tagi.data.collate import IGNORE_INDEX, pad
@@ -47,3 +48,20 @@ class RankAccuracy(MeanMetric):
     def update(self, chosen: Sequence[int], correct: Sequence[int | Sequence[int]]) -> None:  # type: ignore[override]
         hits = [float(c in (ok if isinstance(ok, Sequence) else [ok])) for c, ok in zip(chosen, correct)]
         super().update(torch.tensor(hits))
+
+
+class RankedCount(Metric):
+    """Rows ranked, summed over processes: an integer state, which no precision setting casts (a float
+    count in bf16 stops at 256)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("rows", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, rows: int) -> None:  # type: ignore[override]
+        self.rows += rows
+
+    def compute(self) -> Tensor:
+        return self.rows

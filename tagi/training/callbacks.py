@@ -54,7 +54,8 @@ class FinalCheckpoint(Callback):
 
 
 class MetricsLog(Callback):
-    """The run's metrics.csv continues across a resume. Flushed at every checkpoint, so the log on disk
+    """The run's metrics.csv continues across a resume. Flushed at every checkpoint a fit can resume from
+    (Lightning calls this hook for full checkpoints, not `save_weights_only` ones), so the log on disk
     reaches the step a resume starts from. Lightning's CSVLogger deletes the file when it creates its
     writer, which happens before any callback hook, so the CLI calls `keep_history` before fitting."""
 
@@ -154,9 +155,10 @@ class EvaluationWriter(Callback):
         if scores and trainer.is_global_zero and log_dir is not None and pl_module.evaluation is not None:
             cost = pl_module.evaluation.cost
             tally = cost if cost is not None and cost.examples else None
-            path = write_results(log_dir, scores, pl_module.evaluation.task_category, results_meta(trainer, pl_module, tally),
+            meta = results_meta(trainer, pl_module, tally)
+            path = write_results(log_dir, scores, pl_module.evaluation.task_category, meta,
                                  tally.markdown() if tally is not None else "")
-            rank_zero_info(f"wrote {path} and {RESULTS_MD}: {trainer.ckpt_path} at step {evaluated_step(trainer, pl_module)}")
+            rank_zero_info(f"wrote {path} and {RESULTS_MD}: {trainer.ckpt_path} at step {meta['global_step']}")
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.predict_loop.return_predictions = False  # they are streamed to the file instead
@@ -169,19 +171,15 @@ class EvaluationWriter(Callback):
         self._close()
 
 
-def evaluated_step(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
-    """The training step of the weights being evaluated (the loaded checkpoint's, outside fit)."""
-    step = pl_module.checkpoint_step
-    return pl_module.global_step if trainer.state.fn == "fit" or step is None else step
-
-
 def results_meta(trainer: L.Trainer, pl_module: L.LightningModule, tally: CostTally | None) -> dict:
     """What results.json says besides the scores: the model, its provenance, the student's task-cache
-    use and, where measured, the inference cost against instruction concatenation."""
+    use and, where measured, the inference cost against instruction concatenation. Under DDP the last
+    two are rank 0's share of the test set (the scores are every rank's)."""
     control = getattr(getattr(trainer.datamodule, "hparams", None), "instruction_control", "real")
+    step = pl_module.checkpoint_step  # outside fit, the step the loaded weights were trained to
     meta = {"model": type(pl_module).__name__, "checkpoint": trainer.ckpt_path,
-            "global_step": evaluated_step(trainer, pl_module), "describe": pl_module.describe(),
-            "instruction_control": control}
+            "global_step": pl_module.global_step if trainer.state.fn == "fit" or step is None else step,
+            "describe": pl_module.describe(), "instruction_control": control}
     if pl_module.student is not None:
         cache = pl_module.student.cache
         meta |= {"adapter_only": pl_module.adapter_only,

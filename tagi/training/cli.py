@@ -158,6 +158,9 @@ def run_cli(args: list[str] | None = None, run: bool = True, cli_class: type[TAG
     # The data modules save and restore their position themselves (tagi.data.sampler), so a
     # mid-epoch resume is exact; Lightning cannot see that and warns otherwise.
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
+    # test/validate/predict log into their own folder, and a resume may spell the run folder another way:
+    # ModelCheckpoint then skips reloading its best-k bookkeeping, which no shipped config uses (no monitor).
+    warnings.filterwarnings("ignore", message="The dirpath has changed from")
     quiet_third_parties()
     # `--model.help <Class>` shows each config field's docstring (training/config.py), not only its type.
     set_parsing_settings(docstring_parse_attribute_docstrings=True)

@@ -70,9 +70,11 @@ class TeacherModule(Stage):
         return self.training_loss({"ce": loss}, batch["input_ids"].shape[0])
 
     def generate_texts(self, batch: dict) -> list[str]:
+        sites = lora_sites(self.backbone)
+
         def answer(cluster: int, rows: torch.Tensor) -> list[str]:
             lora = self.bank().select(torch.tensor([cluster], device=self.device))
-            with torch.no_grad(), apply_lora(lora_sites(self.backbone), lora):  # one cluster: rows broadcast one LoRA
+            with torch.no_grad(), apply_lora(sites, lora):  # one cluster: rows broadcast one LoRA
                 return self.decode(self.backbone.generate(
                     input_ids=batch["input_ids"][rows], attention_mask=batch["attention_mask"][rows], **self.generate_kwargs()))
 
