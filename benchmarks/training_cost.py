@@ -122,7 +122,7 @@ def part_step(part: str, module, batch: dict, device: str):
     """A closure running one step of `part`."""
     if part == "peft LoRA":
         return peft_step(module, batch)
-    from tagi.training.stage import make_adamw
+    from tagi.training.optim import make_adamw
 
     trainable = [p for p in module.parameters() if p.requires_grad]
     optimizer = make_adamw(trainable, module.optimization, fused=part != "optimizer (unfused)" and module.optimization.fused)
@@ -170,7 +170,7 @@ def peft_step(module, batch: dict):
 
     from peft import LoraConfig, get_peft_model
 
-    from tagi.training.stage import make_adamw
+    from tagi.training.optim import make_adamw
 
     architecture = module.architecture
     config = LoraConfig(r=architecture.lora_rank, lora_alpha=architecture.lora_alpha, target_modules=["q", "v"], lora_dropout=0.0)

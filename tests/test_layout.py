@@ -125,3 +125,18 @@ def test_every_stage_is_one_subclass_of_the_flat_base():
 
     for module in (Theta0Module, TeacherModule, PretrainModule, FinetuneModule):
         assert module.__bases__ == (Stage,), f"{module.__name__} derives from {module.__bases__}"
+
+
+def test_every_name_the_benchmarks_import_from_tagi_exists():
+    """Benchmarks import lazily, inside the functions a child process runs, so a moved name would only
+    fail minutes into a measurement: check each `from tagi... import name` statically."""
+    import importlib
+
+    missing = []
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tagi":
+                module = importlib.import_module(node.module)
+                missing += [f"{path.name}:{node.lineno} {node.module}.{alias.name}" for alias in node.names
+                            if not hasattr(module, alias.name) and f"{node.module}.{alias.name}" not in MODULES]
+    assert not missing, missing
