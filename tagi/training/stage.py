@@ -4,7 +4,8 @@ validation tasks while fitting, on the test tasks in `test` — scored by a comp
 
 A stage implements `training_step`; θ0 and the teachers also `generate_texts` and `option_logits`.
 The student stages (pretrain, finetune) set `self.student`, a `StudentRunner`, and evaluate through
-it: the same code path as `Student`, with its per-task cache; on test their `Evaluation` also tallies the inference cost.
+it: the same code path as `Student`, with its per-task cache; on test their `Evaluation` also
+tallies the inference cost.
 """
 
 from __future__ import annotations
