@@ -143,3 +143,25 @@ def test_trained_layer_norms_leave_the_teachers_on_theta0():
     after = model.theta0_backbone(input_ids=ids, attention_mask=mask, labels=ids).logits
     trained = model.backbone(input_ids=ids, attention_mask=mask, labels=ids).logits
     assert torch.equal(before, after) and not torch.allclose(trained, before)
+
+
+def test_the_teacher_forward_runs_without_dropout():
+    """The KL target: θ0 + a cluster's LoRA on the same batch gives the same logits twice, although the module
+    trains (a pretrained T5 keeps dropout 0.1 and stays in train mode), and the backbone's mode is restored."""
+    from tagi.modeling.lora import LoRAWeights
+    from tagi.training import Backbone, Distillation, FinetuneModule
+
+    torch.manual_seed(0)
+    backbone = Backbone(tiny_config=dict(d_model=32, num_heads=2, dropout_rate=0.1))
+    module = FinetuneModule(backbone=backbone, distillation=Distillation(kl_weight=1.0, param_weight=0.0)).train()
+    sites = module.model.sites()
+    module.teacher_bank = LoRAWeights(torch.randn(2, len(sites), 8, 32) * 0.1, torch.randn(2, len(sites), 32, 8) * 0.1, 2.0)
+    ids = torch.randint(3, 300, (3, 10))
+    batch = dict(concat_input_ids=ids, concat_attention_mask=torch.ones_like(ids), labels=torch.randint(3, 300, (3, 5)),
+                 cluster_ids=torch.tensor([0, 1, 1]))
+    first, second = module.teacher_logits(batch), module.teacher_logits(batch)
+    assert torch.equal(first, second)
+    assert module.model.backbone.training and all(m.training for m in module.model.backbone.modules())
+    student = module.model.backbone(input_ids=ids, attention_mask=batch["concat_attention_mask"], labels=batch["labels"])
+    again = module.model.backbone(input_ids=ids, attention_mask=batch["concat_attention_mask"], labels=batch["labels"])
+    assert not torch.equal(student.logits, again.logits)  # the student's own forward keeps its dropout

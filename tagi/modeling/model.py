@@ -28,7 +28,7 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 from tagi.modeling.fusion import FusionCrossAttention, fusion_hook, per_row
 from tagi.modeling.hypernet import GeneratorKind, LoRAGenerator, SiteLayout
-from tagi.modeling.lora import LoRAWeights, apply_lora, lora_site_names, lora_update, merged_lora
+from tagi.modeling.lora import LoRAWeights, apply_lora, lora_site_names, lora_update, merge_is_exact, merged_lora
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +126,17 @@ class TAGIModel(nn.Module):
 
     def theta0_backbone(self, **kwargs: Any) -> Any:
         """The backbone as θ0 is (its own layer norms, whatever the student trained), called with
-        `kwargs`; forward hooks (a teacher's LoRA) still apply. No in-place swap: the student's graph
-        of this step holds the trained norm weights."""
-        if not self.theta0_norms:
-            return self.backbone(**kwargs)
-        norms = {name: weight.to(self.backbone.device) for name, weight in self.theta0_norms.items()}
-        return torch.func.functional_call(self.backbone, norms, args=(), kwargs=kwargs, strict=False)
+        `kwargs`, with its dropout off; forward hooks (a teacher's LoRA) still apply. No in-place swap:
+        the student's graph of this step holds the trained norm weights.
+
+        Dropout off: this is the teachers' forward, a distillation target. A pretrained T5 keeps
+        `dropout_rate` 0.1 and stays in train mode during training, so with dropout on two calls on
+        one batch differ (by up to ~32 in a logit at t5-base) and the KL would chase noise."""
+        with eval_mode(self.backbone):
+            if not self.theta0_norms:
+                return self.backbone(**kwargs)
+            norms = {name: weight.to(self.backbone.device) for name, weight in self.theta0_norms.items()}
+            return torch.func.functional_call(self.backbone, norms, args=(), kwargs=kwargs, strict=False)
 
     def trainable_by_part(self) -> dict[str, int]:
         """Trainable weights per part: the instruction reader (pooler, or HART's decoder), the shared
@@ -168,7 +173,10 @@ class TAGIModel(nn.Module):
               num_beams: int = 1) -> ExecutionPath:
         """How a forward/generate call runs, decided once, here (as peft's `Linear.forward` decides at its top)."""
         rows = task if task_index is None else task.select(task_index)
-        merged = len(rows) == 1 and not torch.is_grad_enabled() if merge is None else merge
+        # Merging is only ever a speed-up: where it would round the update away (bf16 weights or autocast)
+        # the hooks compute what training computed.
+        wanted = len(rows) == 1 and not torch.is_grad_enabled() if merge is None else merge
+        merged = wanted and merge_is_exact(self.sites())
         reads_instruction = not lora_only
         # The instruction's decoder keys/values are shared by one task's rows, or (inference only) gathered
         # per row of a mixed batch. Training batches leave them to the backbone: the same values in another
@@ -290,6 +298,18 @@ class TAGIModel(nn.Module):
         keys = _heads(attention, attention.k(task.instruction)).index_select(0, task_index)
         values = _heads(attention, self._task_values(attention.v, task, merged)).index_select(0, task_index)
         return keys, values
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """`module` and its children in eval mode inside the block; each one's own mode restored after."""
+    modes = [(child, child.training) for child in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for child, training in modes:
+            child.train(training)
 
 
 def _heads(attention: nn.Module, x: Tensor) -> Tensor:
