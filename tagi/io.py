@@ -174,9 +174,62 @@ def weights_record(folder: Path, digest: bool = True) -> dict:
     return {"weights_sha256": sha.hexdigest()[:16], "weights_stamps": stamps}
 
 
+ZERO_LATEST = "latest"  # in a DeepSpeed checkpoint folder: the tag (subfolder) of its newest save
+
+
+def is_zero_folder(path: str | os.PathLike) -> bool:
+    """A DeepSpeed checkpoint: what `strategy: deepspeed` writes where other strategies write a .ckpt file."""
+    return Path(path).is_dir() and (Path(path) / ZERO_LATEST).is_file()
+
+
 def read_checkpoint(path: str | os.PathLike, option: str, mmap: bool = False) -> dict:
     """`torch.load` of a checkpoint the user named; a file that is not one (empty, truncated, another
-    format) is an `InputError` naming the option and the file instead of an unpickling traceback."""
+    format) is an `InputError` naming the option and the file instead of an unpickling traceback.
+    A DeepSpeed folder is read as its float32 consolidation (`consolidate_zero_folder`)."""
+    if is_zero_folder(path):
+        path = consolidate_zero_folder(path, option)
+    return _load_checkpoint_file(path, option, mmap)
+
+
+def read_checkpoint_record(path: str | os.PathLike, option: str) -> dict:
+    """What a stage stored beside its weights (`tagi` provenance, `global_step`, ...), without reading them
+    into memory: the file memory-mapped, or a DeepSpeed folder's model-states file (no consolidation)."""
+    if not is_zero_folder(path):
+        return read_checkpoint(path, option, mmap=True)
+    tag = (Path(path) / ZERO_LATEST).read_text().strip()
+    states = Path(path) / tag / "mp_rank_00_model_states.pt"
+    if not states.is_file():
+        raise InputError(f"{option} {path}: a DeepSpeed checkpoint folder without {states.relative_to(path)}; "
+                         "it is incomplete (a killed save?). Give a checkpoint a finished save wrote")
+    return _load_checkpoint_file(states, option, mmap=True, key="module")
+
+
+def consolidate_zero_folder(path: str | os.PathLike, option: str) -> Path:
+    """A DeepSpeed ZeRO folder → one Lightning checkpoint file `<folder>.fp32.ckpt` beside it: the float32
+    master weights gathered from every rank's shard (the module's own copy may be bf16), with Lightning's
+    converter, which knows how Lightning laid out the folder (hence a Lightning import here, for folders
+    only). Kept, and reused while it is newer than the folder's last save."""
+    folder = Path(path)
+    single = folder.with_name(folder.name + ".fp32.ckpt")
+    saved = max(file.stat().st_mtime for file in folder.rglob("*") if file.is_file())
+    if single.is_file() and single.stat().st_mtime >= saved:
+        return single
+    from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+    handle, staging = tempfile.mkstemp(prefix=f".tmp-{single.name}", dir=folder.parent)  # one per process: ranks may race
+    os.close(handle)
+    try:
+        convert_zero_checkpoint_to_fp32_state_dict(str(folder), staging)
+        os.replace(staging, single)  # a killed conversion never leaves a half file under the final name
+    except (OSError, KeyError, ValueError, RuntimeError) as error:
+        raise InputError(f"{option} {path}: a DeepSpeed checkpoint folder that cannot be consolidated ({error}); "
+                         "it is incomplete or was written by another DeepSpeed version") from None
+    finally:
+        Path(staging).unlink(missing_ok=True)
+    return single
+
+
+def _load_checkpoint_file(path: str | os.PathLike, option: str, mmap: bool, key: str = "state_dict") -> dict:
     import pickle
     import zipfile
 
@@ -189,6 +242,6 @@ def read_checkpoint(path: str | os.PathLike, option: str, mmap: bool = False) ->
         reason = "not a zip-format torch file" if "mmap can only be used" in reason else reason
         raise InputError(f"{option} {path}: not a readable checkpoint ({reason}); it is empty, truncated or in another "
                          "format. Give a .ckpt a stage wrote, e.g. checkpoints/<run>/<stage>/checkpoints/last.ckpt") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise InputError(f"{option} {path}: not a Lightning checkpoint (it holds no state_dict)")
+    if not isinstance(checkpoint, dict) or key not in checkpoint:
+        raise InputError(f"{option} {path}: not a Lightning checkpoint (it holds no {key})")
     return checkpoint

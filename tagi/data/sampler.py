@@ -93,6 +93,8 @@ class TaskBatchSampler(ResumableBatchSampler):
             self.groups.setdefault(int(task), []).append(i)
         self.chunk = batch_size // tasks_per_batch
         self.tasks_per_batch, self.shuffle, self.seed = tasks_per_batch, shuffle, seed
+        # The most rows in a batch, as torch's BatchSampler names it: DeepSpeed's config reads it.
+        self.batch_size = self.chunk * tasks_per_batch
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         rng = random.Random(f"{self.seed}:{epoch if self.shuffle else 0}")

@@ -75,6 +75,7 @@ def main(argv: list[str]) -> Path:
     args = parser.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
+    from tagi.io import is_zero_folder
     from tagi.modeling.adapters import CONFIG_NAME
     from tagi.inference.student import Student, format_instruction  # heavy imports after --help
     from tagi.provenance import CheckpointError
@@ -82,10 +83,10 @@ def main(argv: list[str]) -> Path:
     hf_logging.disable_progress_bar()  # transformers' "Writing model shards" bars: noise for a one-folder save
 
     try:
-        if Path(args.ckpt).is_dir():
+        if Path(args.ckpt).is_dir() and not is_zero_folder(args.ckpt):  # a DeepSpeed folder is read consolidated
             raise InputError(f"--ckpt {args.ckpt}: a folder; give the checkpoint file in it (such as "
                              "checkpoints/<run>/finetune/checkpoints/last.ckpt)")
-        if not Path(args.ckpt).is_file():
+        if not Path(args.ckpt).exists():
             raise InputError(f"--ckpt {args.ckpt}: no such checkpoint file")
         if not args.out.strip():
             raise InputError("--out is empty; give the adapter folder to write")

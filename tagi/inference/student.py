@@ -63,7 +63,7 @@ class Student:
         tiny = {"vocab_size": len(tokenizer), **(spec.get("tiny_config") or {})}
         model = TAGIModel(load_backbone(spec["name"], tiny, spec.get("seed", 0)), **described["architecture"])
         state = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items() if key.startswith("model.")}
-        model.load_state_dict(state)
+        model.load_trained_state(state)
         # The data module's own record; checkpoints from before `student_input` existed read bare inputs.
         kwargs.setdefault("student_input", checkpoint.get("datamodule_hyper_parameters", {}).get("student_input", "bare"))
         return cls(model, tokenizer, spec, **kwargs)

@@ -147,6 +147,19 @@ class TAGIModel(nn.Module):
         counts["generator"] -= counts["pooler"]
         return counts
 
+    def load_trained_state(self, state: dict[str, Tensor]) -> None:
+        """A stage checkpoint's weights (keys without the `model.` prefix), except the frozen backbone's.
+        Those are θ0, which this model loaded itself and every consumer checks by digest; a checkpoint
+        written under bf16 (DeepSpeed casts the whole module) holds them rounded to bf16, and loading
+        them would silently move θ0 away from what the teachers and an exported adapter's base read.
+        Raises RuntimeError, as `load_state_dict` does, when the rest does not fit."""
+        frozen = {f"backbone.{name}" for name, parameter in self.backbone.named_parameters(remove_duplicate=False)
+                  if not parameter.requires_grad}
+        result = self.load_state_dict({key: value for key, value in state.items() if key not in frozen}, strict=False)
+        missing = sorted(set(result.missing_keys) - frozen)
+        if missing or result.unexpected_keys:
+            raise RuntimeError(f"missing keys {missing[:5]}, unexpected keys {result.unexpected_keys[:5]}")
+
     @property
     def lora_scale(self) -> float:
         return self.lora_alpha / self.lora_rank

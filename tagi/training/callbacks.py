@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import csv
 import json
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from tagi.eval.cost import CostTally
 from tagi.eval.reports import PREDICTIONS, RESULTS_MD, PredictionWriter, write_results
-from tagi.io import COMPLETE_NAME, atomic_write_text, read_checkpoint
+from tagi.io import COMPLETE_NAME, atomic_write_text, read_checkpoint_record
 
 
 class StepProgressBar(RichProgressBar):
@@ -73,7 +76,7 @@ class MetricsLog(Callback):
         metrics = Path(logger.log_dir) / "metrics.csv"
         if not metrics.is_file():
             return
-        step = read_checkpoint(checkpoint, "--ckpt_path", mmap=True)["global_step"]
+        step = read_checkpoint_record(checkpoint, "--ckpt_path")["global_step"]
         with metrics.open(newline="") as file:
             reader = csv.DictReader(file)
             fields, rows = reader.fieldnames, [row for row in reader if int(row["step"]) < step]
@@ -93,8 +96,37 @@ class ExportArtifacts(Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         out_dir = getattr(pl_module, "output_dir", None)
-        if out_dir is not None and hasattr(pl_module, "export") and trainer.is_global_zero and not trainer.interrupted:
-            pl_module.export(Path(out_dir))
+        if out_dir is None or not hasattr(pl_module, "export") or trainer.interrupted:
+            return
+        with full_precision_weights(trainer, pl_module):  # every rank: a collective under ZeRO
+            if trainer.is_global_zero:
+                pl_module.export(Path(out_dir))
+
+
+@contextmanager
+def full_precision_weights(trainer: L.Trainer, pl_module: L.LightningModule) -> Iterator[None]:
+    """The trained weights in float32 inside the block. DeepSpeed with bf16/fp16 casts the module to that
+    precision and keeps the float32 master weights in its optimizer, sharded across ranks (ZeRO): an
+    export of the module's own tensors would write bf16-rounded weights. Every rank must enter (the
+    masters are gathered with a collective); the module's tensors are put back after."""
+    strategy = trainer.strategy
+    if not hasattr(strategy, "deepspeed_engine"):
+        yield
+        return
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    swapped = []
+    for parameter in pl_module.parameters():
+        if parameter.requires_grad and parameter.dtype not in (torch.float32, torch.float64):
+            master = safe_get_full_fp32_param(parameter)
+            if master is not None:
+                swapped.append((parameter, parameter.data))
+                parameter.data = master.to(parameter.device)
+    try:
+        yield
+    finally:
+        for parameter, data in swapped:
+            parameter.data = data
 
 
 class CompletionMarker(Callback):

@@ -23,11 +23,12 @@ from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-from tagi.io import folder_lock, read_checkpoint
+from tagi.io import folder_lock, is_zero_folder, read_checkpoint, read_checkpoint_record
 from tagi.provenance import Provenance
 from tagi.training.callbacks import MetricsLog, StepProgressBar, artifact_callbacks
 from tagi.training.preflight import (CKPT_ALIASES, EVAL_SUBCOMMANDS, check_config, check_config_files, check_fit_target,
-                                     eval_checkpoint, fit_checkpoint, is_training_run, logger_dir)
+                                     checkpoint_for_strategy, eval_checkpoint, fit_checkpoint, is_training_run,
+                                     logger_dir)
 
 
 class ShortUsageParser(LightningArgumentParser):
@@ -68,6 +69,8 @@ class TAGICLI(LightningCLI):
             config.ckpt_path = fit_checkpoint(config.as_dict())  # `last` resolved: checked like any other file
         check_config_files([getattr(path, "absolute", str(path)) for path in config.get("config") or []])
         check_config(config.as_dict())
+        if self.subcommand:
+            config.ckpt_path = checkpoint_for_strategy(self.subcommand, config.as_dict())
         if self.subcommand == "fit":
             check_fit_target(config.as_dict())
             config.overwrite = False  # for this run only: the saved config.yaml must not carry it to the next
@@ -111,9 +114,9 @@ class TAGICLI(LightningCLI):
     def _check_ckpt_path(self) -> None:
         """A checkpoint of another stage or backbone would fail deep in load_state_dict: say so first."""
         path = self.config[self.subcommand].get("ckpt_path")
-        if not path or path in CKPT_ALIASES or Path(path).is_dir() or not hasattr(self.model, "describe"):
-            return  # aliases resolve later; a folder is a DeepSpeed checkpoint, which DeepSpeed itself resumes
-        Provenance.of(read_checkpoint(path, "--ckpt_path", mmap=True), path, "--ckpt_path").verify(
+        if not path or path in CKPT_ALIASES or not hasattr(self.model, "describe"):
+            return  # aliases resolve later
+        Provenance.of(read_checkpoint_record(path, "--ckpt_path"), path, "--ckpt_path").verify(
             [self.model.stage], self.model.backbone_spec,
             hint=f"This config is the {self.model.stage!r} stage: give the config.yaml saved beside the checkpoint, "
                  "or a checkpoint of this stage.")
@@ -124,7 +127,7 @@ class TAGICLI(LightningCLI):
         callback, logger = self.trainer.checkpoint_callback, self.trainer.logger
         if path == "last" and callback is not None and logger is not None:
             path = Path(callback.dirpath or Path(logger.log_dir) / "checkpoints") / "last.ckpt"
-        return Path(path) if path and Path(path).is_file() else None
+        return Path(path) if path and (Path(path).is_file() or is_zero_folder(path)) else None
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
         """Every run writes its artifacts through `artifact_callbacks`; with a progress bar on and none

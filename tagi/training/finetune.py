@@ -18,11 +18,11 @@ from torch import Tensor
 from tagi.inference.runner import StudentRunner
 from tagi.modeling.adapters import AdapterError, cluster_slug, load_adapter, read_meta
 from tagi.errors import ConfigurationError
+from tagi.io import read_checkpoint
 from tagi.modeling.lora import LoRAWeights, apply_lora
 from tagi.modeling.losses import consistency_loss, kl_distillation, lora_param_distance
 from tagi.modeling.model import TAGIModel
 from tagi.provenance import Provenance, verify_teacher
-from tagi.training.checkpoints import load_stage_checkpoint
 from tagi.training.config import Architecture, Backbone, Distillation, Generation, Optimization
 from tagi.training.stage import Stage
 
@@ -74,7 +74,7 @@ class FinetuneModule(Stage):
         """Weights only (optimizer/loop state are not carried over; resuming a stage is --ckpt_path)."""
         if not Path(path).exists():
             raise ConfigurationError(f"model.init_args.init_from: {path} does not exist; point it at the stage-2 (pretrain) checkpoint")
-        checkpoint = load_stage_checkpoint(path)
+        checkpoint = read_checkpoint(path, "model.init_args.init_from")  # a ZeRO folder: its float32 consolidation
         described = Provenance.of(checkpoint, path, "model.init_args.init_from").verify(
             ["pretrain"], self.backbone_spec,
             hint="Use the same model.init_args.backbone in both stages, or the stage-2 (pretrain) checkpoint trained "
@@ -86,7 +86,7 @@ class FinetuneModule(Stage):
             )
         state = {key[len("model."):]: value for key, value in checkpoint["state_dict"].items() if key.startswith("model.")}
         try:
-            self.model.load_state_dict(state)
+            self.model.load_trained_state(state)
         except RuntimeError as error:
             raise ConfigurationError(f"model.init_args.init_from: {path} does not fit this architecture ({error}); "
                                      "use the pretrain stage's model.init_args.architecture") from None

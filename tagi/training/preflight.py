@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from tagi.errors import ConfigurationError, InputError
-from tagi.io import COMPLETE_NAME
+from tagi.io import COMPLETE_NAME, consolidate_zero_folder, is_zero_folder
 
 SYNTHETIC = "synthetic"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "t5-base", "google/t5-base-lm-adapt"
@@ -110,15 +110,25 @@ def check_counts(data: dict) -> None:
             raise InputError(f"data.init_args.{key}: {value}; it must be at least {least}")
 
 
+CPU_DEEPSPEED = "CPUDeepSpeedStrategy"  # tagi.training.strategies: DeepSpeed without CUDA, for tests and CPU users
+
+
 def check_strategy(trainer: dict) -> None:
     strategy, accelerator = str(trainer.get("strategy", "auto")), str(trainer.get("accelerator", "auto"))
+    if zero_stage(trainer.get("strategy")) == 3:
+        raise ConfigurationError(
+            "trainer.strategy: DeepSpeed ZeRO stage 3 is not supported: it keeps only a shard of each weight outside "
+            "the module's own forward, and this model reads and changes the q/v weights outside it (a task's LoRA "
+            "merged for inference, the instruction's per-task values, the gradient-share diagnostic's extra "
+            "backward, which fails). Use stage 2 (sharded optimizer state and gradients): --trainer.strategy.stage=2")
     if torch.cuda.is_available():
         return
-    if "deepspeed" in strategy.lower():
+    if "deepspeed" in strategy.lower() and CPU_DEEPSPEED not in strategy:
         raise ConfigurationError(
-            f"trainer.strategy: DeepSpeed ({strategy}) runs only on CUDA GPUs and this machine has none. "
-            "On CPU use --trainer.strategy=auto (one process) or --trainer.strategy=ddp with "
-            "--trainer.accelerator=cpu --trainer.devices=N (gloo); keep DeepSpeed for GPU machines.")
+            f"trainer.strategy: Lightning's DeepSpeed ({strategy}) runs only on CUDA GPUs and this machine has none. "
+            "On CPU use --trainer.strategy=auto (one process), --trainer.strategy=ddp with "
+            "--trainer.accelerator=cpu --trainer.devices=N (gloo), or DeepSpeed on CPU processes: "
+            f"--trainer.strategy=tagi.training.strategies.{CPU_DEEPSPEED} --trainer.accelerator=cpu.")
     if accelerator in ("gpu", "cuda"):
         raise ConfigurationError(
             f"trainer.accelerator: {accelerator!r} but this machine has no CUDA GPU; use --trainer.accelerator=cpu "
@@ -273,6 +283,42 @@ def last_checkpoint(run: Path | None, fix: str) -> str:
     if last is None or not last.exists():
         raise InputError(f"--ckpt_path last: there is no {last or 'fixed logger folder to look in'}; {fix}")
     return str(last)
+
+
+def zero_stage(strategy) -> int | None:
+    """The ZeRO stage a DeepSpeed strategy setting asks for: `deepspeed_stage_3`, `init_args: {stage: 3}`, or
+    `init_args: {config: {zero_optimization: {stage: 3}}}`; None for other strategies."""
+    if isinstance(strategy, str):
+        found = re.search(r"deepspeed_stage_(\d)", strategy)
+        return int(found.group(1)) if found else (2 if strategy == "deepspeed" else None)
+    if not isinstance(strategy, dict) or "deepspeed" not in str(strategy.get("class_path", "")).lower():
+        return None
+    args = strategy.get("init_args") or {}
+    config = args.get("config") if isinstance(args.get("config"), dict) else {}
+    return (config.get("zero_optimization") or {}).get("stage", args.get("stage", 2))
+
+
+def uses_deepspeed(trainer: dict) -> bool:
+    return "deepspeed" in str(trainer.get("strategy", "auto")).lower()
+
+
+def checkpoint_for_strategy(subcommand: str, config: dict) -> str | None:
+    """`--ckpt_path` as this run's strategy reads it. DeepSpeed resumes and evaluates only its own folders
+    and no other strategy reads them: an evaluation by another strategy reads the folder's float32
+    consolidation; a resume across the two is refused (the optimizer state is laid out differently)."""
+    path, deepspeed = config.get("ckpt_path"), uses_deepspeed(config.get("trainer") or {})
+    if not path or path in CKPT_ALIASES or "://" in str(path) or is_zero_folder(path) == deepspeed:
+        return path
+    if subcommand in EVAL_SUBCOMMANDS and not deepspeed:
+        return str(consolidate_zero_folder(path, "--ckpt_path"))
+    if deepspeed:
+        raise ConfigurationError(
+            f"--ckpt_path {path}: a single-file checkpoint, but trainer.strategy is DeepSpeed, which reads only the "
+            "checkpoint folders it writes; run this with the strategy that wrote it (e.g. --trainer.strategy=auto)")
+    raise ConfigurationError(
+        f"--ckpt_path {path}: a DeepSpeed checkpoint folder, which only DeepSpeed resumes (its optimizer state is "
+        "sharded); resume with the DeepSpeed strategy that wrote it (trainer.strategy), or warm-start elsewhere "
+        "from its weights")
 
 
 def check_writable(option: str, path: str | None) -> None:
