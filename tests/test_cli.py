@@ -35,18 +35,19 @@ def test_help_lists_every_command_without_importing_torch():
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith("usage: tagi <command>")
-    for command in ("fit", "validate", "test", "predict", "pipeline", "adapter"):
+    for command in ("fit", "validate", "test", "predict", "pipeline", "adapter", "fetch"):
         assert f"\n  {command} " in shown.stdout, command
 
 
 def test_an_unknown_command_names_every_command_and_the_closest(capsys):
-    """jsonargparse's own message lists only fit/validate/test/predict: pipeline and adapter are routed before it."""
-    for typo, hint in (("fitt", "did you mean 'fit'?"), ("adaptr", "did you mean 'adapter'?"), ("train", "")):
+    """jsonargparse's own message lists only fit/validate/test/predict: pipeline, adapter and fetch are routed before it."""
+    for typo, hint in (("fitt", "did you mean 'fit'?"), ("adaptr", "did you mean 'adapter'?"), ("fecth", "did you mean 'fetch'?"),
+                       ("train", "")):
         with pytest.raises(SystemExit) as exit_info:
             tagi_main([typo, "--config", "x.yaml"])
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and f"unknown command {typo!r}" in err and hint in err
-        assert "fit, validate, test, predict, pipeline, adapter" in err
+        assert "fit, validate, test, predict, pipeline, adapter, fetch" in err
 
 
 def test_a_parse_error_is_short_and_names_the_option(capsys):

@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "tagi"
 LIGHTNING_FREE = ["tagi.modeling", "tagi.eval", "tagi.inference", "tagi.io", "tagi.errors", "tagi.provenance",
-                  "tagi.cli", "tagi.data"]
+                  "tagi.cli", "tagi.data", "tagi.fetch"]
 LIGHTNING_USERS = {"tagi.data.modules"}  # the LightningDataModules: the one Lightning import outside training/
 
 
