@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import csv
 import json
+import resource
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
@@ -201,6 +204,60 @@ class EvaluationWriter(Callback):
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._close()
+
+
+class StepStats(Callback):
+    """What a training step costs, in `perf.json` of the run folder when the fit ends: seconds per optimizer
+    step (median, the first step left out: it builds kernels and caches), peak memory per process (CPU
+    resident set; on CUDA also the allocator's peak), trainable weights, and tokens per step (every non-pad
+    token the step read, over all ranks). Opt-in: `--trainer.callbacks+=tagi.training.callbacks.StepStats`
+    (benchmarks/rehearsal.py adds it)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.tokens: list[int] = []
+        self._started = 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.seconds.append(time.perf_counter() - self._started)
+        self.tokens.append(batch_tokens(batch))
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        device = pl_module.device
+        local = torch.tensor([peak_rss_gib(), torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0],
+                             device=device)
+        peaks = trainer.strategy.reduce(local, reduce_op="max")  # every rank: a collective
+        tokens = trainer.strategy.reduce(torch.tensor(float(np.median(self.tokens or [0])), device=device), reduce_op="sum")
+        log_dir = trainer.log_dir
+        if not trainer.is_global_zero or log_dir is None:
+            return
+        timed = self.seconds[1:] or self.seconds
+        stats = {"steps": len(self.seconds), "seconds_per_step": float(np.median(timed)) if timed else None,
+                 "step_seconds": [round(value, 3) for value in self.seconds], "peak_rss_gib_per_process": float(peaks[0]),
+                 "peak_cuda_gib_per_process": float(peaks[1]) if device.type == "cuda" else None,
+                 "processes": trainer.world_size, "tokens_per_step": int(tokens),
+                 "trainable_weights": sum(p.numel() for p in pl_module.parameters() if p.requires_grad),
+                 "precision": str(trainer.precision), "strategy": type(trainer.strategy).__name__}
+        atomic_write_text(Path(log_dir) / PERF_NAME, json.dumps(stats, indent=2, sort_keys=True) + "\n")
+
+
+PERF_NAME = "perf.json"
+
+
+def batch_tokens(batch: dict) -> int:
+    """Non-pad tokens a training batch holds: every attention mask (input, instruction, concatenated input),
+    and the target positions that count in the loss."""
+    masks = sum(int(value.sum()) for key, value in batch.items() if key.endswith("_mask") and torch.is_tensor(value))
+    labels = batch.get("labels")
+    return masks + (int((labels != -100).sum()) if torch.is_tensor(labels) else 0)
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident set (Linux reports kibibytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def results_meta(trainer: L.Trainer, pl_module: L.LightningModule, tally: CostTally | None) -> dict:
