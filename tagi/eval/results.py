@@ -132,7 +132,10 @@ def render_block(name: str, data: Mapping) -> str:
         return _render_training_cost(data)
     if "costs" in data:
         return _render_inference_cost(data)
-    raise ValueError(f"results {name!r}: no 'variants', 'rows' or per-shape 'trainable' in its JSON (keys {sorted(data)})")
+    if "hand_offs" in data:
+        return _render_rehearsal(data)
+    raise ValueError(f"results {name!r}: no 'variants', 'rows', 'costs', 'hand_offs' or per-shape 'trainable' in its JSON "
+                     f"(keys {sorted(data)})")
 
 
 def _render_quality(data: Mapping) -> str:
@@ -201,6 +204,22 @@ def _render_inference_cost(data: Mapping) -> str:
     commits = ", ".join(dict.fromkeys(f"{row['shape']} {str(row['commit'])[:10]} ({row['threads']} threads)"
                                       for row in data["costs"]))
     lines += ["", f"{data.get('examples', DASH)} examples per task; commit per shape: {commits}."]
+    return "\n".join(lines)
+
+
+def _render_rehearsal(data: Mapping) -> str:
+    """benchmarks/rehearsal.py: per stage what a step costs at the real shape, then each hand-off's outcome."""
+    lines = [_row(["stage", "processes, strategy, precision", "wall s", "s / step", "peak memory / process (GiB)",
+                   "all processes, PSS (GiB)", "trainable weights", "tokens / step"]), "|---|---|" + "---:|" * 6]
+    for stage, v in data["stages"].items():
+        run = f"{v['processes']} × {v['strategy']}, {v['precision']}" if "processes" in v else f"exit status {v['exit']}"
+        lines.append(_row([stage, run, _num(v.get("wall_seconds")), _num(v.get("seconds_per_step")),
+                           _num(v.get("peak_rss_gib_per_process")),
+                           _num(v.get("peak_pss_gib_tree")), _millions(v["trainable_weights"]) if "trainable_weights" in v else DASH,
+                           str(v.get("tokens_per_step", DASH))]))
+    lines += ["", "Hand-offs: " + "; ".join(f"{h['hand_off']} **{'pass' if h['pass'] else 'FAIL'}**" for h in data["hand_offs"]) + "."]
+    lines += ["", f"{data['device']}, {data['shape']} shape, {data['data']}, {data['steps_per_stage']} steps per stage "
+                  f"(s / step: median without the first); {_footer(data)}."]
     return "\n".join(lines)
 
 
