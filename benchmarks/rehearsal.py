@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -138,14 +139,22 @@ class TreeMemory:
         return round(self.peak / 2**30, 2)
 
 
+STAGE_TIMEOUT = 3600  # s: a rank killed for memory leaves the other waiting in a collective for DeepSpeed's 30 min
+
+
 def run(command: list[str], log: Path) -> dict:
-    """One CLI command; its output to `log`. Wall time, exit status, and the process tree's peak memory."""
+    """One CLI command; its output to `log`. Wall time, exit status (-9 when it ran past STAGE_TIMEOUT), and the
+    process tree's peak memory."""
     started = time.perf_counter()
     with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
                                    env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
         memory = TreeMemory(process)
-        code = process.wait()
+        try:
+            code = process.wait(timeout=STAGE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            code = process.wait()
     return {"exit": code, "wall_seconds": round(time.perf_counter() - started, 1), "peak_pss_gib_tree": memory.gib(),
             "log": str(log.relative_to(ROOT) if log.is_relative_to(ROOT) else log)}
 
