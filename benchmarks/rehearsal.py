@@ -21,7 +21,8 @@ folder → `init_from` (consolidated to float32 and loaded), the student → `ta
 (peft loads the adapter and gives `Student.generate`'s greedy answer). Per stage: seconds per step
 (median, first step left out), peak memory (per process, from the `StepStats` callback; and the whole
 process tree's proportional set size, sampled every 0.5 s, which also names a stage killed for memory),
-trainable weights, tokens per step. Writes `--out` (default `docs/results/rehearsal.json` on CPU,
+trainable weights, tokens per step. A stage the machine's memory cannot hold at its config's batch size
+is named with its peak, and rerun at half the batch (down to 2 rows per process). Writes `--out` (default `docs/results/rehearsal.json` on CPU,
 `runs/rehearsal-cuda/rehearsal.json` on CUDA) and prints it; the README's table is generated from the
 CPU file (`python -m tagi.eval.results --write`). Exit status 1 when a stage or hand-off failed.
 """
@@ -159,6 +160,37 @@ def run(command: list[str], log: Path) -> dict:
             "log": str(log.relative_to(ROOT) if log.is_relative_to(ROOT) else log)}
 
 
+def config_batch_size(stage: str) -> int:
+    import yaml
+
+    return yaml.safe_load((SETTING / f"{stage}.yaml").read_text())["data"]["init_args"]["batch_size"]
+
+
+def out_of_memory(result: dict) -> bool:
+    """Killed with the machine's memory nearly all taken: the kernel's OOM killer ended a rank."""
+    import psutil
+
+    return result["exit"] != 0 and result["peak_pss_gib_tree"] * 2**30 >= 0.85 * psutil.virtual_memory().total
+
+
+def fit_in_memory(stage: str, work: Path, device: str, shared: Path | None, steps: int, logs: Path) -> tuple[dict, list]:
+    """The stage at its config's batch size; where that does not fit in memory, at half of it, and so on
+    down to 2 rows per process (a hardware override, like the device). Returns the last run and the
+    attempts that did not fit (batch size, peak memory, log)."""
+    batch, too_big = config_batch_size(stage), []
+    while True:
+        log = logs / (f"{stage}.log" if not too_big else f"{stage}-batch{batch}.log")
+        command = stage_command(stage, work, device, shared, steps)
+        result = run(command if not too_big else [*command, f"--data.init_args.batch_size={batch}"], log)
+        result["batch_size_per_process"] = batch
+        if not out_of_memory(result) or batch <= 2:
+            return result, too_big
+        too_big.append({"batch_size_per_process": batch, "peak_pss_gib_tree": result["peak_pss_gib_tree"],
+                        "exit": result["exit"], "log": result["log"]})
+        subprocess.run(["rm", "-rf", str(work / "checkpoints" / stage)], check=True)  # the killed run's folder
+        batch //= 2
+
+
 def stage_figures(work: Path, stage: str) -> dict:
     folder = work / "checkpoints" / stage
     perf = json.loads((folder / "perf.json").read_text()) if (folder / "perf.json").is_file() else {}
@@ -241,8 +273,8 @@ def rehearse(work: Path, device: str, shape: str, shared: Path | None, steps: in
     report = {"device": device, "shape": shape, "steps_per_stage": steps, "stages": {}, "hand_offs": [],
               "data": "NI v1 + wiki-c4 + T5 vocabulary" if shared else "synthetic suite (no shared data)"}
     for stage in STAGES:
-        result = run(stage_command(stage, work, device, shared, steps), logs / f"{stage}.log")
-        report["stages"][stage] = {**result, **stage_figures(work, stage)}
+        result, too_big = fit_in_memory(stage, work, device, shared, steps, logs)
+        report["stages"][stage] = {**result, **stage_figures(work, stage), **({"did_not_fit": too_big} if too_big else {})}
         if result["exit"] != 0:
             report["hand_offs"].append(check(f"{stage} stage", False, f"exit {result['exit']}, see {result['log']}"))
             return report

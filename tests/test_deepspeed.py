@@ -209,3 +209,25 @@ def test_zero3_is_refused_with_the_reason(workdir, capsys):
     message = capsys.readouterr().err
     assert "ZeRO stage 3 is not supported" in message and "--trainer.strategy.stage=2" in message
     assert not Path("zero3").exists()
+
+
+def test_a_checkpoint_is_resumed_only_by_the_kind_of_strategy_that_wrote_it(workdir, capsys):
+    """A ZeRO folder under a one-process fit, a single file under DeepSpeed: each one error naming --ckpt_path
+    and the strategy, before anything is built or written."""
+    from tagi.__main__ import main as tagi_main
+
+    ensure("zero2", "pretrain")
+    ensure("single", "pretrain")
+    cases = [
+        (command("pretrain", "single", "mixed-a", "single", "--ckpt_path=zero2/pretrain/checkpoints/last.ckpt"),
+         "a DeepSpeed checkpoint folder, which only DeepSpeed resumes"),
+        (command("pretrain", "zero2", "mixed-b", "zero2", "--ckpt_path=single/pretrain/checkpoints/last.ckpt"),
+         "a single-file checkpoint, but trainer.strategy is DeepSpeed"),
+    ]
+    for args, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            tagi_main(args[3:])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "--ckpt_path" in err, err[-2000:]
+    assert not Path("mixed-a").exists() and not Path("mixed-b").exists()
