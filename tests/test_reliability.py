@@ -170,6 +170,22 @@ def test_a_task_in_two_split_lists_stops_before_anything_is_built(workdir, stage
                       capsys, shared, "val_tasks.txt", "test_tasks.txt", "in both lists", "disjoint")
 
 
+def test_a_test_task_spelled_another_way_in_the_train_list_is_refused(tmp_path, capsys, monkeypatch):
+    """`./x` passed the overlap check against `x`, and the test task was trained on; `../` read outside data_dir."""
+    monkeypatch.chdir(tmp_path)
+    suite = write_suite(tmp_path / "suite", num_instances=3)
+    splits = tmp_path / "splits"
+    shutil.copytree(suite / "splits/default", splits)
+    test_task = (splits / "test_tasks.txt").read_text().split()[0]
+    train = (splits / "train_tasks.txt").read_text()
+    fit = ["fit", "--config", config("theta0"), TINY, *FAST, f"--data.init_args.data_dir={suite}",
+           f"--data.init_args.splits_dir={splits}", "--model.init_args.output_dir=theta0"]
+    (splits / "train_tasks.txt").write_text(train + f"./{test_task}\n")
+    run_fails_cleanly(fit, capsys, "train_tasks.txt and", "test_tasks.txt", repr(test_task), "in both lists")
+    (splits / "train_tasks.txt").write_text(train + f"../../other/tasks/{test_task}\n")
+    run_fails_cleanly(fit, capsys, str(splits / "train_tasks.txt"), f"'../../other/tasks/{test_task}' is not a task name")
+
+
 def test_missing_splits_dir(workdir, stages, capsys):
     run_fails_cleanly(finetune_args(stages, "--data.init_args.splits_dir=no/such/splits"), capsys,
                       "data.init_args.splits_dir", "no/such/splits", "is not a directory", "python -m tagi.data.carve")
