@@ -205,6 +205,21 @@ def test_teachers_missing_a_cluster(workdir, stages, capsys):
                       "teacher for cluster 'Counting' not found", str(partial / "counting"), "run the teacher stage")
 
 
+def test_two_categories_with_one_teacher_folder_name_are_refused_before_training(tmp_path, capsys, monkeypatch):
+    """'Word Order' and 'Word-Order' wrote one folder: "wrote 4 teacher adapters" left 3, and the student
+    distilled both clusters from the survivor."""
+    monkeypatch.chdir(tmp_path)
+    suite = write_suite(tmp_path / "suite", num_instances=3)
+    for path in sorted((suite / "tasks").glob("*.json")):
+        task = json.loads(path.read_text())
+        if task["Categories"][0] == "Case" and path.stem in (suite / "splits/default/train_tasks.txt").read_text():
+            path.write_text(json.dumps({**task, "Categories": ["Word-Order"]}))
+            break
+    run_fails_cleanly(["fit", "--config", config("teacher"), TINY, *FAST, f"--data.init_args.data_dir={suite}",
+                       "--model.init_args.output_dir=teachers/t"], capsys,
+                      "categories 'Word Order' and 'Word-Order' have one teacher folder name, 'word-order'")
+
+
 def test_teacher_rank_different_from_the_hypernetwork(workdir, stages, capsys):
     run_fails_cleanly(finetune_args(stages, "--model.init_args.architecture.lora_rank=4", "--model.init_args.init_from=null"),
                       capsys, "does not match this student", "LoRA rank 8 ≠ the hypernetwork's 4", "Retrain the teachers")
