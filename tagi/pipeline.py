@@ -20,7 +20,7 @@ from typing import Literal
 
 from jsonargparse import ArgumentParser, ActionConfigFile
 
-from tagi.errors import InputError
+from tagi.errors import InputError, Terminated
 from tagi.eval.results import git_commit, render_block
 from tagi.io import COMPLETE_NAME, atomic_write_text
 from tagi.training.cli import run_cli
@@ -36,7 +36,11 @@ HEADLINE = "exact_match"  # a model that copies its input cannot score it on the
 
 def _run(args: list[str]):
     log.info("python -m tagi %s", " ".join(args))
-    return run_cli(args)
+    try:
+        return run_cli(args)
+    except Terminated as stopped:  # the pipeline stops there: no later stage runs on a stage that did not finish
+        raise Terminated(stopped.stopped, "the pipeline stopped there; rerun the same `tagi pipeline` command: finished "
+                         "stages are skipped and a stopped one resumes from its last checkpoint") from None
 
 
 def _complete(folder: Path) -> dict | None:

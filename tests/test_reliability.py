@@ -80,15 +80,34 @@ def _run_stage(args: list[str], run_dir: str, wait: bool = True) -> subprocess.P
     return process
 
 
-def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(workdir, stages):
+def resume_args(workdir: Path, stages) -> list[str]:
+    """A finetune run of 40 steps, saved every 4; the first call also trains it uninterrupted, into `uninterrupted/`."""
     (workdir / "ckpt-every-4.yaml").write_text(CHECKPOINT_EVERY % 4)  # step 40 is saved
     args = [*finetune_args(stages), "--config", "ckpt-every-4.yaml", "--trainer.max_steps=40",
             "--trainer.val_check_interval=20", "--trainer.deterministic=true",
             "--model.init_args.architecture.generator=hart", "--model.init_args.init_from=null",
             "--model.init_args.distillation.consistency_weight=0.1",  # the HART generator and its state must resume too
             "--trainer.logger.init_args.flush_logs_every_n_steps=1000"]  # the log reaches disk with each checkpoint
-    _run_stage(args, "uninterrupted")
+    if not (workdir / "uninterrupted/complete.json").is_file():
+        _run_stage(args, "uninterrupted")
+    return args
 
+
+def assert_resumed_as_uninterrupted(workdir: Path, run: str) -> None:
+    """Weights tensor for tensor, the final metrics, and metrics.csv's logged values equal the uninterrupted run's."""
+    expected, resumed = (torch.load(workdir / f"{name}/checkpoints/last.ckpt", weights_only=False) for name in ("uninterrupted", run))
+    assert resumed["global_step"] == expected["global_step"] == 40
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    metrics = [json.loads((workdir / f"{name}/complete.json").read_text())["metrics"] for name in ("uninterrupted", run)]
+    assert metrics[0]["val/rougeL"] == metrics[1]["val/rougeL"]
+    assert metrics[0]["train/loss"] == metrics[1]["train/loss"]
+    # The resumed run's metrics.csv continues the stopped one's: the same logged values at the same steps.
+    assert _logged(workdir / f"{run}/metrics.csv") == _logged(workdir / "uninterrupted/metrics.csv")
+
+
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(workdir, stages):
+    args = resume_args(workdir, stages)
     victim = _run_stage(args, "resumed", wait=False)
     last = workdir / "resumed/checkpoints/last.ckpt"
     deadline = time.time() + 300
@@ -102,16 +121,47 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(workdir, stage
     assert 24 <= killed_at < 40
 
     _run_stage([*args, "--ckpt_path=last"], "resumed")
-    expected, resumed = (torch.load(workdir / f"{run}/checkpoints/last.ckpt", weights_only=False)
-                         for run in ("uninterrupted", "resumed"))
-    assert resumed["global_step"] == expected["global_step"] == 40
-    for key, value in expected["state_dict"].items():
-        assert torch.equal(value, resumed["state_dict"][key]), key
-    metrics = [json.loads((workdir / f"{run}/complete.json").read_text())["metrics"] for run in ("uninterrupted", "resumed")]
-    assert metrics[0]["val/rougeL"] == metrics[1]["val/rougeL"]
-    assert metrics[0]["train/loss"] == metrics[1]["train/loss"]
-    # The resumed run's metrics.csv continues the killed one's: the same logged values at the same steps.
-    assert _logged(workdir / "resumed/metrics.csv") == _logged(workdir / "uninterrupted/metrics.csv")
+    assert_resumed_as_uninterrupted(workdir, "resumed")
+
+
+def test_sigterm_mid_run_exits_143_says_how_to_resume_and_the_resume_is_exact(workdir, stages):
+    """Lightning turns SIGTERM into a SystemExit without a code: the run exited 0, as if it had finished."""
+    args = resume_args(workdir, stages)
+    victim = _run_stage(args, "terminated", wait=False)
+    deadline = time.time() + 300
+    while _saved_step(workdir / "terminated/checkpoints") < 8 and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGTERM)
+    _, err = victim.communicate()
+    assert victim.returncode == 143, err[-3000:]
+    stopped = err.strip().splitlines()[-1]
+    assert stopped.startswith("stopped: `fit` was stopped by SIGTERM at step") and "Traceback" not in err
+    assert "terminated/checkpoints/last.ckpt, is at step" in stopped and "--ckpt_path last" in stopped
+    assert not (workdir / "terminated/complete.json").exists()
+    _run_stage([*args, "--ckpt_path=last"], "terminated")
+    assert_resumed_as_uninterrupted(workdir, "terminated")
+
+
+def test_sigterm_stops_the_pipeline_with_143_and_no_later_stage_runs(workdir):
+    """The pipeline exited 0 with no table, and no word that its later stages had not run."""
+    (workdir / "ckpt-every-4.yaml").write_text(CHECKPOINT_EVERY % 4)
+    overrides = [TINY, *FAST, "--trainer.max_steps=400", "--config", str(workdir / "ckpt-every-4.yaml")]
+    command = [sys.executable, "-m", "tagi", "pipeline", "--config", config("pipeline"), "--run=sigterm",
+               f"--overrides={json.dumps(overrides)}"]
+    victim = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    theta0 = workdir / "checkpoints/sigterm/theta0"
+    deadline = time.time() + 300
+    while _saved_step(theta0 / "checkpoints") < 4 and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGTERM)
+    out, err = victim.communicate()
+    assert victim.returncode == 143, err[-3000:]
+    assert "`fit` was stopped by SIGTERM" in err and "rerun the same `tagi pipeline` command" in err
+    assert "--ckpt_path last" not in err.strip().splitlines()[-1]  # the pipeline resumes its stage itself
+    assert (theta0 / "checkpoints/last.ckpt").is_file() and not (theta0 / "complete.json").exists()
+    assert not (workdir / "checkpoints/sigterm/teacher").exists() and not (workdir / "checkpoints/sigterm/pipeline.json").exists()
+    assert "| model" not in out  # no table
 
 
 def _saved_step(folder: Path) -> int:

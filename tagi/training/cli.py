@@ -22,7 +22,9 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from tagi.errors import Terminated
 from tagi.io import folder_lock, read_checkpoint
 from tagi.provenance import Provenance
 from tagi.training.callbacks import MetricsLog, StepProgressBar, artifact_callbacks
@@ -76,10 +78,26 @@ class TAGICLI(LightningCLI):
         """Every subcommand owns its logger folder while it runs (one writer per folder; rank 0 holds it)."""
         config = self.config[subcommand]
         folder = logger_dir(config.as_dict().get("trainer") or {})
-        if folder is None or os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
-            return super()._run_subcommand(subcommand)
-        with folder_lock(folder, "trainer.logger"):
-            return super()._run_subcommand(subcommand)
+        try:
+            if folder is None or os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
+                return super()._run_subcommand(subcommand)
+            with folder_lock(folder, "trainer.logger"):
+                return super()._run_subcommand(subcommand)
+        except SIGTERMException:  # a SystemExit without a code: the process would exit 0, as if it had finished
+            raise self._terminated(subcommand) from None
+
+    def _terminated(self, subcommand: str) -> Terminated:
+        if subcommand != "fit":
+            return Terminated(f"`{subcommand}` was stopped by SIGTERM before it finished",
+                              "nothing it wrote is complete; rerun the same command")
+        stopped = f"`fit` was stopped by SIGTERM at step {self.trainer.global_step}, before it finished"
+        folder = getattr(self.trainer.checkpoint_callback, "dirpath", None)
+        last = Path(folder) / "last.ckpt" if folder else None
+        if last is None or not last.is_file():
+            return Terminated(stopped, "no checkpoint had been saved yet; rerun the same command to start it again")
+        step = read_checkpoint(last, "--ckpt_path", mmap=True)["global_step"]
+        return Terminated(stopped, f"its last checkpoint, {last}, is at step {step}: rerun the same command with "
+                                   "--ckpt_path last to continue from there")
 
     def _own_eval_folder(self, config) -> None:
         """An evaluation logged into a training run's folder would replace its metrics.csv and config.yaml:
