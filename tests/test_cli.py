@@ -194,6 +194,12 @@ def test_pipeline_runs_every_stage_skips_finished_ones_and_resumes_a_killed_one(
                            "--adapter_check=false"])  # a rerun with the checks off keeps the earlier rows
     assert fewer["scores"].keys() == summary["scores"].keys()
     assert json.loads((tmp_path / "checkpoints/t/pipeline.json").read_text())["scores"].keys() == summary["scores"].keys()
+    recorded = (tmp_path / "checkpoints/t/pipeline.json").read_bytes()
+    with pytest.raises(SystemExit) as exit_info:  # a rerun that scores nothing replaced every row with {}
+        tagi_main(["pipeline", "--config", config, "--run=t",
+                   f"--overrides={json.dumps([*overrides, '--data.init_args.max_test_instances_per_task=0'])}"])
+    assert exit_info.value.code == 2 and "max_test_instances_per_task: 0" in capsys.readouterr().err
+    assert (tmp_path / "checkpoints/t/pipeline.json").read_bytes() == recorded
 
     (tmp_path / "checkpoints/t/finetune/complete.json").write_text('{"global_step": 4, "last_ch')  # cut off
     with pytest.raises(SystemExit) as exit_info:

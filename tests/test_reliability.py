@@ -17,7 +17,7 @@ from helpers import FAST, ROOT, TINY, chdir_scratch, config, fit, stages_in
 from tagi.__main__ import main as tagi_main
 from tagi.modeling.adapters import load_adapter, save_adapter
 from tagi.data.modules import FinetuneDataModule
-from tagi.data.synthetic import write_suite
+from tagi.data.synthetic import ensure_corpus, write_suite
 from tagi.modeling.lora import LoRAWeights
 
 pytestmark = pytest.mark.e2e  # CLI runs on tiny stages; the unit tests of files and provenance are in test_io.py
@@ -454,6 +454,22 @@ def test_an_evaluation_with_bad_data_writes_no_folder(workdir, stages, capsys):
     """Lightning creates the logger's folder before the data is set up: the data is read first."""
     run_fails_cleanly(["test", "--config", config("pretrain"), TINY, f"--ckpt_path={stages['pretrain']}",
                        "--data.init_args.eval_split=nope"], capsys, "splits/nope/train_tasks.txt: split file not found")
+
+
+@pytest.mark.parametrize("subcommand", ["test", "predict"])
+def test_an_evaluation_of_no_example_is_refused(workdir, stages, capsys, subcommand):
+    """It exited 0 and wrote no results (a pipeline then replaced its score rows with {})."""
+    evaluate = [subcommand, "--config", config("pretrain"), TINY, f"--ckpt_path={stages['pretrain']}"]
+    run_fails_cleanly([*evaluate, "--data.init_args.max_test_instances_per_task=0"], capsys,
+                      "data.init_args.max_test_instances_per_task: 0; it must be at least 1")
+    suite = next(Path("runs/data").glob("synthetic-v*-seed0"))
+    ensure_corpus(suite, suite.with_name(f"{suite.name}-corpus.jsonl"))  # a cache the data setup writes on first use
+    no_tests = workdir / "splits-without-test-tasks"
+    if not no_tests.exists():
+        shutil.copytree(suite / "splits/default", no_tests)
+        (no_tests / "test_tasks.txt").write_text("# none yet\n")
+    run_fails_cleanly([*evaluate, f"--data.init_args.splits_dir={no_tests}"], capsys,
+                      f"{no_tests / 'test_tasks.txt'}: names no task, so `{subcommand}` has no example to score")
 
 
 def test_pipeline_inputs_are_checked_before_any_stage_trains(workdir, capsys):

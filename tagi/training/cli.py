@@ -123,6 +123,8 @@ class TAGICLI(LightningCLI):
         # Lightning creates the logger's folder before it sets the data up: bad data must fail first
         self.datamodule.prepare_data()
         self.datamodule.setup(self.subcommand)
+        if hasattr(self.datamodule, "require_examples"):
+            self.datamodule.require_examples(self.subcommand)
 
     before_validate = before_predict = before_test
 
