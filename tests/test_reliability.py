@@ -485,6 +485,8 @@ def test_pipeline_inputs_are_checked_before_any_stage_trains(workdir, capsys):
     ("--model.init_args.init_from=a-plain-folder", "model.init_args.init_from: a-plain-folder is a folder but not a DeepSpeed"),
     ("--trainer.accelerator=gpu", "CUDA"),
     ("--data.init_args.data_dir=not-sni", "data.init_args.data_dir"),
+    # it wrote last.ckpt, config.yaml and complete.json into the current folder, unlocked, replaced by the next run
+    ("--trainer.logger=false", "trainer.logger: false leaves the run without a run folder"),
 ])
 def test_more_values_refused_before_anything_is_built(workdir, stages, capsys, option, message):
     Path("a-plain-folder").mkdir(exist_ok=True)
@@ -492,6 +494,12 @@ def test_more_values_refused_before_anything_is_built(workdir, stages, capsys, o
     if torch.cuda.is_available() and "gpu" in option:
         pytest.skip("this machine has CUDA")
     run_fails_cleanly(finetune_args(stages, option), capsys, message)
+
+
+def test_an_evaluation_without_a_logger_is_refused(workdir, stages, capsys):
+    """Its results.json and predictions.jsonl went into the current folder."""
+    run_fails_cleanly(["test", "--config", config("pretrain"), TINY, f"--ckpt_path={stages['pretrain']}",
+                       "--trainer.logger=false"], capsys, "trainer.logger: false")
 
 
 @pytest.mark.parametrize("subcommand", ["validate", "predict"])

@@ -27,6 +27,7 @@ EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 def check_config(config: dict) -> None:
     """`config`: one subcommand's config as a plain dict (trainer / model / data / ckpt_path)."""
     check_strategy(config.get("trainer") or {})
+    check_logger(config.get("trainer") or {})
     model = (config.get("model") or {}).get("init_args") or {}
     data = (config.get("data") or {}).get("init_args") or {}
     check_backbone((model.get("backbone") or {}).get("name"))
@@ -124,6 +125,17 @@ def check_strategy(trainer: dict) -> None:
         raise ConfigurationError(
             f"trainer.accelerator: {accelerator!r} but this machine has no CUDA GPU; use --trainer.accelerator=cpu "
             "(and --trainer.precision=32-true: bf16 mixed precision is a GPU setting).")
+
+
+def check_logger(trainer: dict) -> None:
+    """The logger's folder is the run folder. Without one, Lightning writes last.ckpt, config.yaml,
+    complete.json and test results into the current folder: no lock, no finished-run check, and the
+    next run replaces them."""
+    if trainer.get("logger") is False:
+        raise ConfigurationError(
+            "trainer.logger: false leaves the run without a run folder: its checkpoints, config.yaml, complete.json "
+            "and results would land in the current folder, where the next run replaces them. Keep the config's "
+            "logger, and choose the folder with --trainer.logger.init_args.save_dir and .name (nothing was written)")
 
 
 def check_backbone(name: str | None) -> None:
