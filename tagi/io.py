@@ -103,10 +103,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def folder_lock(folder: str | os.PathLike, option: str) -> Iterator[None]:
     """Own `folder` while this process writes into it: a second writer is refused, naming the holder.
     The lock is a sibling file, `.<name>.lock`, so the folder itself is untouched (Lightning warns
-    about a non-empty log folder). A lock left by a process that is gone (a killed run on this host)
-    is taken over; folders this call created for the lock are removed again if nothing else came."""
+    about a non-empty log folder). It is keyed by the resolved folder: a symlink to the folder, or a path
+    through a symlinked parent, is the same folder and has the same lock. A lock left by a process that
+    is gone (a killed run on this host) is taken over; folders this call created for the lock are
+    removed again if nothing else came."""
     folder, holder = Path(folder), f"{socket.gethostname()}:{os.getpid()}"
-    lock = folder.parent / f".{folder.name}{LOCK_SUFFIX}"
+    resolved = folder.resolve()
+    lock = resolved.parent / f".{resolved.name}{LOCK_SUFFIX}"
     created = [parent for parent in [lock.parent, *lock.parent.parents] if not parent.exists()]
     lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
