@@ -133,6 +133,36 @@ def folder_lock(folder: str | os.PathLike, option: str) -> Iterator[None]:
                 parent.rmdir()
 
 
+def folder_state(folder: str | os.PathLike) -> tuple[int, int] | None:
+    """What is at `folder` now (None: nothing): its inode and mtime. Artifacts are renamed into place
+    (`atomic_directory`), so a replaced folder has another inode, and one written into another mtime."""
+    try:
+        stat = Path(folder).stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+class FolderClaim:
+    """A fit checks its output folder when it starts (`--overwrite` or nothing there) and writes it when it
+    ends: another run that wrote the folder in between would be replaced without a word. The claim
+    remembers what the check saw, and the write happens under the folder's lock only if it is still that."""
+
+    def __init__(self, folder: str | os.PathLike, option: str):
+        self.folder, self.option, self.found = Path(folder), option, folder_state(folder)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with folder_lock(self.folder, self.option):
+            if folder_state(self.folder) != self.found:
+                raise ConfigurationError(
+                    f"{self.option} {self.folder}: another run wrote it while this one trained (it was "
+                    f"{'absent' if self.found is None else 'another folder'} when this fit started), so this fit did "
+                    "not replace it. Its weights are in its run folder's checkpoints/last.ckpt: export them with the "
+                    "same command plus --ckpt_path last and another output_dir (or --overwrite=true to replace the other run's)")
+            yield
+
+
 def _holder_alive(holder: str) -> bool:
     host, _, pid = holder.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():

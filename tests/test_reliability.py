@@ -437,6 +437,31 @@ def test_a_resume_under_another_spelling_of_the_folder_keeps_one_last_checkpoint
     assert json.loads((folder.parent / "complete.json").read_text())["global_step"] == 4
 
 
+def test_an_output_dir_another_run_wrote_while_this_one_trained_is_not_replaced(tmp_path, capsys, monkeypatch):
+    """Two θ0 fits with one output_dir both passed the check at start and both exported: one replaced the other."""
+    from tagi.training.theta0 import Theta0Module
+
+    monkeypatch.chdir(tmp_path)
+    real_step = Theta0Module.training_step
+
+    def step_while_another_run_exports(self, batch, batch_idx):
+        if self.global_step == 1 and not Path("theta0").exists():  # the other fit finishes first
+            Path("theta0").mkdir()
+            Path("theta0/config.json").write_text("{}")
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(Theta0Module, "training_step", step_while_another_run_exports)
+    command = ["fit", "--config", config("theta0"), TINY, *FAST, "--trainer.logger.init_args.name=second"]
+    with pytest.raises(SystemExit) as exit_info:
+        tagi_main([*command, "--model.init_args.output_dir=theta0"])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "model.init_args.output_dir theta0: another run wrote it while this one trained (it was absent" in message
+    assert os.listdir("theta0") == ["config.json"] and not Path("checkpoints/demo/second/complete.json").exists()
+    tagi_main([*command, "--model.init_args.output_dir=theta0-second", "--ckpt_path=last"])  # what the message advises
+    assert (tmp_path / "theta0-second/tagi_backbone.json").is_file() and os.listdir("theta0") == ["config.json"]
+
+
 def test_damaged_teacher_json_and_a_teachers_file_are_clean_errors(workdir, stages, capsys):
     for name, file_name in (("teachers-bad-meta", "meta.json"), ("teachers-bad-config", "adapter_config.json")):
         copy = workdir / name

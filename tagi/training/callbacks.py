@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
@@ -15,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from tagi.eval.cost import CostTally
 from tagi.eval.reports import PREDICTIONS, RESULTS_MD, PredictionWriter, write_results
-from tagi.io import COMPLETE_NAME, atomic_write_text, read_checkpoint
+from tagi.io import COMPLETE_NAME, FolderClaim, atomic_write_text, read_checkpoint
 
 
 class StepProgressBar(RichProgressBar):
@@ -89,12 +90,17 @@ class MetricsLog(Callback):
 class ExportArtifacts(Callback):
     """What later stages read from a finished fit, written by rank 0 to the stage's `output_dir`: θ0's
     `from_pretrained` folder (stage 0), one PEFT folder per cluster (teachers). The stage says what
-    (`export(out_dir)`), this says when."""
+    (`export(out_dir)`), this says when: under `claim` (the CLI's, taken when it checked output_dir),
+    only if no other run wrote the folder since."""
+
+    def __init__(self, claim: FolderClaim | None = None) -> None:
+        self.claim = claim
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         out_dir = getattr(pl_module, "output_dir", None)
         if out_dir is not None and hasattr(pl_module, "export") and trainer.is_global_zero and not trainer.interrupted:
-            pl_module.export(Path(out_dir))
+            with self.claim.held() if self.claim is not None else nullcontext():
+                pl_module.export(Path(out_dir))
 
 
 class CompletionMarker(Callback):
@@ -189,6 +195,6 @@ def results_meta(trainer: L.Trainer, pl_module: L.LightningModule, tally: CostTa
     return meta
 
 
-def artifact_callbacks() -> list[Callback]:
+def artifact_callbacks(output_claim: FolderClaim | None = None) -> list[Callback]:
     """Every artifact a run writes besides the checkpoints themselves, in the order they must be written."""
-    return [FinalCheckpoint(), MetricsLog(), ExportArtifacts(), CompletionMarker(), EvaluationWriter()]
+    return [FinalCheckpoint(), MetricsLog(), ExportArtifacts(output_claim), CompletionMarker(), EvaluationWriter()]

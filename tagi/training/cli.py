@@ -25,11 +25,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tagi.errors import Terminated
-from tagi.io import folder_lock, read_checkpoint
+from tagi.io import FolderClaim, folder_lock, read_checkpoint
 from tagi.provenance import Provenance
 from tagi.training.callbacks import MetricsLog, StepProgressBar, artifact_callbacks
 from tagi.training.preflight import (CKPT_ALIASES, EVAL_SUBCOMMANDS, check_config, check_config_files, check_fit_target,
-                                     eval_checkpoint, fit_checkpoint, is_training_run, logger_dir)
+                                     eval_checkpoint, fit_checkpoint, is_training_run, logger_dir, output_dir)
 
 
 class ShortUsageParser(LightningArgumentParser):
@@ -43,6 +43,8 @@ class ShortUsageParser(LightningArgumentParser):
 
 
 class TAGICLI(LightningCLI):
+    output_claim: FolderClaim | None = None  # a fit's output_dir as its check found it (`check_fit_target`)
+
     def add_arguments_to_parser(self, parser) -> None:
         # The model must build its vocabulary from the same tokenizer the data is encoded with.
         parser.link_arguments("data.init_args.tokenizer", "model.init_args.tokenizer")
@@ -72,6 +74,8 @@ class TAGICLI(LightningCLI):
         check_config(config.as_dict())
         if self.subcommand == "fit":
             check_fit_target(config.as_dict())
+            out = output_dir(config.as_dict())
+            self.output_claim = FolderClaim(out, "model.init_args.output_dir") if out else None
             config.overwrite = False  # for this run only: the saved config.yaml must not carry it to the next
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -153,7 +157,7 @@ class TAGICLI(LightningCLI):
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured) \
                 and _RICH_AVAILABLE:
             callbacks = [*callbacks, StepProgressBar()]
-        return super()._instantiate_trainer(config, [*callbacks, *artifact_callbacks()])
+        return super()._instantiate_trainer(config, [*callbacks, *artifact_callbacks(self.output_claim)])
 
 
 class _NoAdvertising(logging.Filter):

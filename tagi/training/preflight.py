@@ -256,10 +256,15 @@ def check_fit_target(config: dict) -> None:
     if run is not None and (run / COMPLETE_NAME).is_file():
         raise ConfigurationError(f"trainer.logger: {run} holds a finished run ({COMPLETE_NAME}); this fit would replace "
                                  f"its checkpoints and metrics.csv; continue it with --ckpt_path last, or {choose}")
-    out = ((config.get("model") or {}).get("init_args") or {}).get("output_dir")
+    out = output_dir(config)
     if out and Path(out).is_dir() and any(Path(out).iterdir()):
         raise ConfigurationError(f"model.init_args.output_dir: {out} already holds an exported artifact that later "
                                  "stages read; give another output_dir, or --overwrite=true to replace it (nothing was written)")
+
+
+def output_dir(config: dict) -> str | None:
+    """Where the stage exports what later stages read (θ0, the teachers); None for the other stages."""
+    return ((config.get("model") or {}).get("init_args") or {}).get("output_dir")
 
 
 def _continues(ckpt_path: str | None, run: Path | None) -> bool:
