@@ -425,6 +425,21 @@ def test_a_checkpoint_from_another_run_does_not_lift_the_overwrite_refusal(workd
                       "model.init_args.output_dir: teachers/t already holds", "--overwrite=true")
 
 
+def test_continuing_a_finished_theta0_that_later_stages_read_needs_overwrite(tmp_path, capsys, monkeypatch):
+    """Refused a fresh fit, the user followed the advice (--ckpt_path last, more steps): θ0 was trained on and
+    exported again in place, with no word, and every later stage was then refused."""
+    monkeypatch.chdir(tmp_path)
+    command = ["fit", "--config", config("theta0"), TINY, *FAST, "--model.init_args.output_dir=theta0"]
+    tagi_main(command)
+    run_fails_cleanly(command, capsys, "holds a finished run", "continue it with --ckpt_path last --overwrite=true",
+                      "exports model.init_args.output_dir theta0 again")
+    run_fails_cleanly([*command, "--ckpt_path=last", "--trainer.max_steps=6"], capsys,
+                      "--ckpt_path: checkpoints/demo/theta0 holds a finished run", "exports model.init_args.output_dir theta0 again",
+                      "add --overwrite=true to continue it anyway")
+    tagi_main([*command, "--ckpt_path=last", "--trainer.max_steps=6", "--overwrite=true"])  # asked for
+    assert json.loads(Path("theta0/tagi_backbone.json").read_text())["global_step"] == 6
+
+
 def test_a_resume_under_another_spelling_of_the_folder_keeps_one_last_checkpoint(workdir, stages):
     """Lightning compares the checkpoint folder as a string: resumed through an absolute save_dir it wrote
     last-v1.ckpt and left last.ckpt at the killed run's step."""
