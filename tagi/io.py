@@ -156,9 +156,9 @@ class FolderClaim:
         with folder_lock(self.folder, self.option):
             if folder_state(self.folder) != self.found:
                 raise ConfigurationError(
-                    f"{self.option} {self.folder}: another run wrote it while this one trained (it was "
-                    f"{'absent' if self.found is None else 'another folder'} when this fit started), so this fit did "
-                    "not replace it. Its weights are in its run folder's checkpoints/last.ckpt: export them with the "
+                    f"{self.option} {self.folder}: another run wrote it while this one trained (this fit found it "
+                    f"{'absent' if self.found is None else 'holding an earlier export'} when it started), so it was not "
+                    "replaced. This run's weights are in its run folder's checkpoints/last.ckpt: export them with the "
                     "same command plus --ckpt_path last and another output_dir (or --overwrite=true to replace the other run's)")
             yield
 

@@ -110,11 +110,8 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(workdir, stage
     args = resume_args(workdir, stages)
     victim = _run_stage(args, "resumed", wait=False)
     last = workdir / "resumed/checkpoints/last.ckpt"
-    deadline = time.time() + 300
-    while _saved_step(last.parent) < 28 and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.01)  # killed once last.ckpt holds step 24 or later: past the rows logged at steps 9 and 19
-    victim.send_signal(signal.SIGKILL)
-    victim.communicate()
+    # killed once last.ckpt holds step 24 or later: past the rows logged at steps 9 and 19
+    signal_when_saved(victim, last.parent, 28, signal.SIGKILL)
     assert victim.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (workdir / "resumed/complete.json").exists()
     killed_at = torch.load(last, weights_only=False)["global_step"]
@@ -128,11 +125,7 @@ def test_sigterm_mid_run_exits_143_says_how_to_resume_and_the_resume_is_exact(wo
     """Lightning turns SIGTERM into a SystemExit without a code: the run exited 0, as if it had finished."""
     args = resume_args(workdir, stages)
     victim = _run_stage(args, "terminated", wait=False)
-    deadline = time.time() + 300
-    while _saved_step(workdir / "terminated/checkpoints") < 8 and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    victim.send_signal(signal.SIGTERM)
-    _, err = victim.communicate()
+    _, err = signal_when_saved(victim, workdir / "terminated/checkpoints", 8, signal.SIGTERM)
     assert victim.returncode == 143, err[-3000:]
     stopped = err.strip().splitlines()[-1]
     assert stopped.startswith("stopped: `fit` was stopped by SIGTERM at step") and "Traceback" not in err
@@ -151,17 +144,22 @@ def test_sigterm_stops_the_pipeline_with_143_and_no_later_stage_runs(workdir):
     victim = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
     theta0 = workdir / "checkpoints/sigterm/theta0"
-    deadline = time.time() + 300
-    while _saved_step(theta0 / "checkpoints") < 4 and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    victim.send_signal(signal.SIGTERM)
-    out, err = victim.communicate()
+    out, err = signal_when_saved(victim, theta0 / "checkpoints", 4, signal.SIGTERM)
     assert victim.returncode == 143, err[-3000:]
     assert "`fit` was stopped by SIGTERM" in err and "rerun the same `tagi pipeline` command" in err
     assert "--ckpt_path last" not in err.strip().splitlines()[-1]  # the pipeline resumes its stage itself
     assert (theta0 / "checkpoints/last.ckpt").is_file() and not (theta0 / "complete.json").exists()
     assert not (workdir / "checkpoints/sigterm/teacher").exists() and not (workdir / "checkpoints/sigterm/pipeline.json").exists()
     assert "| model" not in out  # no table
+
+
+def signal_when_saved(process: subprocess.Popen, checkpoints: Path, step: int, signum: int) -> tuple[str, str]:
+    """Send `signum` once a periodic checkpoint of `step` or later is in `checkpoints`; the process's output."""
+    deadline = time.time() + 300
+    while _saved_step(checkpoints) < step and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signum)
+    return process.communicate()
 
 
 def _saved_step(folder: Path) -> int:
@@ -471,7 +469,7 @@ def test_an_output_dir_another_run_wrote_while_this_one_trained_is_not_replaced(
         tagi_main([*command, "--model.init_args.output_dir=theta0"])
     assert exit_info.value.code == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "model.init_args.output_dir theta0: another run wrote it while this one trained (it was absent" in message
+    assert "model.init_args.output_dir theta0: another run wrote it while this one trained (this fit found it absent" in message
     assert os.listdir("theta0") == ["config.json"] and not Path("checkpoints/demo/second/complete.json").exists()
     tagi_main([*command, "--model.init_args.output_dir=theta0-second", "--ckpt_path=last"])  # what the message advises
     assert (tmp_path / "theta0-second/tagi_backbone.json").is_file() and os.listdir("theta0") == ["config.json"]
@@ -516,6 +514,8 @@ def test_pipeline_inputs_are_checked_before_any_stage_trains(workdir, capsys):
     pipeline = ["pipeline", "--config", str(Path(config("pipeline")))]
     run_fails_cleanly([*pipeline, "--run=/tmp/elsewhere"], capsys, "run: '/tmp/elsewhere' is not a run name")
     run_fails_cleanly([*pipeline, "--finetune=finetun.yaml"], capsys, "finetune: ", "configs/demo/finetun.yaml is not a file")
+    run_fails_cleanly([*pipeline, "--publish=true", "--results_json=null"], capsys,
+                      "publish: true writes the table to results_json, which is not set")
 
 
 @pytest.mark.parametrize("option, message", [
