@@ -438,6 +438,27 @@ def test_continuing_a_finished_theta0_that_later_stages_read_needs_overwrite(tmp
     assert json.loads(Path("theta0/tagi_backbone.json").read_text())["global_step"] == 6
 
 
+def test_a_fit_over_a_finished_run_that_dies_leaves_it_unfinished(tmp_path, monkeypatch):
+    """The old complete.json stayed until the new fit ended: killed midway, the run passed for finished and the
+    pipeline skipped the stage, over a half-trained last.ckpt."""
+    from tagi.training.theta0 import Theta0Module
+
+    monkeypatch.chdir(tmp_path)
+    command = ["fit", "--config", config("theta0"), TINY, *FAST, "--model.init_args.output_dir=theta0"]
+    tagi_main(command)
+    real_step = Theta0Module.training_step
+
+    def dies_at_step_2(self, batch, batch_idx):
+        if self.global_step == 2:
+            raise RuntimeError("the machine went down")
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(Theta0Module, "training_step", dies_at_step_2)
+    with pytest.raises(RuntimeError, match="the machine went down"):
+        tagi_main([*command, "--overwrite=true"])
+    assert not Path("checkpoints/demo/theta0/complete.json").exists()
+
+
 def test_a_resume_under_another_spelling_of_the_folder_keeps_one_last_checkpoint(workdir, stages):
     """Lightning compares the checkpoint folder as a string: resumed through an absolute save_dir it wrote
     last-v1.ckpt and left last.ckpt at the killed run's step."""

@@ -106,7 +106,14 @@ class ExportArtifacts(Callback):
 class CompletionMarker(Callback):
     """`complete.json` in the run folder once a fit has finished: the pipeline skips a stage that has it
     and hands its `last_checkpoint` on. At fit end, not train end: a resume from a checkpoint already at
-    max_steps skips the train hooks. Installed after `ExportArtifacts`, so it is written last."""
+    max_steps skips the train hooks. Installed after `ExportArtifacts`, so it is written last. A fit that
+    starts writing into a finished run (`--overwrite=true`, or continued) removes the old marker first:
+    killed, it would otherwise pass for finished, its half-trained last.ckpt skipped over by the pipeline."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
+        if trainer.is_global_zero and log_dir is not None:
+            (Path(log_dir) / COMPLETE_NAME).unlink(missing_ok=True)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
