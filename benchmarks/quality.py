@@ -188,12 +188,11 @@ class Chain:
         has_stage0 = (ROOT / "configs" / self.setting / "theta0.yaml").is_file()
         if self.shared_theta0 or not has_stage0:
             return self.theta0
-        if (self.folder / "theta0" / "complete.json").is_file():
-            self.ledger.add(str(self.folder / "theta0"), None)  # reused: its seconds still count
-            return self.theta0
-        self.ledger.fit(self.folder, "theta0", self.config("theta0.yaml"),
-                        [*self.seed_args(), f"--model.init_args.backbone.seed={self.seed}",
-                         f"--model.init_args.output_dir={self.theta0}"])
+        if "theta0" not in self.built:  # a finished θ0 too goes through the ledger: reused only for this recipe
+            self.ledger.fit(self.folder, "theta0", self.config("theta0.yaml"),
+                            [*self.seed_args(), f"--model.init_args.backbone.seed={self.seed}",
+                             f"--model.init_args.output_dir={self.theta0}"])
+            self.built["theta0"] = str(self.theta0)
         return self.theta0
 
     def teachers(self) -> str:
@@ -222,10 +221,12 @@ def variant_args(chain: Chain, variant: Variant) -> list[str]:
 
 
 def test_once(chain: Chain, config: list[str], checkpoint: str, args: list[str], name: str) -> Path:
-    """Test `checkpoint` into folder/name unless that test of this checkpoint is there already."""
+    """Test `checkpoint` into folder/name unless that test of this checkpoint is there already (written after
+    it: a run retrained into its folder, after its recipe changed, has a checkpoint of the same name)."""
     results = chain.folder / name / RESULTS_JSON
     seconds = None
-    if not (results.is_file() and json.loads(results.read_text())["checkpoint"] == checkpoint):
+    if not (results.is_file() and json.loads(results.read_text())["checkpoint"] == checkpoint
+            and results.stat().st_mtime_ns > Path(checkpoint).stat().st_mtime_ns):
         start = time.perf_counter()
         score_checkpoint(config, chain.folder, checkpoint, args, name)
         seconds = time.perf_counter() - start

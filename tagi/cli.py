@@ -1,13 +1,14 @@
 """`tagi <command>`: routes `fit | validate | test | predict` to the LightningCLI
 (`tagi.training.cli`), `pipeline` to `tagi.pipeline`, `adapter` to `tagi.inference.export` and
-`fetch` to `tagi.fetch`, and turns every user-fixable failure into one `error:` paragraph with exit status 2."""
+`fetch` to `tagi.fetch`, and turns every user-fixable failure into one `error:` paragraph with exit status 2
+(a run stopped by SIGTERM: one `stopped:` paragraph saying how to resume, exit status 143)."""
 
 from __future__ import annotations
 
 import logging
 import sys
 
-from tagi.errors import TagiError
+from tagi.errors import TagiError, Terminated
 
 
 def show_progress() -> None:
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> None:
             from tagi.training.cli import run_cli
 
             run_cli(argv)
+    except Terminated as stopped:  # a SIGTERM Lightning turned into a SystemExit without a code: 0, read as success
+        print(f"stopped: {stopped}", file=sys.stderr)
+        raise SystemExit(Terminated.EXIT_STATUS) from None
     except Exception as error:
         cause = user_error(error)
         if cause is None:

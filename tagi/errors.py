@@ -24,3 +24,14 @@ class NonFiniteLossError(TagiError, FloatingPointError):
 class FetchError(TagiError, RuntimeError):
     """`tagi fetch` could not get the pinned file (no network, no such release) or got another one (a digest
     that is not the pinned one); nothing was written."""
+
+
+class Terminated(Exception):
+    """A run stopped by SIGTERM (Lightning stops it between two steps); not a failure of the input, so not
+    a `TagiError`. `python -m tagi` prints what stopped and how to resume, and exits with `EXIT_STATUS`."""
+
+    EXIT_STATUS = 143  # 128 + SIGTERM: what a shell reports for a process that SIGTERM ended
+
+    def __init__(self, stopped: str, resume: str):
+        self.stopped, self.resume = stopped, resume
+        super().__init__(f"{stopped}; {resume}")

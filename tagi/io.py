@@ -103,10 +103,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def folder_lock(folder: str | os.PathLike, option: str) -> Iterator[None]:
     """Own `folder` while this process writes into it: a second writer is refused, naming the holder.
     The lock is a sibling file, `.<name>.lock`, so the folder itself is untouched (Lightning warns
-    about a non-empty log folder). A lock left by a process that is gone (a killed run on this host)
-    is taken over; folders this call created for the lock are removed again if nothing else came."""
+    about a non-empty log folder). It is keyed by the resolved folder: a symlink to the folder, or a path
+    through a symlinked parent, is the same folder and has the same lock. A lock left by a process that
+    is gone (a killed run on this host) is taken over; folders this call created for the lock are
+    removed again if nothing else came."""
     folder, holder = Path(folder), f"{socket.gethostname()}:{os.getpid()}"
-    lock = folder.parent / f".{folder.name}{LOCK_SUFFIX}"
+    resolved = folder.resolve()
+    lock = resolved.parent / f".{resolved.name}{LOCK_SUFFIX}"
     created = [parent for parent in [lock.parent, *lock.parent.parents] if not parent.exists()]
     lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
@@ -128,6 +131,36 @@ def folder_lock(folder: str | os.PathLike, option: str) -> Iterator[None]:
         for parent in created:  # innermost first
             if parent.is_dir() and not any(parent.iterdir()):
                 parent.rmdir()
+
+
+def folder_state(folder: str | os.PathLike) -> tuple[int, int] | None:
+    """What is at `folder` now (None: nothing): its inode and mtime. Artifacts are renamed into place
+    (`atomic_directory`), so a replaced folder has another inode, and one written into another mtime."""
+    try:
+        stat = Path(folder).stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+class FolderClaim:
+    """A fit checks its output folder when it starts (`--overwrite` or nothing there) and writes it when it
+    ends: another run that wrote the folder in between would be replaced without a word. The claim
+    remembers what the check saw, and the write happens under the folder's lock only if it is still that."""
+
+    def __init__(self, folder: str | os.PathLike, option: str):
+        self.folder, self.option, self.found = Path(folder), option, folder_state(folder)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with folder_lock(self.folder, self.option):
+            if folder_state(self.folder) != self.found:
+                raise ConfigurationError(
+                    f"{self.option} {self.folder}: another run wrote it while this one trained (this fit found it "
+                    f"{'absent' if self.found is None else 'holding an earlier export'} when it started), so it was not "
+                    "replaced. This run's weights are in its run folder's checkpoints/last.ckpt: export them with the "
+                    "same command plus --ckpt_path last and another output_dir (or --overwrite=true to replace the other run's)")
+            yield
 
 
 def _holder_alive(holder: str) -> bool:

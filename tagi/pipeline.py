@@ -6,8 +6,9 @@ killed mid-run (checkpoints/last.ckpt, no marker) resumes from its last checkpoi
 student is tested on the test tasks with their real instructions and with each instruction
 control (paraphrased, another task's, empty, random: what reading the instruction is worth), as
 backbone + exported adapter only, and θ0 (stage 0) is tested with the instruction concatenated.
-The table is printed and, with `results_json`, written there (the README's demo table is
-generated from that file).
+The table is printed and written to the run's folder, `<checkpoints_dir>/<run>/table.json`; with
+`publish`, also to `results_json` (the README's demo table is generated from that tracked file, so only
+`scripts/demo.sh` publishes).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Literal
 
 from jsonargparse import ArgumentParser, ActionConfigFile
 
-from tagi.errors import InputError
+from tagi.errors import InputError, Terminated
 from tagi.eval.results import git_commit, render_block
 from tagi.io import COMPLETE_NAME, atomic_write_text
 from tagi.training.cli import run_cli
@@ -31,12 +32,17 @@ STAGES = ("theta0", "teacher", "pretrain", "finetune")
 THETA0 = Path("theta0") / "model"  # where stage 0 writes θ0 (from_pretrained), inside its run folder
 CONTROL_ROWS = {"paraphrase": "student, paraphrased instruction", "other_task": "student, another task's instruction",
                 "empty": "student, empty instruction", "random": "student, random instruction"}
+TABLE = "table.json"  # the run's table, in its folder, in the form `tagi.eval.results` renders
 HEADLINE = "exact_match"  # a model that copies its input cannot score it on the demo suite (ROUGE-L it can)
 
 
 def _run(args: list[str]):
     log.info("python -m tagi %s", " ".join(args))
-    return run_cli(args)
+    try:
+        return run_cli(args)
+    except Terminated as stopped:  # the pipeline stops there: no later stage runs on a stage that did not finish
+        raise Terminated(stopped.stopped, "the pipeline stopped there; rerun the same `tagi pipeline` command: finished "
+                         "stages are skipped and a stopped one resumes from its last checkpoint") from None
 
 
 def _complete(folder: Path) -> dict | None:
@@ -112,6 +118,7 @@ def run_pipeline(
     controls: list[Literal["paraphrase", "other_task", "empty", "random"]] = list(CONTROL_ROWS),
     adapter_check: bool = True,
     results_json: str | None = None,
+    publish: bool = False,
     force: bool = False,
     theta0: StageConfig | None = None,
     overrides: list[str] | None = None,
@@ -124,8 +131,12 @@ def run_pipeline(
     `controls`: instruction controls the student is also tested with (`tagi.data.controls`).
     `overrides`: command-line arguments given to every stage, e.g. ["--trainer.max_steps=10"];
     the links between stages are applied after them.
+    `publish`: also write the table to `results_json` (a tracked file the README is generated from).
     """
     check_inputs(run, {"theta0": theta0, "teacher": teacher, "pretrain": pretrain, "finetune": finetune})
+    if publish and not results_json:
+        raise InputError("publish: true writes the table to results_json, which is not set; give "
+                         "--results_json=<file> (nothing was written)")
     start = time.perf_counter()
     run_dir, teacher_out = Path(checkpoints_dir) / run, Path(teachers_dir) / run
     stages, shared = {}, list(overrides or [])
@@ -150,10 +161,21 @@ def run_pipeline(
     summary = _keep_earlier(run_dir / "pipeline.json", summary)
     atomic_write_text(run_dir / "pipeline.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     results = results_file(summary)
-    if results_json:
-        atomic_write_text(results_json, json.dumps(results, indent=2) + "\n")
+    write_table(results, run_dir / TABLE, results_json if publish else None)
     print(render_block(run, results) + "\n\n" + category_table(scores["student (TAGI)"]))
     return summary
+
+
+def write_table(results: dict, table: Path, published: str | None) -> None:
+    """The run's table in its own folder; into a tracked results file only when asked (`publish`): a demo
+    run that rewrote docs/results/demo.json left the README's table stale and `tagi.eval.results --check` failing."""
+    text = json.dumps(results, indent=2) + "\n"
+    atomic_write_text(table, text)
+    if published:
+        atomic_write_text(published, text)
+        log.info("published the table to %s; `python -m tagi.eval.results --write` regenerates the README from it", published)
+    else:
+        log.info("wrote the table to %s (--publish=true also writes it to results_json)", table)
 
 
 def check_inputs(run: str, configs: dict[str, StageConfig | None]) -> None:

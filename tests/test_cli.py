@@ -175,7 +175,8 @@ def test_pipeline_runs_every_stage_skips_finished_ones_and_resumes_a_killed_one(
     for control in controls:  # each control's results say which instructions the student was given
         assert json.loads((tmp_path / "checkpoints/t" / control / "results.json").read_text())["instruction_control"] == control[5:]
     assert "rougeL" in summary["scores"]["student (TAGI)"] and "exact_match/category/Case" in summary["scores"]["student (TAGI)"]
-    written = json.loads((tmp_path / "docs/results/demo.json").read_text())  # the file the README's table is generated from
+    assert not (tmp_path / "docs").exists()  # a tracked file the README is generated from: written only with --publish
+    written = json.loads((tmp_path / "checkpoints/t/table.json").read_text())  # the run's own table
     assert written["split"] == "test" and written["metric"] == "exact_match" and len(written["commit"]) >= 7
     assert written["rows"] == {name: {"exact_match": round(s["exact_match"], 2), "rougeL": round(s["rougeL"], 2)}
                                for name, s in summary["scores"].items()}
@@ -186,7 +187,8 @@ def test_pipeline_runs_every_stage_skips_finished_ones_and_resumes_a_killed_one(
     assert teacher["backbone"]["name"] == "checkpoints/t/theta0/model"  # every stage adapted the stage-0 backbone
     assert json.loads((tmp_path / "checkpoints/t/pipeline.json").read_text())["scores"] == summary["scores"]
 
-    again = pipeline_main(["--config", config, "--run=t", f"--overrides={json.dumps(overrides)}"])
+    again = pipeline_main(["--config", config, "--run=t", f"--overrides={json.dumps(overrides)}", "--publish=true"])
+    assert json.loads((tmp_path / "docs/results/demo.json").read_text())["rows"] == written["rows"]  # asked for
     assert {name: stage["global_step"] for name, stage in again["stages"].items()} == {name: 4 for name in summary["stages"]}
     assert all(stage["skipped"] for stage in again["stages"].values())  # nothing re-ran
     assert [again["stages"][name]["seconds"] for name in again["stages"]] == [summary["stages"][name]["seconds"]
@@ -195,6 +197,12 @@ def test_pipeline_runs_every_stage_skips_finished_ones_and_resumes_a_killed_one(
                            "--adapter_check=false"])  # a rerun with the checks off keeps the earlier rows
     assert fewer["scores"].keys() == summary["scores"].keys()
     assert json.loads((tmp_path / "checkpoints/t/pipeline.json").read_text())["scores"].keys() == summary["scores"].keys()
+    recorded = (tmp_path / "checkpoints/t/pipeline.json").read_bytes()
+    with pytest.raises(SystemExit) as exit_info:  # a rerun that scores nothing replaced every row with {}
+        tagi_main(["pipeline", "--config", config, "--run=t",
+                   f"--overrides={json.dumps([*overrides, '--data.init_args.max_test_instances_per_task=0'])}"])
+    assert exit_info.value.code == 2 and "max_test_instances_per_task: 0" in capsys.readouterr().err
+    assert (tmp_path / "checkpoints/t/pipeline.json").read_bytes() == recorded
 
     (tmp_path / "checkpoints/t/finetune/complete.json").write_text('{"global_step": 4, "last_ch')  # cut off
     with pytest.raises(SystemExit) as exit_info:

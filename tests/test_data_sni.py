@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tagi.data import templates
-from tagi.data.sni import (InvalidTaskError, build_clusters, load_clusters, load_split, read_task, save_clusters,
-                           task_names)
+from tagi.data.sni import (InvalidTaskError, SplitOverlapError, build_clusters, load_clusters, load_split, read_task,
+                           save_clusters, split_names, task_names)
 
 NI_V1 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ni-v1"
 needs_ni_v1 = pytest.mark.skipif(not NI_V1.is_dir(), reason=f"shared NI v1 data not found at {NI_V1}")
@@ -142,6 +142,25 @@ def test_task_listed_but_absent(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert [t.name for t in load_split(root, on_error="skip")] == ["good"]
     assert "ghost.json" in caplog.text
+
+
+def test_one_task_spelled_two_ways_is_one_task_in_the_overlap_check(tmp_path):
+    """`./x` in the train list and `x` in the test list read the same file: the test task would be trained on."""
+    root = make_root(tmp_path, {"a": good_task(), "x": good_task()}, ["a", "./x"], ["x.json"])
+    assert task_names(root, subset="train") == ["a", "x"] and task_names(root, subset="test") == ["x"]
+    with pytest.raises(SplitOverlapError, match=r"train_tasks.txt and .*test_tasks.txt: task 'x' .*in both lists"):
+        split_names(root)
+
+
+@pytest.mark.parametrize("entry", ["../../other/tasks/x", "/elsewhere/tasks/x.json", "tasks/x", ".."])
+def test_a_list_entry_that_is_a_path_is_refused_naming_the_list_and_the_entry(tmp_path, entry):
+    """`../../other/tasks/x` was read from outside the data folder."""
+    root = make_root(tmp_path, {"a": good_task()}, ["a", entry])
+    with pytest.raises(InvalidTaskError) as info:
+        split_names(root)
+    message = str(info.value)
+    assert str(root / "splits/default/train_tasks.txt") in message and "line 2" in message
+    assert repr(entry) in message and "not a task name" in message
 
 
 def test_missing_split_file_and_bad_on_error(tmp_path):

@@ -94,3 +94,24 @@ def test_a_teacher_record_is_verified_against_the_student():
         verify_teacher(Path("teachers/c"), meta, Backbone(), 4, "synthetic")
     with pytest.raises(CheckpointError, match=r"backbone .* ≠ "):
         verify_teacher(Path("teachers/c"), meta, Backbone(seed=1), 8, "byt5")
+
+
+def test_a_folder_and_a_symlink_to_it_have_one_lock(tmp_path):
+    """The lock was keyed by the path as typed: two fits, into a folder and into a symlink to it, both ran."""
+    import pytest
+
+    from tagi.errors import ConfigurationError
+    from tagi.io import folder_lock
+
+    real = tmp_path / "runs" / "finetune"
+    real.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(real)
+    (tmp_path / "runs-link").symlink_to(tmp_path / "runs")
+    with folder_lock(real, "trainer.logger"):
+        for other in (tmp_path / "link", tmp_path / "runs-link" / "finetune"):
+            with pytest.raises(ConfigurationError, match=f"trainer.logger {other}: another run is writing into it"):
+                with folder_lock(other, "trainer.logger"):
+                    pass
+    with folder_lock(tmp_path / "link", "trainer.logger"):  # released: the next writer gets it
+        assert (tmp_path / "runs" / ".finetune.lock").is_file()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["link", "runs", "runs-link"]

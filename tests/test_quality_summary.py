@@ -1,6 +1,7 @@
 """benchmarks/quality.py's summary: the docs/results schema, controls, validation and paired intervals."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -80,6 +81,40 @@ def test_a_run_is_reused_only_for_the_recipe_it_was_trained_with(tmp_path):
         quality.check_recipe(run, quality.recipe([str(config)], ["--seed_everything=0"]))  # the ablation left out
     with pytest.raises(SystemExit, match=r"overrides that differ: \['--seed_everything=0', '--seed_everything=1'\]"):
         quality.check_recipe(run, {**wanted, "args": ["--seed_everything=1"]})
+
+
+def test_a_finished_theta0_is_reused_only_for_its_recipe(tmp_path):
+    """Only the later stages' recipes were checked: a finished θ0 trained with other settings was reused silently."""
+    folder = tmp_path / "seed0"
+    chain = quality.Chain("demo", 0, folder, folder / quality.THETA0, quality.Ledger(tmp_path / "seconds.json"))
+    (folder / "theta0").mkdir(parents=True)
+    (folder / "theta0" / "complete.json").write_text(json.dumps({"last_checkpoint": "last.ckpt", "global_step": 4}))
+    wanted = quality.recipe(chain.config("theta0.yaml"), [*chain.seed_args(), "--model.init_args.backbone.seed=0",
+                                                          f"--model.init_args.output_dir={folder / quality.THETA0}"])
+    (folder / "theta0" / quality.RECIPE).write_text(json.dumps({**wanted, "args": ["--trainer.max_steps=3"]}))
+    with pytest.raises(SystemExit, match=r"seed0/theta0 was trained from another recipe"):
+        chain.ensure_theta0()
+    (folder / "theta0" / quality.RECIPE).write_text(json.dumps(wanted))
+    assert chain.ensure_theta0() == folder / quality.THETA0  # its own recipe: reused, nothing trained
+
+
+def test_a_test_is_reused_only_if_written_after_its_checkpoint(tmp_path, monkeypatch):
+    """A run retrained into its folder (after its recipe changed) has a checkpoint of the same name."""
+    chain = quality.Chain("demo", 0, tmp_path, tmp_path / "theta0", quality.Ledger(tmp_path / "seconds.json"))
+    checkpoint = tmp_path / "tagi" / "last.ckpt"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"retrained")
+    (tmp_path / "tagi-test").mkdir()
+    results = tmp_path / "tagi-test" / quality.RESULTS_JSON
+    results.write_text(json.dumps({"checkpoint": str(checkpoint)}))
+    os.utime(results, ns=(checkpoint.stat().st_mtime_ns - 10**9,) * 2)  # the test of the run before
+    tested = []
+    monkeypatch.setattr(quality, "score_checkpoint", lambda *args: tested.append(args))
+    quality.test_once(chain, ["finetune.yaml"], str(checkpoint), [], "tagi-test")
+    assert len(tested) == 1
+    os.utime(results)  # now newer than the checkpoint: reused
+    quality.test_once(chain, ["finetune.yaml"], str(checkpoint), [], "tagi-test")
+    assert len(tested) == 1
 
 
 def test_the_ratio_check_says_when_concatenation_scores_zero():

@@ -17,7 +17,7 @@ from helpers import FAST, ROOT, TINY, chdir_scratch, config, fit, stages_in
 from tagi.__main__ import main as tagi_main
 from tagi.modeling.adapters import load_adapter, save_adapter
 from tagi.data.modules import FinetuneDataModule
-from tagi.data.synthetic import write_suite
+from tagi.data.synthetic import ensure_corpus, write_suite
 from tagi.modeling.lora import LoRAWeights
 
 pytestmark = pytest.mark.e2e  # CLI runs on tiny stages; the unit tests of files and provenance are in test_io.py
@@ -80,38 +80,86 @@ def _run_stage(args: list[str], run_dir: str, wait: bool = True) -> subprocess.P
     return process
 
 
-def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(workdir, stages):
+def resume_args(workdir: Path, stages) -> list[str]:
+    """A finetune run of 40 steps, saved every 4; the first call also trains it uninterrupted, into `uninterrupted/`."""
     (workdir / "ckpt-every-4.yaml").write_text(CHECKPOINT_EVERY % 4)  # step 40 is saved
     args = [*finetune_args(stages), "--config", "ckpt-every-4.yaml", "--trainer.max_steps=40",
             "--trainer.val_check_interval=20", "--trainer.deterministic=true",
             "--model.init_args.architecture.generator=hart", "--model.init_args.init_from=null",
             "--model.init_args.distillation.consistency_weight=0.1",  # the HART generator and its state must resume too
             "--trainer.logger.init_args.flush_logs_every_n_steps=1000"]  # the log reaches disk with each checkpoint
-    _run_stage(args, "uninterrupted")
+    if not (workdir / "uninterrupted/complete.json").is_file():
+        _run_stage(args, "uninterrupted")
+    return args
 
+
+def assert_resumed_as_uninterrupted(workdir: Path, run: str) -> None:
+    """Weights tensor for tensor, the final metrics, and metrics.csv's logged values equal the uninterrupted run's."""
+    expected, resumed = (torch.load(workdir / f"{name}/checkpoints/last.ckpt", weights_only=False) for name in ("uninterrupted", run))
+    assert resumed["global_step"] == expected["global_step"] == 40
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    metrics = [json.loads((workdir / f"{name}/complete.json").read_text())["metrics"] for name in ("uninterrupted", run)]
+    assert metrics[0]["val/rougeL"] == metrics[1]["val/rougeL"]
+    assert metrics[0]["train/loss"] == metrics[1]["train/loss"]
+    # The resumed run's metrics.csv continues the stopped one's: the same logged values at the same steps.
+    assert _logged(workdir / f"{run}/metrics.csv") == _logged(workdir / "uninterrupted/metrics.csv")
+
+
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(workdir, stages):
+    args = resume_args(workdir, stages)
     victim = _run_stage(args, "resumed", wait=False)
     last = workdir / "resumed/checkpoints/last.ckpt"
-    deadline = time.time() + 300
-    while _saved_step(last.parent) < 28 and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.01)  # killed once last.ckpt holds step 24 or later: past the rows logged at steps 9 and 19
-    victim.send_signal(signal.SIGKILL)
-    victim.communicate()
+    # killed once last.ckpt holds step 24 or later: past the rows logged at steps 9 and 19
+    signal_when_saved(victim, last.parent, 28, signal.SIGKILL)
     assert victim.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (workdir / "resumed/complete.json").exists()
     killed_at = torch.load(last, weights_only=False)["global_step"]
     assert 24 <= killed_at < 40
 
     _run_stage([*args, "--ckpt_path=last"], "resumed")
-    expected, resumed = (torch.load(workdir / f"{run}/checkpoints/last.ckpt", weights_only=False)
-                         for run in ("uninterrupted", "resumed"))
-    assert resumed["global_step"] == expected["global_step"] == 40
-    for key, value in expected["state_dict"].items():
-        assert torch.equal(value, resumed["state_dict"][key]), key
-    metrics = [json.loads((workdir / f"{run}/complete.json").read_text())["metrics"] for run in ("uninterrupted", "resumed")]
-    assert metrics[0]["val/rougeL"] == metrics[1]["val/rougeL"]
-    assert metrics[0]["train/loss"] == metrics[1]["train/loss"]
-    # The resumed run's metrics.csv continues the killed one's: the same logged values at the same steps.
-    assert _logged(workdir / "resumed/metrics.csv") == _logged(workdir / "uninterrupted/metrics.csv")
+    assert_resumed_as_uninterrupted(workdir, "resumed")
+
+
+def test_sigterm_mid_run_exits_143_says_how_to_resume_and_the_resume_is_exact(workdir, stages):
+    """Lightning turns SIGTERM into a SystemExit without a code: the run exited 0, as if it had finished."""
+    args = resume_args(workdir, stages)
+    victim = _run_stage(args, "terminated", wait=False)
+    _, err = signal_when_saved(victim, workdir / "terminated/checkpoints", 8, signal.SIGTERM)
+    assert victim.returncode == 143, err[-3000:]
+    stopped = err.strip().splitlines()[-1]
+    assert stopped.startswith("stopped: `fit` was stopped by SIGTERM at step") and "Traceback" not in err
+    assert "terminated/checkpoints/last.ckpt, is at step" in stopped and "--ckpt_path last" in stopped
+    assert not (workdir / "terminated/complete.json").exists()
+    _run_stage([*args, "--ckpt_path=last"], "terminated")
+    assert_resumed_as_uninterrupted(workdir, "terminated")
+
+
+def test_sigterm_stops_the_pipeline_with_143_and_no_later_stage_runs(workdir):
+    """The pipeline exited 0 with no table, and no word that its later stages had not run."""
+    (workdir / "ckpt-every-4.yaml").write_text(CHECKPOINT_EVERY % 4)
+    overrides = [TINY, *FAST, "--trainer.max_steps=400", "--config", str(workdir / "ckpt-every-4.yaml")]
+    command = [sys.executable, "-m", "tagi", "pipeline", "--config", config("pipeline"), "--run=sigterm",
+               f"--overrides={json.dumps(overrides)}"]
+    victim = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    theta0 = workdir / "checkpoints/sigterm/theta0"
+    out, err = signal_when_saved(victim, theta0 / "checkpoints", 4, signal.SIGTERM)
+    assert victim.returncode == 143, err[-3000:]
+    assert "`fit` was stopped by SIGTERM" in err and "rerun the same `tagi pipeline` command" in err
+    assert "--ckpt_path last" not in err.strip().splitlines()[-1]  # the pipeline resumes its stage itself
+    assert (theta0 / "checkpoints/last.ckpt").is_file() and not (theta0 / "complete.json").exists()
+    assert not (workdir / "checkpoints/sigterm/teacher").exists() and not (workdir / "checkpoints/sigterm/pipeline.json").exists()
+    assert "| model" not in out  # no table
+
+
+def signal_when_saved(process: subprocess.Popen, checkpoints: Path, step: int, signum: int) -> tuple[str, str]:
+    """Send `signum` once a periodic checkpoint of `step` or later is in `checkpoints`; the process's output."""
+    deadline = time.time() + 300
+    while _saved_step(checkpoints) < step and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signum)
+    return process.communicate()
 
 
 def _saved_step(folder: Path) -> int:
@@ -170,6 +218,22 @@ def test_a_task_in_two_split_lists_stops_before_anything_is_built(workdir, stage
                       capsys, shared, "val_tasks.txt", "test_tasks.txt", "in both lists", "disjoint")
 
 
+def test_a_test_task_spelled_another_way_in_the_train_list_is_refused(tmp_path, capsys, monkeypatch):
+    """`./x` passed the overlap check against `x`, and the test task was trained on; `../` read outside data_dir."""
+    monkeypatch.chdir(tmp_path)
+    suite = write_suite(tmp_path / "suite", num_instances=3)
+    splits = tmp_path / "splits"
+    shutil.copytree(suite / "splits/default", splits)
+    test_task = (splits / "test_tasks.txt").read_text().split()[0]
+    train = (splits / "train_tasks.txt").read_text()
+    fit = ["fit", "--config", config("theta0"), TINY, *FAST, f"--data.init_args.data_dir={suite}",
+           f"--data.init_args.splits_dir={splits}", "--model.init_args.output_dir=theta0"]
+    (splits / "train_tasks.txt").write_text(train + f"./{test_task}\n")
+    run_fails_cleanly(fit, capsys, "train_tasks.txt and", "test_tasks.txt", repr(test_task), "in both lists")
+    (splits / "train_tasks.txt").write_text(train + f"../../other/tasks/{test_task}\n")
+    run_fails_cleanly(fit, capsys, str(splits / "train_tasks.txt"), f"'../../other/tasks/{test_task}' is not a task name")
+
+
 def test_missing_splits_dir(workdir, stages, capsys):
     run_fails_cleanly(finetune_args(stages, "--data.init_args.splits_dir=no/such/splits"), capsys,
                       "data.init_args.splits_dir", "no/such/splits", "is not a directory", "python -m tagi.data.carve")
@@ -187,6 +251,21 @@ def test_teachers_missing_a_cluster(workdir, stages, capsys):
         shutil.rmtree(partial / "counting")
     run_fails_cleanly(finetune_args(stages, f"--model.init_args.teachers={partial}"), capsys,
                       "teacher for cluster 'Counting' not found", str(partial / "counting"), "run the teacher stage")
+
+
+def test_two_categories_with_one_teacher_folder_name_are_refused_before_training(tmp_path, capsys, monkeypatch):
+    """'Word Order' and 'Word-Order' wrote one folder: "wrote 4 teacher adapters" left 3, and the student
+    distilled both clusters from the survivor."""
+    monkeypatch.chdir(tmp_path)
+    suite = write_suite(tmp_path / "suite", num_instances=3)
+    for path in sorted((suite / "tasks").glob("*.json")):
+        task = json.loads(path.read_text())
+        if task["Categories"][0] == "Case" and path.stem in (suite / "splits/default/train_tasks.txt").read_text():
+            path.write_text(json.dumps({**task, "Categories": ["Word-Order"]}))
+            break
+    run_fails_cleanly(["fit", "--config", config("teacher"), TINY, *FAST, f"--data.init_args.data_dir={suite}",
+                       "--model.init_args.output_dir=teachers/t"], capsys,
+                      "categories 'Word Order' and 'Word-Order' have one teacher folder name, 'word-order'")
 
 
 def test_teacher_rank_different_from_the_hypernetwork(workdir, stages, capsys):
@@ -344,6 +423,42 @@ def test_a_checkpoint_from_another_run_does_not_lift_the_overwrite_refusal(workd
                       "model.init_args.output_dir: teachers/t already holds", "--overwrite=true")
 
 
+def test_continuing_a_finished_theta0_that_later_stages_read_needs_overwrite(tmp_path, capsys, monkeypatch):
+    """Refused a fresh fit, the user followed the advice (--ckpt_path last, more steps): θ0 was trained on and
+    exported again in place, with no word, and every later stage was then refused."""
+    monkeypatch.chdir(tmp_path)
+    command = ["fit", "--config", config("theta0"), TINY, *FAST, "--model.init_args.output_dir=theta0"]
+    tagi_main(command)
+    run_fails_cleanly(command, capsys, "holds a finished run", "continue it with --ckpt_path last --overwrite=true",
+                      "exports model.init_args.output_dir theta0 again")
+    run_fails_cleanly([*command, "--ckpt_path=last", "--trainer.max_steps=6"], capsys,
+                      "--ckpt_path: checkpoints/demo/theta0 holds a finished run", "exports model.init_args.output_dir theta0 again",
+                      "add --overwrite=true to continue it anyway")
+    tagi_main([*command, "--ckpt_path=last", "--trainer.max_steps=6", "--overwrite=true"])  # asked for
+    assert json.loads(Path("theta0/tagi_backbone.json").read_text())["global_step"] == 6
+
+
+def test_a_fit_over_a_finished_run_that_dies_leaves_it_unfinished(tmp_path, monkeypatch):
+    """The old complete.json stayed until the new fit ended: killed midway, the run passed for finished and the
+    pipeline skipped the stage, over a half-trained last.ckpt."""
+    from tagi.training.theta0 import Theta0Module
+
+    monkeypatch.chdir(tmp_path)
+    command = ["fit", "--config", config("theta0"), TINY, *FAST, "--model.init_args.output_dir=theta0"]
+    tagi_main(command)
+    real_step = Theta0Module.training_step
+
+    def dies_at_step_2(self, batch, batch_idx):
+        if self.global_step == 2:
+            raise RuntimeError("the machine went down")
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(Theta0Module, "training_step", dies_at_step_2)
+    with pytest.raises(RuntimeError, match="the machine went down"):
+        tagi_main([*command, "--overwrite=true"])
+    assert not Path("checkpoints/demo/theta0/complete.json").exists()
+
+
 def test_a_resume_under_another_spelling_of_the_folder_keeps_one_last_checkpoint(workdir, stages):
     """Lightning compares the checkpoint folder as a string: resumed through an absolute save_dir it wrote
     last-v1.ckpt and left last.ckpt at the killed run's step."""
@@ -354,6 +469,31 @@ def test_a_resume_under_another_spelling_of_the_folder_keeps_one_last_checkpoint
     assert sorted(path.name for path in folder.glob("last*")) == ["last.ckpt"]
     assert torch.load(folder / "last.ckpt", weights_only=False)["global_step"] == 4
     assert json.loads((folder.parent / "complete.json").read_text())["global_step"] == 4
+
+
+def test_an_output_dir_another_run_wrote_while_this_one_trained_is_not_replaced(tmp_path, capsys, monkeypatch):
+    """Two θ0 fits with one output_dir both passed the check at start and both exported: one replaced the other."""
+    from tagi.training.theta0 import Theta0Module
+
+    monkeypatch.chdir(tmp_path)
+    real_step = Theta0Module.training_step
+
+    def step_while_another_run_exports(self, batch, batch_idx):
+        if self.global_step == 1 and not Path("theta0").exists():  # the other fit finishes first
+            Path("theta0").mkdir()
+            Path("theta0/config.json").write_text("{}")
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(Theta0Module, "training_step", step_while_another_run_exports)
+    command = ["fit", "--config", config("theta0"), TINY, *FAST, "--trainer.logger.init_args.name=second"]
+    with pytest.raises(SystemExit) as exit_info:
+        tagi_main([*command, "--model.init_args.output_dir=theta0"])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "model.init_args.output_dir theta0: another run wrote it while this one trained (this fit found it absent" in message
+    assert os.listdir("theta0") == ["config.json"] and not Path("checkpoints/demo/second/complete.json").exists()
+    tagi_main([*command, "--model.init_args.output_dir=theta0-second", "--ckpt_path=last"])  # what the message advises
+    assert (tmp_path / "theta0-second/tagi_backbone.json").is_file() and os.listdir("theta0") == ["config.json"]
 
 
 def test_damaged_teacher_json_and_a_teachers_file_are_clean_errors(workdir, stages, capsys):
@@ -375,10 +515,28 @@ def test_an_evaluation_with_bad_data_writes_no_folder(workdir, stages, capsys):
                        "--data.init_args.eval_split=nope"], capsys, "splits/nope/train_tasks.txt: split file not found")
 
 
+@pytest.mark.parametrize("subcommand", ["test", "predict"])
+def test_an_evaluation_of_no_example_is_refused(workdir, stages, capsys, subcommand):
+    """It exited 0 and wrote no results (a pipeline then replaced its score rows with {})."""
+    evaluate = [subcommand, "--config", config("pretrain"), TINY, f"--ckpt_path={stages['pretrain']}"]
+    run_fails_cleanly([*evaluate, "--data.init_args.max_test_instances_per_task=0"], capsys,
+                      "data.init_args.max_test_instances_per_task: 0; it must be at least 1")
+    suite = next(Path("runs/data").glob("synthetic-v*-seed0"))
+    ensure_corpus(suite, suite.with_name(f"{suite.name}-corpus.jsonl"))  # a cache the data setup writes on first use
+    no_tests = workdir / "splits-without-test-tasks"
+    if not no_tests.exists():
+        shutil.copytree(suite / "splits/default", no_tests)
+        (no_tests / "test_tasks.txt").write_text("# none yet\n")
+    run_fails_cleanly([*evaluate, f"--data.init_args.splits_dir={no_tests}"], capsys,
+                      f"{no_tests / 'test_tasks.txt'}: names no task, so `{subcommand}` has no example to score")
+
+
 def test_pipeline_inputs_are_checked_before_any_stage_trains(workdir, capsys):
     pipeline = ["pipeline", "--config", str(Path(config("pipeline")))]
     run_fails_cleanly([*pipeline, "--run=/tmp/elsewhere"], capsys, "run: '/tmp/elsewhere' is not a run name")
     run_fails_cleanly([*pipeline, "--finetune=finetun.yaml"], capsys, "finetune: ", "configs/demo/finetun.yaml is not a file")
+    run_fails_cleanly([*pipeline, "--publish=true", "--results_json=null"], capsys,
+                      "publish: true writes the table to results_json, which is not set")
 
 
 @pytest.mark.parametrize("option, message", [
@@ -388,6 +546,8 @@ def test_pipeline_inputs_are_checked_before_any_stage_trains(workdir, capsys):
     ("--model.init_args.init_from=a-plain-folder", "model.init_args.init_from: a-plain-folder is a folder but not a DeepSpeed"),
     ("--trainer.accelerator=gpu", "CUDA"),
     ("--data.init_args.data_dir=not-sni", "data.init_args.data_dir"),
+    # it wrote last.ckpt, config.yaml and complete.json into the current folder, unlocked, replaced by the next run
+    ("--trainer.logger=false", "trainer.logger: false leaves the run without a run folder"),
 ])
 def test_more_values_refused_before_anything_is_built(workdir, stages, capsys, option, message):
     Path("a-plain-folder").mkdir(exist_ok=True)
@@ -395,6 +555,12 @@ def test_more_values_refused_before_anything_is_built(workdir, stages, capsys, o
     if torch.cuda.is_available() and "gpu" in option:
         pytest.skip("this machine has CUDA")
     run_fails_cleanly(finetune_args(stages, option), capsys, message)
+
+
+def test_an_evaluation_without_a_logger_is_refused(workdir, stages, capsys):
+    """Its results.json and predictions.jsonl went into the current folder."""
+    run_fails_cleanly(["test", "--config", config("pretrain"), TINY, f"--ckpt_path={stages['pretrain']}",
+                       "--trainer.logger=false"], capsys, "trainer.logger: false")
 
 
 @pytest.mark.parametrize("subcommand", ["validate", "predict"])

@@ -34,9 +34,9 @@ from .collate import Collator
 from .sampler import ShuffledBatchSampler, TaskBatchSampler
 from .controls import Control, apply_control
 from .synthetic import ensure_corpus
-from .sni import Task
+from .sni import Task, split_dir
 from .sni_dataset import (SYNTHETIC, Lengths, SNIDataset, StudentInput, TaskSets, cap_instances, holdout_instances, load_tasks,
-                          prepare_data_dir)
+                          prepare_data_dir, resolve_data_dir)
 from .tokenization import load_tokenizer
 
 
@@ -88,6 +88,21 @@ class _TaskDataModule(LightningDataModule):
                 "train_tasks.txt, in a folder given as data.init_args.splits_dir (configs/ni-v1/splits is an example; "
                 "`python -m tagi.data.carve --data <data_dir> --out <folder>` writes one)")
         return cap_instances(sets.val, self.hparams.max_val_instances_per_task)
+
+    def require_examples(self, stage: str) -> None:
+        """`validate` / `test` / `predict` over no example would write no results and exit 0 (a pipeline then
+        recorded empty score rows over its earlier ones): an error, raised after `setup` and before anything is written."""
+        subset = "val" if stage == "validate" else "test"
+        if len(self.datasets.get(subset) or []) > 0:
+            return
+        h = self.hparams
+        if self._task_dir() is None:
+            raise ConfigurationError(f"data.init_args.eval_data_dir: not set, so `{stage}` has no {subset} task to score; "
+                                     "give the SNI-layout folder of the tasks to evaluate (nothing was written)")
+        root = resolve_data_dir(self._task_dir(), h.synthetic_seed, h.cache_dir)
+        listed = split_dir(root, getattr(h, "split", None) or h.eval_split, h.splits_dir) / f"{subset}_tasks.txt"
+        raise ConfigurationError(f"{listed}: names no task, so `{stage}` has no example to score; list the tasks to "
+                                 "evaluate there, or give data.init_args.splits_dir (nothing was written)")
 
     @property
     def collator(self) -> Collator:

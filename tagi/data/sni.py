@@ -1,7 +1,7 @@
 """Reader for task directories in the Super-NaturalInstructions layout.
 
     <root>/tasks/<task>.json                   Definition, Positive Examples, Instances, Categories, ...
-    <root>/splits/<split>/train_tasks.txt       one task name per line
+    <root>/splits/<split>/train_tasks.txt       one task name per line (`x`, `./x`, `x.json`: tasks/x.json)
     <root>/splits/<split>/val_tasks.txt         validation tasks (optional file; SNI has none)
     <root>/splits/<split>/test_tasks.txt
     <root>/splits/<split>/excluded_tasks.txt    optional; these tasks are dropped from every list
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
 import random
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -187,11 +188,24 @@ def _read_names(path: Path) -> list[str]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as e:
         raise InvalidTaskError(path, "<file>", f"not UTF-8 text ({e.reason} at byte {e.start})", "re-save it as UTF-8") from None
-    for line in lines:
+    for number, line in enumerate(lines, 1):
         line = line.strip()
         if line and not line.startswith("#"):
-            names.append(line.removesuffix(".json"))
+            names.append(_task_name(path, number, line))
     return list(dict.fromkeys(names))  # drop duplicates, keep order
+
+
+def _task_name(path: Path, number: int, entry: str) -> str:
+    """A list entry as the name the reader uses: the file `<root>/tasks/<name>.json` is read, so `./x`,
+    `x.json` and `x` are one task (compared as one when the lists are checked for overlap). A path is
+    refused: `../x` or `/x` would read a file outside the data folder, `sub/x` one under a name the
+    overlap check never sees."""
+    name = posixpath.normpath(entry).removesuffix(".json")
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise InvalidTaskError(path, f"line {number}", f"{entry!r} is not a task name but a path",
+                               "list tasks by their file name in <data_dir>/tasks/ without .json, e.g. "
+                               f"{posixpath.basename(name)!r}; a list cannot name a task outside that folder")
+    return name
 
 
 class SplitOverlapError(TagiError, ValueError):

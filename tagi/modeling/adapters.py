@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from peft import LoraConfig
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from tagi.errors import TagiError
+from tagi.errors import ConfigurationError, TagiError
 from tagi.io import atomic_directory
 from tagi.modeling.lora import LORA_TARGETS, LoRAWeights
 
@@ -129,6 +129,23 @@ def load_adapter(adapter_dir: str | os.PathLike, site_names: Sequence[str]) -> L
 def cluster_slug(cluster: str) -> str:
     """Directory name of a cluster's teacher: 'Question Answering' → 'question-answering'."""
     return "-".join("".join(ch if ch.isalnum() else " " for ch in cluster.lower()).split()) or "cluster"
+
+
+def cluster_folders(clusters: Iterable[str]) -> dict[str, str]:
+    """Cluster name → its teacher's folder name. Two categories with one slug ('Word Order', 'Word-Order')
+    would share one folder: the second teacher would replace the first and the student would distil both
+    clusters from it, so that is refused before anything trains."""
+    folders: dict[str, str] = {}
+    for cluster in sorted(clusters):
+        slug = cluster_slug(cluster)
+        other = next((name for name, taken in folders.items() if taken == slug), None)
+        if other is not None:
+            raise ConfigurationError(
+                f"task categories {other!r} and {cluster!r} have one teacher folder name, {slug!r}: one teacher "
+                "would replace the other. Rename one category in its tasks' `Categories` (the first one is the "
+                "task's cluster), so that they differ in more than case, spaces and punctuation")
+        folders[cluster] = slug
+    return folders
 
 
 def read_meta(adapter_dir: str | os.PathLike) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import csv
 import json
 import resource
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from tagi.eval.cost import CostTally
 from tagi.eval.reports import PREDICTIONS, RESULTS_MD, PredictionWriter, write_results
-from tagi.io import COMPLETE_NAME, atomic_write_text, read_checkpoint_record
+from tagi.io import COMPLETE_NAME, FolderClaim, atomic_write_text, read_checkpoint_record
 
 
 class StepProgressBar(RichProgressBar):
@@ -95,7 +95,11 @@ class MetricsLog(Callback):
 class ExportArtifacts(Callback):
     """What later stages read from a finished fit, written by rank 0 to the stage's `output_dir`: θ0's
     `from_pretrained` folder (stage 0), one PEFT folder per cluster (teachers). The stage says what
-    (`export(out_dir)`), this says when."""
+    (`export(out_dir)`), this says when: under `claim` (the CLI's, taken when it checked output_dir),
+    only if no other run wrote the folder since."""
+
+    def __init__(self, claim: FolderClaim | None = None) -> None:
+        self.claim = claim
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         out_dir = getattr(pl_module, "output_dir", None)
@@ -103,7 +107,8 @@ class ExportArtifacts(Callback):
             return
         with full_precision_weights(trainer, pl_module):  # every rank: a collective under ZeRO
             if trainer.is_global_zero:
-                pl_module.export(Path(out_dir))
+                with self.claim.held() if self.claim is not None else nullcontext():
+                    pl_module.export(Path(out_dir))
 
 
 @contextmanager
@@ -135,7 +140,14 @@ def full_precision_weights(trainer: L.Trainer, pl_module: L.LightningModule) -> 
 class CompletionMarker(Callback):
     """`complete.json` in the run folder once a fit has finished: the pipeline skips a stage that has it
     and hands its `last_checkpoint` on. At fit end, not train end: a resume from a checkpoint already at
-    max_steps skips the train hooks. Installed after `ExportArtifacts`, so it is written last."""
+    max_steps skips the train hooks. Installed after `ExportArtifacts`, so it is written last. A fit that
+    starts writing into a finished run (`--overwrite=true`, or continued) removes the old marker first:
+    killed, it would otherwise pass for finished, its half-trained last.ckpt skipped over by the pipeline."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
+        if trainer.is_global_zero and log_dir is not None:
+            (Path(log_dir) / COMPLETE_NAME).unlink(missing_ok=True)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
@@ -278,6 +290,6 @@ def results_meta(trainer: L.Trainer, pl_module: L.LightningModule, tally: CostTa
     return meta
 
 
-def artifact_callbacks() -> list[Callback]:
+def artifact_callbacks(output_claim: FolderClaim | None = None) -> list[Callback]:
     """Every artifact a run writes besides the checkpoints themselves, in the order they must be written."""
-    return [FinalCheckpoint(), MetricsLog(), ExportArtifacts(), CompletionMarker(), EvaluationWriter()]
+    return [FinalCheckpoint(), MetricsLog(), ExportArtifacts(output_claim), CompletionMarker(), EvaluationWriter()]

@@ -22,13 +22,15 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from tagi.io import folder_lock, is_zero_folder, read_checkpoint, read_checkpoint_record
+from tagi.errors import Terminated
+from tagi.io import FolderClaim, folder_lock, is_zero_folder, read_checkpoint, read_checkpoint_record
 from tagi.provenance import Provenance
 from tagi.training.callbacks import MetricsLog, StepProgressBar, artifact_callbacks
 from tagi.training.preflight import (CKPT_ALIASES, EVAL_SUBCOMMANDS, check_config, check_config_files, check_fit_target,
                                      checkpoint_for_strategy, eval_checkpoint, fit_checkpoint, is_training_run,
-                                     logger_dir)
+                                     logger_dir, output_dir)
 
 
 class ShortUsageParser(LightningArgumentParser):
@@ -42,6 +44,8 @@ class ShortUsageParser(LightningArgumentParser):
 
 
 class TAGICLI(LightningCLI):
+    output_claim: FolderClaim | None = None  # a fit's output_dir as its check found it (`check_fit_target`)
+
     def add_arguments_to_parser(self, parser) -> None:
         # The model must build its vocabulary from the same tokenizer the data is encoded with.
         parser.link_arguments("data.init_args.tokenizer", "model.init_args.tokenizer")
@@ -73,16 +77,34 @@ class TAGICLI(LightningCLI):
             config.ckpt_path = checkpoint_for_strategy(self.subcommand, config.as_dict())
         if self.subcommand == "fit":
             check_fit_target(config.as_dict())
+            out = output_dir(config.as_dict())
+            self.output_claim = FolderClaim(out, "model.init_args.output_dir") if out else None
             config.overwrite = False  # for this run only: the saved config.yaml must not carry it to the next
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Every subcommand owns its logger folder while it runs (one writer per folder; rank 0 holds it)."""
         config = self.config[subcommand]
         folder = logger_dir(config.as_dict().get("trainer") or {})
-        if folder is None or os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
-            return super()._run_subcommand(subcommand)
-        with folder_lock(folder, "trainer.logger"):
-            return super()._run_subcommand(subcommand)
+        try:
+            if folder is None or os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
+                return super()._run_subcommand(subcommand)
+            with folder_lock(folder, "trainer.logger"):
+                return super()._run_subcommand(subcommand)
+        except SIGTERMException:  # a SystemExit without a code: the process would exit 0, as if it had finished
+            raise self._terminated(subcommand) from None
+
+    def _terminated(self, subcommand: str) -> Terminated:
+        if subcommand != "fit":
+            return Terminated(f"`{subcommand}` was stopped by SIGTERM before it finished",
+                              "nothing it wrote is complete; rerun the same command")
+        stopped = f"`fit` was stopped by SIGTERM at step {self.trainer.global_step}, before it finished"
+        folder = getattr(self.trainer.checkpoint_callback, "dirpath", None)
+        last = Path(folder) / "last.ckpt" if folder else None
+        if last is None or not (last.is_file() or is_zero_folder(last)):
+            return Terminated(stopped, "no checkpoint had been saved yet; rerun the same command to start it again")
+        step = read_checkpoint_record(last, "--ckpt_path")["global_step"]
+        return Terminated(stopped, f"its last checkpoint, {last}, is at step {step}: rerun the same command with "
+                                   "--ckpt_path last to continue from there")
 
     def _own_eval_folder(self, config) -> None:
         """An evaluation logged into a training run's folder would replace its metrics.csv and config.yaml:
@@ -108,6 +130,8 @@ class TAGICLI(LightningCLI):
         # Lightning creates the logger's folder before it sets the data up: bad data must fail first
         self.datamodule.prepare_data()
         self.datamodule.setup(self.subcommand)
+        if hasattr(self.datamodule, "require_examples"):
+            self.datamodule.require_examples(self.subcommand)
 
     before_validate = before_predict = before_test
 
@@ -136,7 +160,7 @@ class TAGICLI(LightningCLI):
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured) \
                 and _RICH_AVAILABLE:
             callbacks = [*callbacks, StepProgressBar()]
-        return super()._instantiate_trainer(config, [*callbacks, *artifact_callbacks()])
+        return super()._instantiate_trainer(config, [*callbacks, *artifact_callbacks(self.output_claim)])
 
 
 class _NoAdvertising(logging.Filter):

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from tagi.inference.runner import StudentRunner
-from tagi.modeling.adapters import AdapterError, cluster_slug, load_adapter, read_meta
+from tagi.modeling.adapters import AdapterError, cluster_folders, load_adapter, read_meta
 from tagi.errors import ConfigurationError
 from tagi.io import read_checkpoint
 from tagi.modeling.lora import LoRAWeights, apply_lora
@@ -116,8 +116,9 @@ class FinetuneModule(Stage):
         sites = self.model.site_names
         first = None
         A = B = None
+        folders = cluster_folders(needed)  # teachers written before the teacher stage refused a shared folder
         for name in needed:
-            directory = root / cluster_slug(name)
+            directory = root / folders[name]
             if not directory.is_dir():
                 raise ConfigurationError(f"teacher for cluster {name!r} not found: {directory} is missing (run the teacher stage)")
             try:

@@ -27,6 +27,7 @@ EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 def check_config(config: dict) -> None:
     """`config`: one subcommand's config as a plain dict (trainer / model / data / ckpt_path)."""
     check_strategy(config.get("trainer") or {})
+    check_logger(config.get("trainer") or {})
     model = (config.get("model") or {}).get("init_args") or {}
     data = (config.get("data") or {}).get("init_args") or {}
     check_backbone((model.get("backbone") or {}).get("name"))
@@ -100,7 +101,8 @@ def check_model_values(model: dict) -> None:
 
 
 COUNTS = {"batch_size": 1, "eval_batch_size": 1, "tasks_per_batch": 1, "clusters_per_batch": 1, "num_pos": 0,
-          "num_workers": 0, "max_instruction_length": 1, "max_input_length": 1, "max_target_length": 1}  # least value
+          "num_workers": 0, "max_instruction_length": 1, "max_input_length": 1, "max_target_length": 1,
+          "max_val_instances_per_task": 1, "max_test_instances_per_task": 1}  # least value (None: no cap)
 
 
 def check_counts(data: dict) -> None:
@@ -133,6 +135,17 @@ def check_strategy(trainer: dict) -> None:
         raise ConfigurationError(
             f"trainer.accelerator: {accelerator!r} but this machine has no CUDA GPU; use --trainer.accelerator=cpu "
             "(and --trainer.precision=32-true: bf16 mixed precision is a GPU setting).")
+
+
+def check_logger(trainer: dict) -> None:
+    """The logger's folder is the run folder. Without one, Lightning writes last.ckpt, config.yaml,
+    complete.json and test results into the current folder: no lock, no finished-run check, and the
+    next run replaces them."""
+    if trainer.get("logger") is False:
+        raise ConfigurationError(
+            "trainer.logger: false leaves the run without a run folder: its checkpoints, config.yaml, complete.json "
+            "and results would land in the current folder, where the next run replaces them. Keep the config's "
+            "logger, and choose the folder with --trainer.logger.init_args.save_dir and .name (nothing was written)")
 
 
 def check_backbone(name: str | None) -> None:
@@ -239,24 +252,43 @@ def eval_checkpoint(subcommand: str, config: dict) -> str:
 
 def check_fit_target(config: dict) -> None:
     """A fresh fit must not replace a finished run or an exported artifact (θ0, the teachers) that later
-    stages read; `--overwrite=true` allows it, `--ckpt_path` continues the run. (A killed run's folder
-    may be restarted: that is what a user does after fixing the cause.)"""
+    stages read; `--overwrite=true` allows it, `--ckpt_path` continues the run, except a finished one
+    that re-exports such an artifact. (A killed run's folder may be restarted: that is what a user does
+    after fixing the cause.)"""
     trainer = config.get("trainer") or {}
     for key in ("max_steps", "max_epochs"):
         if trainer.get(key) == 0:
             raise ConfigurationError(f"trainer.{key}: 0 trains nothing (the stage would be marked finished with no "
                                      "checkpoint); give a positive number, or leave it unset")
-    run = logger_dir(trainer)
-    if config.get("overwrite") or _continues(config.get("ckpt_path"), run):
+    run, out = logger_dir(trainer), output_dir(config)
+    finished = run is not None and (run / COMPLETE_NAME).is_file()
+    exported = bool(out) and Path(out).is_dir() and any(Path(out).iterdir())
+    if config.get("overwrite"):
+        return
+    if _continues(config.get("ckpt_path"), run):
+        if finished and exported:
+            raise ConfigurationError(f"--ckpt_path: {run} holds a finished run; {_REEXPORT.format(out=out)}; add "
+                                     "--overwrite=true to continue it anyway, or train a new run into another output_dir "
+                                     "(nothing was written)")
         return
     choose = "give another --trainer.logger.init_args.name, or --overwrite=true to replace it (nothing was written)"
-    if run is not None and (run / COMPLETE_NAME).is_file():
+    if finished:
+        resume = f"--ckpt_path last --overwrite=true ({_REEXPORT.format(out=out)})" if exported else "--ckpt_path last"
         raise ConfigurationError(f"trainer.logger: {run} holds a finished run ({COMPLETE_NAME}); this fit would replace "
-                                 f"its checkpoints and metrics.csv; continue it with --ckpt_path last, or {choose}")
-    out = ((config.get("model") or {}).get("init_args") or {}).get("output_dir")
-    if out and Path(out).is_dir() and any(Path(out).iterdir()):
+                                 f"its checkpoints and metrics.csv; continue it with {resume}, or {choose}")
+    if exported:
         raise ConfigurationError(f"model.init_args.output_dir: {out} already holds an exported artifact that later "
                                  "stages read; give another output_dir, or --overwrite=true to replace it (nothing was written)")
+
+
+# Continuing a finished θ0 or teacher run trains on and exports again, in place: what later stages were trained on changes.
+_REEXPORT = ("continuing it exports model.init_args.output_dir {out} again when it ends, and the stages trained on "
+             "the current one would no longer match it (on θ0 they are refused)")
+
+
+def output_dir(config: dict) -> str | None:
+    """Where the stage exports what later stages read (θ0, the teachers); None for the other stages."""
+    return ((config.get("model") or {}).get("init_args") or {}).get("output_dir")
 
 
 def _continues(ckpt_path: str | None, run: Path | None) -> bool:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from tagi.data.collate import answer_by_group
-from tagi.modeling.adapters import cluster_slug, save_adapter
+from tagi.modeling.adapters import cluster_folders, save_adapter
 from tagi.modeling.lora import LoRAWeights, apply_lora, lora_site_names, lora_sites
 from tagi.training.config import Backbone, Generation, Optimization
 from tagi.training.stage import Stage
@@ -52,6 +52,10 @@ class TeacherModule(Stage):
         self.cluster_tasks: dict[str, list[str]] = dict(datamodule.cluster_tasks)
         if self.lora_A is None:
             self._build_bank(len(self.clusters))
+
+    def prepare(self, datamodule) -> None:
+        """Before the fit writes anything (the CLI calls it): every cluster gets a folder of its own."""
+        cluster_folders(datamodule.cluster_tasks)
 
     def _build_bank(self, num_clusters: int) -> None:
         """peft's init: A ~ U(±1/sqrt(in)) (kaiming_uniform with a=√5), B = 0, so training starts at θ0."""
@@ -88,6 +92,7 @@ class TeacherModule(Stage):
         """One PEFT directory per cluster that has training tasks (`ExportArtifacts` calls it when the fit ends)."""
         written = []
         bank = self.bank()
+        folders = cluster_folders(self.cluster_tasks)
         for name, tasks in sorted(self.cluster_tasks.items()):
             index = self.clusters[name]
             meta = dict(
@@ -102,8 +107,8 @@ class TeacherModule(Stage):
                 validation={key: value for key, value in self.last_scores.items() if key.endswith(f"/category/{name}") or "/" not in key},
             )
             one = bank.select(torch.tensor([index], device=self.lora_A.device))
-            written.append(save_adapter(out_dir / cluster_slug(name), one, self.site_names, self.lora_alpha, self.backbone_spec.name, meta))
-        log.info("wrote %d teacher adapters to %s", len(written), out_dir)
+            written.append(save_adapter(out_dir / folders[name], one, self.site_names, self.lora_alpha, self.backbone_spec.name, meta))
+        log.info("wrote %d teacher adapters to %s", len(set(written)), out_dir)
         return written
 
     def describe(self) -> dict:
