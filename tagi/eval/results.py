@@ -209,14 +209,21 @@ def _render_inference_cost(data: Mapping) -> str:
 
 def _render_rehearsal(data: Mapping) -> str:
     """benchmarks/rehearsal.py: per stage what a step costs at the real shape, then each hand-off's outcome."""
-    lines = [_row(["stage", "processes, strategy, precision", "wall s", "s / step", "peak memory / process (GiB)",
-                   "all processes, PSS (GiB)", "trainable weights", "tokens / step"]), "|---|---|" + "---:|" * 6]
+    lines = [_row(["stage", "processes, strategy, precision", "batch / process", "wall s", "s / step",
+                   "peak memory / process (GiB)", "all processes, PSS (GiB)", "trainable weights", "tokens / step"]),
+             "|---|---|" + "---:|" * 7]
     for stage, v in data["stages"].items():
         run = f"{v['processes']} × {v['strategy']}, {v['precision']}" if "processes" in v else f"exit status {v['exit']}"
-        lines.append(_row([stage, run, _num(v.get("wall_seconds")), _num(v.get("seconds_per_step")),
+        lines.append(_row([stage, run, str(v.get("batch_size_per_process", DASH)), _num(v.get("wall_seconds")),
+                           _num(v.get("seconds_per_step")),
                            _num(v.get("peak_rss_gib_per_process")),
                            _num(v.get("peak_pss_gib_tree")), _millions(v["trainable_weights"]) if "trainable_weights" in v else DASH,
                            str(v.get("tokens_per_step", DASH))]))
+    too_big = [f"{stage} at batch {attempt['batch_size_per_process']} per process (peak {attempt['peak_pss_gib_tree']:.1f} GiB "
+               f"for all processes, exit status {attempt['exit']})"
+               for stage, v in data["stages"].items() for attempt in v.get("did_not_fit", [])]
+    if too_big:
+        lines += ["", "Killed for memory on this machine, so rerun at half the batch: " + "; ".join(too_big) + "."]
     lines += ["", "Hand-offs: " + "; ".join(f"{h['hand_off']} **{'pass' if h['pass'] else 'FAIL'}**" for h in data["hand_offs"]) + "."]
     lines += ["", f"{data['device']}, {data['shape']} shape, {data['data']}, {data['steps_per_stage']} steps per stage "
                   f"(s / step: median without the first); {_footer(data)}."]
