@@ -1,11 +1,12 @@
 """Shared by the CLI-level tests: a tiny backbone, a few steps per stage, runs in a scratch folder."""
 
+import functools
 import json
 import os
 import shutil
 from pathlib import Path
 
-from tagi.training.cli import run_cli
+from tagi.training.cli import TAGICLI, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = [
@@ -18,6 +19,28 @@ FAST = [
 ]
 TINY_SPEC = {"name": "tiny", "tiny_config": {"d_model": 32, "num_layers": 2, "num_heads": 2}, "seed": 0}
 TINY = f"--model.init_args.backbone={TINY_SPEC}".replace("'", '"')
+
+
+class ParseOnly(TAGICLI):
+    """The CLI's parser and links; nothing is checked against the disk or built."""
+
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        pass
+
+
+@functools.lru_cache(maxsize=None)
+def resolved(files: tuple[str, ...], overrides: tuple[str, ...] = ()) -> dict:
+    """The fit config these files (then `overrides`, `--key=value`) give, as the CLI resolves it (the list of
+    files itself left out)."""
+    args = ["fit", *(arg for path in files for arg in ("--config", path)), *overrides]
+    config = run_cli(args, cli_class=ParseOnly).config["fit"]
+    return {key: value for key, value in config.clone().as_dict().items() if key != "config"}
 
 
 def chdir_scratch(tmp_path_factory, name: str):

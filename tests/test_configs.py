@@ -3,31 +3,18 @@ parts applied before it), and every baseline, through the same parsers `tagi` us
 any model. A misspelt key, a wrong type or a class path that moved fails here, not in a user's run."""
 
 import ast
-import functools
 from pathlib import Path
 
 import pytest
 from jsonargparse import ArgumentParser, ActionConfigFile
 
+from helpers import ParseOnly, resolved
 from tagi.pipeline import STAGES, _relative_to, run_pipeline
-from tagi.training.cli import TAGICLI, run_cli
+from tagi.training.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 SETTINGS = sorted(path.parent.name for path in CONFIGS.glob("*/pipeline.yaml"))
-
-
-class ParseOnly(TAGICLI):
-    """The CLI's parser and links; nothing is checked against the disk or built."""
-
-    def before_instantiate_classes(self) -> None:
-        pass
-
-    def instantiate_classes(self) -> None:
-        pass
-
-    def _run_subcommand(self, subcommand: str) -> None:
-        pass
 
 
 def pipeline_stages(setting: str) -> dict[str, list[str]]:
@@ -81,13 +68,6 @@ def ablation_cases() -> list[tuple[str, list[str]]]:
 
 
 ABLATION_CASES = ablation_cases()
-
-
-@functools.lru_cache(maxsize=None)
-def resolved(files: tuple[str, ...]) -> dict:
-    """The fit config these files give, as the CLI resolves it (the list of files itself left out)."""
-    config = run_cli(["fit"] + [arg for path in files for arg in ("--config", path)], cli_class=ParseOnly).config["fit"]
-    return {key: value for key, value in config.clone().as_dict().items() if key != "config"}
 
 
 def test_every_ablation_parses_and_changes_what_it_says():
