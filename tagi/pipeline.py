@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Literal
@@ -158,12 +159,19 @@ def run_pipeline(
     if theta0 is not None:
         scores["θ0, instruction concatenated (stage 0)"] = score_checkpoint(theta0, run_dir, stages["theta0"]["last_checkpoint"], theta0_args, "test-theta0")
     summary = dict(run=run, stages=stages, scores=scores, seconds=round(time.perf_counter() - start, 1))
+    if not _first_process():
+        return summary  # several processes (DDP, DeepSpeed) each run the pipeline; one writes and prints its table
     summary = _keep_earlier(run_dir / "pipeline.json", summary)
     atomic_write_text(run_dir / "pipeline.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     results = results_file(summary)
     write_table(results, run_dir / TABLE, results_json if publish else None)
     print(render_block(run, results) + "\n\n" + category_table(scores["student (TAGI)"]))
     return summary
+
+
+def _first_process() -> bool:
+    """Rank 0 of a multi-process run (Lightning's launcher starts the others with these set), or the only one."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 
 def write_table(results: dict, table: Path, published: str | None) -> None:

@@ -33,8 +33,7 @@ COMMON = [TINY, f"--trainer.max_steps={STEPS}", f"--trainer.val_check_interval={
           "--trainer.enable_progress_bar=false", "--data.init_args.batch_size=4",
           "--data.init_args.max_test_instances_per_task=2"]
 HELD_OUT = 10 * 2  # held-out tasks × max_test_instances_per_task
-ZERO2 = ["--trainer.strategy=tagi.training.strategies.CPUDeepSpeedStrategy", "--trainer.strategy.stage=2",
-         "--trainer.devices=2", "--trainer.accelerator=cpu"]
+ZERO2 = ["--trainer.strategy=deepspeed_cpu", "--trainer.devices=2", "--trainer.accelerator=cpu"]  # registered name, stage 2
 MODES = {"single": [], "zero2": ZERO2, "zero2-bf16": [*ZERO2, "--trainer.precision=bf16-mixed"],
          "bf16": ["--trainer.precision=bf16-mixed"]}
 # Where finetune reads its teachers and stage-2 checkpoint: those the same mode wrote (the ZeRO folder itself
@@ -200,15 +199,21 @@ def test_a_zero2_student_is_tested_in_float32_and_exports_a_peft_adapter(workdir
     assert served == student.generate(meta["instruction"], ["cow ape"], max_new_tokens=8, lora_only=True)
 
 
-def test_zero3_is_refused_with_the_reason(workdir, capsys):
+@pytest.mark.parametrize("strategy, expected", [
+    ("--trainer.strategy=deepspeed_cpu_stage_3", "ZeRO stage 3 is not supported"),
+    ("--trainer.strategy=deepspeed_stage_3", "ZeRO stage 3 is not supported"),
+    ("--trainer.strategy=tagi.training.strategies.CPUDeepSpeedStrategy",  # Lightning would lowercase it as a name
+     "--trainer.strategy.class_path=tagi.training.strategies.CPUDeepSpeedStrategy"),
+])
+def test_strategies_refused_before_anything_is_built(workdir, capsys, strategy, expected):
     from tagi.__main__ import main as tagi_main
 
     with pytest.raises(SystemExit) as exit_info:
-        tagi_main(command("pretrain", "zero2", "zero3", "zero2", "--trainer.strategy.stage=3")[3:])
+        tagi_main([*command("pretrain", "single", "refused", "single")[3:], strategy, "--trainer.accelerator=cpu"])
     assert exit_info.value.code == 2
     message = capsys.readouterr().err
-    assert "ZeRO stage 3 is not supported" in message and "--trainer.strategy.stage=2" in message
-    assert not Path("zero3").exists()
+    assert expected in message and "trainer.strategy" in message, message[-2000:]
+    assert not Path("refused").exists()
 
 
 def test_a_checkpoint_is_resumed_only_by_the_kind_of_strategy_that_wrote_it(workdir, capsys):
@@ -231,3 +236,22 @@ def test_a_checkpoint_is_resumed_only_by_the_kind_of_strategy_that_wrote_it(work
         err = capsys.readouterr().err
         assert message in err and "--ckpt_path" in err, err[-2000:]
     assert not Path("mixed-a").exists() and not Path("mixed-b").exists()
+
+
+def test_the_pipeline_runs_every_stage_on_two_deepspeed_processes_in_bf16(workdir):
+    """`tagi pipeline` under DeepSpeed: Lightning's launcher runs the whole pipeline in each process, so every
+    rank must return from a stage only once rank 0 has written its marker and exports (the next stage reads
+    them); rank 0 alone writes the run's table."""
+    overrides = [TINY, "--trainer.max_steps=4", "--trainer.val_check_interval=4", "--trainer.limit_val_batches=1",
+                 "--trainer.enable_progress_bar=false", "--data.init_args.max_test_instances_per_task=2",
+                 *ZERO2, "--trainer.precision=bf16-mixed"]
+    result = subprocess.run([sys.executable, "-m", "tagi", "pipeline", "--config", str(Path(config("theta0")).parent / "pipeline.yaml"),
+                             "--run", "ds-pipeline", "--controls=[empty]", f"--overrides={json.dumps(overrides)}"],
+                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    run = Path("checkpoints/ds-pipeline")
+    assert all((run / stage / "complete.json").is_file() for stage in ("theta0", "teacher", "pretrain", "finetune"))
+    assert (run / "finetune/checkpoints/last.ckpt/latest").is_file()  # the student is a ZeRO folder, tested as one
+    table = json.loads((run / "table.json").read_text())
+    assert set(table["rows"]) >= {"student (TAGI)", "student, empty instruction", "backbone + exported adapter only"}
+    assert result.stdout.count("| model (test tasks) |") == 1  # one process printed the table

@@ -151,8 +151,14 @@ class CompletionMarker(Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
-        if not trainer.is_global_zero or log_dir is None or trainer.interrupted:
-            return
+        if trainer.is_global_zero and log_dir is not None and not trainer.interrupted:
+            self._write(trainer, pl_module, Path(log_dir))
+        # Every rank returns from fit once the marker and the exports exist: under `tagi pipeline` each rank
+        # runs the pipeline, and the next stage reads them (θ0's folder, the teachers, this marker).
+        trainer.strategy.barrier("complete.json")
+
+    @staticmethod
+    def _write(trainer: L.Trainer, pl_module: L.LightningModule, log_dir: Path) -> None:
         checkpoint = trainer.checkpoint_callback
         marker = dict(
             stage=pl_module.stage,
@@ -161,7 +167,7 @@ class CompletionMarker(Callback):
             interrupted=False,
             metrics={key: float(value) for key, value in trainer.callback_metrics.items() if value.numel() == 1},
         )
-        atomic_write_text(Path(log_dir) / COMPLETE_NAME, json.dumps(marker, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(log_dir / COMPLETE_NAME, json.dumps(marker, indent=2, sort_keys=True) + "\n")
 
 
 class EvaluationWriter(Callback):

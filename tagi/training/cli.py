@@ -27,6 +27,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tagi.errors import Terminated
 from tagi.io import FolderClaim, folder_lock, is_zero_folder, read_checkpoint, read_checkpoint_record
 from tagi.provenance import Provenance
+from tagi.training import strategies  # noqa: F401  registers `--trainer.strategy=deepspeed_cpu`
 from tagi.training.callbacks import MetricsLog, StepProgressBar, artifact_callbacks
 from tagi.training.preflight import (CKPT_ALIASES, EVAL_SUBCOMMANDS, check_config, check_config_files, check_fit_target,
                                      checkpoint_for_strategy, eval_checkpoint, fit_checkpoint, is_training_run,

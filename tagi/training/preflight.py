@@ -117,6 +117,11 @@ CPU_DEEPSPEED = "CPUDeepSpeedStrategy"  # tagi.training.strategies: DeepSpeed wi
 
 def check_strategy(trainer: dict) -> None:
     strategy, accelerator = str(trainer.get("strategy", "auto")), str(trainer.get("accelerator", "auto"))
+    if isinstance(trainer.get("strategy"), str) and "." in strategy:
+        raise ConfigurationError(
+            f"trainer.strategy: {strategy!r} is read as a strategy's registered name, not a class; give a name "
+            "(auto, ddp, deepspeed_stage_2, deepspeed_cpu, ...) or the class as "
+            f"--trainer.strategy.class_path={strategy}")
     if zero_stage(trainer.get("strategy")) == 3:
         raise ConfigurationError(
             "trainer.strategy: DeepSpeed ZeRO stage 3 is not supported: it keeps only a shard of each weight outside "
@@ -125,12 +130,12 @@ def check_strategy(trainer: dict) -> None:
             "backward, which fails). Use stage 2 (sharded optimizer state and gradients): --trainer.strategy.stage=2")
     if torch.cuda.is_available():
         return
-    if "deepspeed" in strategy.lower() and CPU_DEEPSPEED not in strategy:
+    if "deepspeed" in strategy.lower() and CPU_DEEPSPEED not in strategy and not strategy.startswith("deepspeed_cpu"):
         raise ConfigurationError(
             f"trainer.strategy: Lightning's DeepSpeed ({strategy}) runs only on CUDA GPUs and this machine has none. "
             "On CPU use --trainer.strategy=auto (one process), --trainer.strategy=ddp with "
             "--trainer.accelerator=cpu --trainer.devices=N (gloo), or DeepSpeed on CPU processes: "
-            f"--trainer.strategy=tagi.training.strategies.{CPU_DEEPSPEED} --trainer.accelerator=cpu.")
+            "--trainer.strategy=deepspeed_cpu --trainer.accelerator=cpu --trainer.devices=N.")
     if accelerator in ("gpu", "cuda"):
         raise ConfigurationError(
             f"trainer.accelerator: {accelerator!r} but this machine has no CUDA GPU; use --trainer.accelerator=cpu "
@@ -321,8 +326,8 @@ def zero_stage(strategy) -> int | None:
     """The ZeRO stage a DeepSpeed strategy setting asks for: `deepspeed_stage_3`, `init_args: {stage: 3}`, or
     `init_args: {config: {zero_optimization: {stage: 3}}}`; None for other strategies."""
     if isinstance(strategy, str):
-        found = re.search(r"deepspeed_stage_(\d)", strategy)
-        return int(found.group(1)) if found else (2 if strategy == "deepspeed" else None)
+        found = re.search(r"deepspeed(_cpu)?_stage_(\d)", strategy)
+        return int(found.group(2)) if found else (2 if strategy in ("deepspeed", "deepspeed_cpu") else None)
     if not isinstance(strategy, dict) or "deepspeed" not in str(strategy.get("class_path", "")).lower():
         return None
     args = strategy.get("init_args") or {}

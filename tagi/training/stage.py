@@ -11,6 +11,7 @@ tallies the inference cost.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import asdict
 
 import lightning as L
@@ -139,7 +140,11 @@ class Stage(L.LightningModule):
         if self.evaluation is None:
             return {}
         scores = self.evaluation.compute()
-        self.log_dict({f"{prefix}/{key}": value for key, value in scores.items()}, sync_dist=False)
+        # Already global: torchmetrics synced the states across ranks in `compute`. Lightning cannot know, and
+        # under DDP/DeepSpeed warned once per logged key (hundreds of lines per evaluation) to sync again.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting")
+            self.log_dict({f"{prefix}/{key}": value for key, value in scores.items()}, sync_dist=False)
         if not self.trainer.sanity_checking:
             rank_zero_info(f"{prefix} scores at step {self.global_step}:\n{results_table(scores)}")
         return scores

@@ -12,12 +12,10 @@ collectives when oneCCL is absent). This subclass lifts exactly Lightning's CUDA
 ZeRO-2 (sharded optimizer state and gradients), its bf16 section and its checkpoint folders run, and
 are tested, on a machine without a GPU:
 
-    trainer:
-      accelerator: cpu
-      devices: 2
-      strategy:
-        class_path: tagi.training.strategies.CPUDeepSpeedStrategy
-        init_args: {stage: 2}
+    --trainer.strategy=deepspeed_cpu --trainer.accelerator=cpu --trainer.devices=2
+
+(or `class_path: tagi.training.strategies.CPUDeepSpeedStrategy` with `init_args: {stage: 2}` in YAML;
+`deepspeed_cpu_stage_1` for ZeRO-1).
 
 On GPUs the same settings name `tagi.training.strategies.DeepSpeedStrategy`; everything else (configs,
 checkpoints, the ZeRO folder given to `init_from`) is the same.
@@ -31,6 +29,7 @@ from pathlib import Path
 import torch
 from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch import strategies
+from lightning.pytorch.strategies import StrategyRegistry
 
 
 class DeepSpeedStrategy(strategies.DeepSpeedStrategy):
@@ -79,3 +78,18 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
     def root_device(self) -> torch.device:
         # DeepSpeed reads the device index of the root device for `device_rank`; a bare "cpu" has none.
         return torch.device("cpu", self.local_rank)
+
+
+CPU_NAMES = {"deepspeed_cpu": 2, "deepspeed_cpu_stage_1": 1, "deepspeed_cpu_stage_2": 2}
+
+
+def register(registry=StrategyRegistry) -> None:
+    """`--trainer.strategy=deepspeed_cpu` (ZeRO-2) and `deepspeed_cpu_stage_{1,2}`, as Lightning names its own
+    `deepspeed_stage_2`: a bare class path as a string is taken for a name and refused by Lightning."""
+    for name, stage in CPU_NAMES.items():
+        if name not in registry:
+            registry.register(name, CPUDeepSpeedStrategy, description=f"DeepSpeed ZeRO-{stage} on CPU processes (gloo)",
+                              stage=stage)
+
+
+register()
