@@ -1,6 +1,7 @@
 """Files a user can trust: atomic writes (a killed process never leaves a half-written artifact that
 looks valid, and nothing but a writer's own earlier output is replaced), one writer per run folder,
-checkpoints read with a clear error, and θ0 weight digests. Lightning-free."""
+checkpoints read with a clear error (a DeepSpeed folder through its float32 consolidation), and θ0
+weight digests. Lightning-free: only consolidating a DeepSpeed folder imports Lightning's converter."""
 
 from __future__ import annotations
 
