@@ -21,6 +21,19 @@ class NonFiniteLossError(TagiError, FloatingPointError):
     """Training produced a NaN/inf loss; the run stops and keeps its last good checkpoint."""
 
 
+class WriteError(TagiError, OSError):
+    """A file or folder that could not be written: the disk is full, read-only, the file is too large for this
+    process (ulimit -f), or no permission. Raised by `tagi.io.writing` with the path; every artifact is written
+    beside its name and renamed, so what that name held before is unchanged."""
+
+    def __init__(self, message: str, error: OSError, path: str | None):
+        super().__init__(error.errno, error.strerror, path)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class FetchError(TagiError, RuntimeError):
     """`tagi fetch` could not get the pinned file (no network, no such release) or got another one (a digest
     that is not the pinned one); nothing was written."""

@@ -3,6 +3,8 @@
 import csv
 import json
 import os
+import resource
+import shlex
 import shutil
 import signal
 import subprocess
@@ -194,6 +196,67 @@ adapters.save_adapter({str(target)!r}, lora, {sites!r}, 8.0, "tiny")
     assert result.returncode == -signal.SIGKILL
     assert sorted(path.name for path in tmp_path.iterdir() if not path.name.startswith(".tmp-")) == ["adapter"]
     assert torch.equal(load_adapter(target, sites).A, lora.A)  # the previous adapter, intact
+
+
+# ---------------------------------------------------------------- a full disk: one error naming the file, nothing half written
+
+def tagi_process(args: list[str], file_size_limit: int | None = None, **env: str) -> subprocess.CompletedProcess:
+    """`python -m tagi ARGS` in a child process; `file_size_limit`: RLIMIT_FSIZE, so a write past that many bytes
+    fails with EFBIG ("File too large") as a full disk would (Python ignores the SIGXFSZ that comes with it)."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+    return subprocess.run([sys.executable, "-m", "tagi", *args], capture_output=True, text=True,
+                          preexec_fn=limit if file_size_limit else None,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+
+
+def hidden_files(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob(".tmp-*"))
+
+
+def test_a_checkpoint_that_cannot_be_written_names_it_and_keeps_the_old_one(workdir):
+    """A resume whose checkpoint does not fit: an OSError traceback naming no file (EFBIG here, ENOSPC on a
+    full disk) from Lightning's temporary file in $TMPDIR. Now one paragraph naming last.ckpt, exit 2."""
+    fit("pretrain", "--trainer.logger.init_args.name=no-room", "--trainer.max_steps=2")
+    folder = workdir / "checkpoints/demo/no-room/checkpoints"
+    before = (folder / "last.ckpt").read_bytes()
+    resumed = tagi_process(["fit", "--config", config("pretrain"), TINY, *FAST, "--trainer.logger.init_args.name=no-room",
+                            "--ckpt_path=last"], file_size_limit=len(before) // 2)
+    assert resumed.returncode == 2, resumed.stderr[-3000:]
+    message = resumed.stderr.strip().splitlines()[-1]
+    assert message == (f"error: {Path('checkpoints/demo/no-room/checkpoints/last.ckpt')}: cannot be written (File too large); "
+                       "the file is larger than this process may write (ulimit -f) or the filesystem allows; what was "
+                       "there before is unchanged")
+    assert (folder / "last.ckpt").read_bytes() == before and hidden_files(folder) == []
+
+
+def _can_mount_a_tmpfs() -> bool:
+    return shutil.which("unshare") is not None and subprocess.run(
+        ["unshare", "--map-root-user", "--mount", "mount", "-t", "tmpfs", "tmpfs", "/mnt"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_a_tmpfs(), reason="needs `unshare` with user namespaces, to mount a small tmpfs")
+def test_a_checkpoint_is_staged_beside_it_not_in_tmpdir(tmp_path, monkeypatch):
+    """Two small filesystems (tmpfs, in a mount namespace of the test's own). Lightning wrote a checkpoint to
+    $TMPDIR, then moved it: onto a full run folder the move is a copy, which left 600 kB of a 1 MB last.ckpt
+    under its final name; and a $TMPDIR too small for one checkpoint failed a run with room to spare."""
+    monkeypatch.chdir(tmp_path)
+    for folder in ("full", "small-tmp"):
+        (tmp_path / folder).mkdir()
+    command = shlex.join([sys.executable, "-m", "tagi", "fit", "--config", config("pretrain"), TINY, *FAST])
+    script = (f"mount -t tmpfs -o size=600k tmpfs full && mount -t tmpfs -o size=64k tmpfs small-tmp || exit 99\n"
+              f"{command} --trainer.logger.init_args.save_dir=full 2> full.err; echo $? > full.rc\n"
+              "find full -type f | sort > full.files\n"
+              f"TMPDIR=$PWD/small-tmp {command} --trainer.logger.init_args.save_dir=roomy 2> small-tmp.err; echo $? > small-tmp.rc\n")
+    subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script], check=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert Path("full.rc").read_text().strip() == "2", Path("full.err").read_text()[-3000:]
+    assert Path("full.err").read_text().strip().splitlines()[-1].startswith(
+        "error: full/pretrain/checkpoints/last.ckpt: cannot be written (No space left on device); the disk is full")
+    assert "last.ckpt" not in Path("full.files").read_text() and ".tmp-" not in Path("full.files").read_text()
+    assert Path("small-tmp.rc").read_text().strip() == "0", Path("small-tmp.err").read_text()[-3000:]
+    assert torch.load("roomy/pretrain/checkpoints/last.ckpt", weights_only=False)["global_step"] == 4
 
 
 # ---------------------------------------------------------------- bad input: clear error, nothing written

@@ -18,6 +18,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from jsonargparse import set_parsing_settings
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -28,6 +29,7 @@ from tagi.errors import Terminated
 from tagi.io import FolderClaim, folder_lock, is_zero_folder, read_checkpoint, read_checkpoint_record
 from tagi.provenance import Provenance
 from tagi.training.callbacks import MetricsLog, StepProgressBar, artifact_callbacks
+from tagi.training.checkpoints import AtomicCheckpointIO
 from tagi.training.preflight import (CKPT_ALIASES, EVAL_SUBCOMMANDS, check_config, check_config_files, check_fit_target,
                                      checkpoint_for_strategy, eval_checkpoint, fit_checkpoint, is_training_run,
                                      logger_dir, output_dir)
@@ -154,13 +156,16 @@ class TAGICLI(LightningCLI):
         return Path(path) if path and (Path(path).is_file() or is_zero_folder(path)) else None
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
-        """Every run writes its artifacts through `artifact_callbacks`; with a progress bar on and none
-        configured, the step-counting one."""
+        """Every run writes its artifacts through `artifact_callbacks`, and its checkpoint files beside their
+        name (`AtomicCheckpointIO`); with a progress bar on and none configured, the step-counting one."""
         configured = [*(config.get("callbacks") or []), *callbacks]
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured) \
                 and _RICH_AVAILABLE:
             callbacks = [*callbacks, StepProgressBar()]
-        return super()._instantiate_trainer(config, [*callbacks, *artifact_callbacks(self.output_claim)])
+        trainer = super()._instantiate_trainer(config, [*callbacks, *artifact_callbacks(self.output_claim)])
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # a configured plugin is the user's choice
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
 
 class _NoAdvertising(logging.Filter):
