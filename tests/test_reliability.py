@@ -231,6 +231,21 @@ def test_a_checkpoint_that_cannot_be_written_names_it_and_keeps_the_old_one(work
     assert (folder / "last.ckpt").read_bytes() == before and hidden_files(folder) == []
 
 
+def test_a_test_run_that_cannot_write_its_predictions_leaves_the_earlier_ones_and_no_hidden_file(workdir, stages):
+    """A disk full while `test` streams its predictions (RLIMIT_FSIZE: 16 kB, the file is ~36 kB): a traceback
+    naming no file, and a hidden half `.tmp-predictions.jsonl-*` left in the run folder."""
+    evaluate = ["test", "--config", config("pretrain"), TINY, f"--ckpt_path={stages['pretrain']}", "--trainer.logger.init_args.name=no-room-test",
+                "--data.init_args.max_test_instances_per_task=20", "--trainer.enable_progress_bar=false"]
+    assert tagi_process(evaluate).returncode == 0
+    folder = workdir / "checkpoints/demo/no-room-test"
+    earlier = {name: (folder / name).read_bytes() for name in ("predictions.jsonl", "results.json", "results.md")}
+    failed = tagi_process(evaluate, file_size_limit=16_000)
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    assert failed.stderr.strip().splitlines()[-1].startswith(
+        f"error: {Path('checkpoints/demo/no-room-test/predictions.jsonl')}: cannot be written (File too large)")
+    assert {name: (folder / name).read_bytes() for name in earlier} == earlier and hidden_files(folder) == []
+
+
 def _can_mount_a_tmpfs() -> bool:
     return shutil.which("unshare") is not None and subprocess.run(
         ["unshare", "--map-root-user", "--mount", "mount", "-t", "tmpfs", "tmpfs", "/mnt"], capture_output=True).returncode == 0

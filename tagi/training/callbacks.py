@@ -187,6 +187,12 @@ class EvaluationWriter(Callback):
         if writer is not None:
             rank_zero_info(f"wrote {writer.count} predictions to {writer.close()}")
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """A failed or interrupted evaluation leaves no hidden half predictions file behind."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.discard()
+
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._open(trainer)
 
