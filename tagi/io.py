@@ -8,6 +8,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -39,17 +40,18 @@ def atomic_directory(target: str | os.PathLike, own_only: str | None = None, als
     target = Path(target)
     if own_only is not None:
         _refuse_non_folder(target, own_only)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
-    try:
-        with_umask(staging)
-        yield staging
-        if own_only is not None:
-            _refuse_foreign(target, {entry.name for entry in staging.iterdir()} | set(also_own), own_only)
-        _replace(target, staging)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+    with writing(target, own_only):  # the block writes into the staging folder: its OSErrors are this folder's
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+        try:
+            with_umask(staging)
+            yield staging
+            if own_only is not None:
+                _refuse_foreign(target, {entry.name for entry in staging.iterdir()} | set(also_own), own_only)
+            _replace(target, staging)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
 
 
 def _replace(target: Path, staging: Path) -> None:
@@ -174,13 +176,20 @@ def writing(path: str | os.PathLike, option: str | None = None) -> Iterator[None
         raise write_error(path, failure, option=option) from None
 
 
+RUST_IO_ERROR = re.compile(r"\(os error (\d+)\)")  # how safetensors and tokenizers (Rust) report an io::Error
+
+
 def os_error_behind(error: BaseException) -> OSError | None:
     """`error` if it is an OSError, or the one it was raised from or while handling (torch.save reports a
-    full disk as a RuntimeError from its zip writer, with the OSError as its context)."""
+    full disk as a RuntimeError from its zip writer, with the OSError as its context), or the one a Rust
+    library's message names ("I/O error: File too large (os error 27)")."""
     seen = set()
     while error is not None and id(error) not in seen:
         if isinstance(error, OSError):
             return error
+        number = RUST_IO_ERROR.search(str(error))
+        if number is not None:
+            return OSError(int(number.group(1)), os.strerror(int(number.group(1))))
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None

@@ -386,3 +386,27 @@ def test_adapter_subcommand_writes_a_peft_adapter(workdir, student_checkpoint, c
     assert not (workdir / "a").exists()  # nothing written on error
     assert {path: path.read_bytes() for path in (workdir / "teachers/t/case").iterdir()} == teacher
     assert (workdir / "pos.jsonl").read_text() == '{"input": "cow ape", "output": "ape cow"}\n'
+
+
+def test_an_adapter_that_cannot_be_written_is_one_error_and_the_earlier_export_stays(workdir, student_checkpoint):
+    """`--out` on a folder that refuses writes (/proc here, a read-only disk alike) or a disk that fills up halfway
+    (RLIMIT_FSIZE: a write past 4 kB fails with EFBIG): a traceback naming a `.tmp-*` folder, or nothing."""
+    import resource
+
+    checkpoint, _ = student_checkpoint
+    adapter = ["adapter", "--ckpt", str(checkpoint), "--instruction", "Sort the words.", "--out"]
+    tagi_main([*adapter, "adapters/earlier"])
+    earlier = {path.name: path.read_bytes() for path in (workdir / "adapters/earlier").iterdir() if path.is_file()}
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    for out, limit, message in [("/proc/tagi/adapter", None, "error: --out /proc/tagi/adapter: cannot be written ("),
+                                ("adapters/earlier", small_files, "error: --out adapters/earlier: cannot be written (File too "
+                                 "large); the file is larger than this process may write (ulimit -f) or the filesystem "
+                                 "allows; what was there before is unchanged")]:
+        run = subprocess.run([sys.executable, "-m", "tagi", *adapter, out], capture_output=True, text=True, cwd=workdir,
+                             preexec_fn=limit, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith(message), run.stderr[-3000:]
+    assert {path.name: path.read_bytes() for path in (workdir / "adapters/earlier").iterdir() if path.is_file()} == earlier
+    assert not list((workdir / "adapters").glob(".*"))  # no staging folder left beside it
