@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -71,11 +71,28 @@ class Provenance:
                                   f"{backbone.record()}. {hint}".strip())
         return self
 
+    def located(self, checkpoint: str | Path) -> "Provenance":
+        """The record with θ0's folder found from here. A stage records θ0's folder as it was given, relative to
+        the folder the stage ran in, which `tagi adapter` need not be run from; checkpoints lie under that
+        folder (checkpoints/<run>/<stage>/checkpoints/last.ckpt), so it is looked for above the checkpoint too.
+        Only a record with a weights digest names a folder (a hub id has none); the digest is then checked."""
+        spec = self.backbone or {}
+        name = spec.get("name", "tiny")
+        if not spec.get("weights") or Path(name).is_dir():
+            return self
+        found = next((root / name for root in Path(checkpoint).resolve().parents if (root / name).is_dir()), None)
+        return self if found is None else replace(self, record={**self.record, "backbone": {**spec, "name": str(found)}})
+
     def _verify_backbone_unchanged(self, hint: str) -> None:
-        """The LoRA was learned for θ0's weights: a θ0 folder retrained in place since is an error."""
+        """The LoRA was learned for θ0's weights: a θ0 folder retrained in place since is an error, and so is
+        one that is gone (it would be taken for a hub id)."""
         spec = self.backbone or {}
         recorded, folder = spec.get("weights"), Path(spec.get("name", "tiny"))
-        if recorded and folder.is_dir() and weights_digest(folder) != recorded:
+        if recorded and not folder.is_dir():
+            raise CheckpointError(f"{self.source} was trained on the θ0 folder {folder} (weights {recorded}), which is "
+                                  f"not there, neither from the current folder ({Path.cwd()}) nor above the checkpoint. "
+                                  "Run this from the folder the stages ran in, or put θ0 back where it was.")
+        if recorded and weights_digest(folder) != recorded:
             raise CheckpointError(f"{self.source} was trained on backbone {folder} with weights {recorded}, but the "
                                   f"weights there are now {weights_digest(folder)} (θ0 was retrained or replaced since). "
                                   f"Use the θ0 it was trained on, or retrain on this one. {hint}".strip())

@@ -56,7 +56,7 @@ class Student:
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> "Student":
         checkpoint = read_checkpoint(path, "--ckpt")
-        described = Provenance.of(checkpoint, path, "--ckpt").verify(
+        described = Provenance.of(checkpoint, path, "--ckpt").located(path).verify(
             STUDENT_STAGES, hint="Give a finetune-stage checkpoint such as checkpoints/<run>/finetune/checkpoints/last.ckpt.").record
         tokenizer = load_tokenizer(described["tokenizer"])
         spec = described["backbone"]
