@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import IO, Collection, Iterator
 
 from tagi.errors import ConfigurationError, InputError, WriteError
+
+log = logging.getLogger(__name__)
 
 LOCK_SUFFIX = ".lock"  # `.<run folder>.lock` beside a run folder while a process writes it
 # In a θ0 folder stage 0 wrote: what made it, and its weights' digest. The name predates `theta0` (stage 0's
@@ -289,13 +292,28 @@ def weights_digest(folder: str | os.PathLike) -> str | None:
     have the sizes and times it recorded, so a large θ0 is not re-read by every stage."""
     folder = Path(folder)
     record = weights_record(folder, digest=False)
-    meta = folder / BACKBONE_META
-    saved = json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {}
+    saved = _recorded_digest(folder / BACKBONE_META)
     if not record["weights_stamps"]:
         return None
     if saved.get("weights_sha256") and saved.get("weights_stamps") == record["weights_stamps"]:
         return saved["weights_sha256"]
     return weights_record(folder)["weights_sha256"]
+
+
+def _recorded_digest(meta: Path) -> dict:
+    """Stage 0's record, only a cache of the digest here: a damaged one (not JSON, not UTF-8, not an object)
+    is said once and the weights are digested instead, which gives the true value either way."""
+    if not meta.is_file():
+        return {}
+    try:
+        saved = json.loads(meta.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        saved = error
+    if isinstance(saved, dict):
+        return saved
+    log.warning("%s: not readable as stage 0's record (%s); θ0's weights are digested from the files instead (slower "
+                "for a large θ0; delete the file to silence this)", meta, saved if isinstance(saved, Exception) else "not an object")
+    return {}
 
 
 def weights_record(folder: Path, digest: bool = True) -> dict:
