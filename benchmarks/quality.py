@@ -125,12 +125,25 @@ def check_recipe(run: Path, wanted: dict) -> None:
         if (run / "checkpoints").is_dir():
             print(f"warning: {run} has no {RECIPE} (trained before recipes were recorded); reused as it is", file=sys.stderr)
         return
-    saved = json.loads(path.read_text())
+    saved = read_recipe(path)
     if saved != wanted:
         changed = sorted({*saved["configs"].items()} ^ {*wanted["configs"].items()})
         args = sorted(set(saved["args"]) ^ set(wanted["args"]))
         raise SystemExit(f"error: {run} was trained from another recipe (configs that differ: {[c for c, _ in changed]}; "
                          f"overrides that differ: {args}); delete the folder to retrain it with the current one")
+
+
+def read_recipe(path: Path) -> dict:
+    """A run's recorded recipe; a damaged one (an edit, a copy cut short) is one error line, not a traceback."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        saved = error
+    if not isinstance(saved, dict) or not isinstance(saved.get("configs"), dict) or not isinstance(saved.get("args"), list):
+        why = saved if isinstance(saved, Exception) else "no configs and args"
+        raise SystemExit(f"error: {path}: not a recipe this script wrote ({why}); delete the run folder {path.parent} to "
+                         "retrain it, or write the recipe back")
+    return saved
 
 
 class Ledger:
