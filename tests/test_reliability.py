@@ -626,6 +626,8 @@ def test_pipeline_inputs_are_checked_before_any_stage_trains(workdir, capsys):
     ("--data.init_args.data_dir=not-sni", "data.init_args.data_dir"),
     # it wrote last.ckpt, config.yaml and complete.json into the current folder, unlocked, replaced by the next run
     ("--trainer.logger=false", "trainer.logger: false leaves the run without a run folder"),
+    # a ValueError traceback once the data was set up; now the parser's, in one line naming the key
+    ("--data.init_args.on_error=ignore", "error: data.init_args.on_error: Expected a typing.Literal['raise', 'skip']. Got value: ignore"),
 ])
 def test_more_values_refused_before_anything_is_built(workdir, stages, capsys, option, message):
     Path("a-plain-folder").mkdir(exist_ok=True)

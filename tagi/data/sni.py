@@ -23,13 +23,15 @@ import random
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
+from typing import Literal, get_args
 
 from tagi.errors import TagiError
 
 log = logging.getLogger(__name__)
 
 REQUIRED_FIELDS = ("Definition", "Positive Examples", "Instances", "Categories")
-ON_ERROR = ("raise", "skip")
+OnError = Literal["raise", "skip"]  # a DataModule's `on_error`: the parser refuses anything else, naming both
+ON_ERROR = get_args(OnError)
 SUBSETS = ("train", "val", "test")
 
 

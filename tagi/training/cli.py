@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -43,6 +44,20 @@ class ShortUsageParser(LightningArgumentParser):
         command = self.prog.replace(" [options]", "")  # jsonargparse's subcommand prog: "tagi [options] fit"
         command = "tagi {fit,validate,test,predict}" if command == "tagi" else command
         (file or sys.stdout).write(f"usage: {command} --config FILE [--<section>.<key> VALUE ...]\n")
+
+    def error(self, message: str, ex: Exception | None = None):
+        super().error(_named_value_error(message), ex)
+
+
+# jsonargparse explains a bad value under a class_path with every Union subtype it tried (12 lines for
+# `--data.init_args.on_error=ignore`); the branch under the class names the key and what it accepts.
+_CLASS_VALUE_ERROR = re.compile(r'^Parser key "(\w+)":\n.*?Problem with given class_path [^\n]*\n\s*Parser key "([\w.]+)":\n\s*([^\n]+)', re.S)
+
+
+def _named_value_error(message: str) -> str:
+    """`data.init_args.on_error: Expected a typing.Literal['raise', 'skip']. Got value: ignore`, or `message` as it is."""
+    found = _CLASS_VALUE_ERROR.match(message)
+    return f"{found[1]}.init_args.{found[2]}: {found[3].strip()}" if found else message
 
 
 class TAGICLI(LightningCLI):
