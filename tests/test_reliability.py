@@ -628,6 +628,7 @@ def test_pipeline_inputs_are_checked_before_any_stage_trains(workdir, capsys):
     ("--trainer.logger=false", "trainer.logger: false leaves the run without a run folder"),
     # a ValueError traceback once the data was set up; now the parser's, in one line naming the key
     ("--data.init_args.on_error=ignore", "error: data.init_args.on_error: Expected a typing.Literal['raise', 'skip']. Got value: ignore"),
+    ("--seed_everything=-1", "seed_everything: -1; give an integer from 0 to 4294967295"),  # numpy's ValueError traceback
 ])
 def test_more_values_refused_before_anything_is_built(workdir, stages, capsys, option, message):
     Path("a-plain-folder").mkdir(exist_ok=True)

@@ -26,7 +26,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from tagi.errors import Terminated
+from tagi.errors import InputError, Terminated
 from tagi.io import FolderClaim, folder_lock, is_zero_folder, read_checkpoint, read_checkpoint_record
 from tagi.provenance import Provenance
 from tagi.training.callbacks import MetricsLog, StepProgressBar, artifact_callbacks
@@ -71,6 +71,14 @@ class TAGICLI(LightningCLI):
         parser.set_defaults({"trainer.use_distributed_sampler": False})
         parser.add_argument("--overwrite", type=bool, default=False,
                             help="fit: replace the run folder's finished run and the stage's output_dir (refused otherwise)")
+
+    def _set_seed(self) -> None:
+        """A seed numpy refuses (below 0, 2**32 or above) was a ValueError traceback from Lightning."""
+        seed = self._get(self.config, "seed_everything")
+        if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2**32:
+            raise InputError(f"seed_everything: {seed}; give an integer from 0 to {2**32 - 1}, true for a random seed "
+                             "or false for none (nothing was written)")
+        super()._set_seed()
 
     def _parse_ckpt_path(self) -> None:
         """Lightning reads --ckpt_path's hyperparameters while parsing: a file that is not a checkpoint is
