@@ -25,6 +25,7 @@ from tagi.errors import InputError, Terminated
 from tagi.eval.results import git_commit, render_block
 from tagi.io import COMPLETE_NAME, atomic_write_text
 from tagi.training.cli import run_cli
+from tagi.training.preflight import check_config_arguments
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +232,7 @@ def main(argv: list[str]) -> dict:
     parser = ArgumentParser(prog="python -m tagi pipeline", description=__doc__)
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_function_arguments(run_pipeline)
+    check_config_arguments(argv)
     options = parser.parse_args(argv).as_dict()
     configs = options.pop("config", None) or []
     options = {key: value for key, value in options.items() if not key.startswith("__")}

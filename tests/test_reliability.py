@@ -667,3 +667,20 @@ def test_a_stage_file_with_a_trainer_block_beside_its_trainer_part_is_refused(wo
     run_fails_cleanly(["fit", "--config", str(folder / "pretrain.yaml"), TINY, *FAST], capsys,
                       "pretrain.yaml: its `trainer:` block and the `trainer:` block of parts/trainer.yaml",
                       "`trainer.max_steps: ...`")
+
+
+def test_an_empty_or_broken_config_file_is_named(workdir, capsys):
+    """jsonargparse said "Unexpected config: " (and nothing after) for an empty file, and placed a YAML error
+    "in <unicode string>": neither named the file, here a part that a stage file names."""
+    folder = workdir / "broken-configs"
+    if not folder.exists():
+        shutil.copytree(ROOT / "configs/demo", folder)
+    part = folder / "parts/trainer.yaml"
+    text = part.read_text()
+    part.write_text("# to be filled in\n")
+    run_fails_cleanly(["fit", "--config", str(folder / "pretrain.yaml"), TINY, *FAST], capsys,
+                      f"error: {part}: the file is empty (or only comments); a config file holds options as `key: value` lines")
+    part.write_text(text)
+    (folder / "pipeline.yaml").write_text("teacher: teacher.yaml\nrun: demo: x\n")
+    run_fails_cleanly(["pipeline", "--config", str(folder / "pipeline.yaml")], capsys,
+                      f"error: {folder / 'pipeline.yaml'}: not valid YAML at line 2, column 10: mapping values are not allowed here")

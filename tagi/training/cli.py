@@ -31,9 +31,9 @@ from tagi.io import FolderClaim, folder_lock, is_zero_folder, read_checkpoint, r
 from tagi.provenance import Provenance
 from tagi.training.callbacks import MetricsLog, StepProgressBar, artifact_callbacks
 from tagi.training.checkpoints import AtomicCheckpointIO
-from tagi.training.preflight import (CKPT_ALIASES, EVAL_SUBCOMMANDS, check_config, check_config_files, check_fit_target,
-                                     checkpoint_for_strategy, eval_checkpoint, fit_checkpoint, is_training_run,
-                                     logger_dir, output_dir)
+from tagi.training.preflight import (CKPT_ALIASES, EVAL_SUBCOMMANDS, check_config, check_config_arguments, check_config_files,
+                                     check_fit_target, checkpoint_for_strategy, eval_checkpoint, fit_checkpoint,
+                                     is_training_run, logger_dir, output_dir)
 
 
 class ShortUsageParser(LightningArgumentParser):
@@ -220,6 +220,7 @@ def run_cli(args: list[str] | None = None, run: bool = True, cli_class: type[TAG
     # Help shows each config field's docstring (training/config.py), not only its type. Reading them
     # slows every parse (twice the parser build time), so only help turns it on.
     argv = sys.argv[1:] if args is None else args
+    check_config_arguments(argv)
     wants_help = any(arg in ("-h", "--help") or arg.split("=")[0].endswith(".help") for arg in argv)
     set_parsing_settings(docstring_parse_attribute_docstrings=wants_help)  # a global setting: set on every call
     return cli_class(

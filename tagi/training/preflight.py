@@ -65,13 +65,48 @@ def check_config_files(paths: list[str]) -> None:
 
 
 def _yaml_mapping(path: Path) -> dict:
+    return read_config_file(path) if path.is_file() else {}  # a missing part: jsonargparse names it itself
+
+
+def check_config_arguments(argv: list[str]) -> None:
+    """Every YAML file `--config` names, and every one those name in turn (`config: parts/trainer.yaml`,
+    `backbone: parts/theta0.yaml`, a pipeline's stage files), read before jsonargparse reads them: it reports
+    an empty one as "Unexpected config: " and a YAML error "in <unicode string>", neither naming the file."""
+    values = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]
+    values += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
+    pending, seen = [Path(value) for value in values if Path(value).is_file()], set()  # else inline YAML, or jsonargparse's "does not exist"
+    while pending:
+        path = pending.pop()
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            pending += [path.parent / name for name in _strings(read_config_file(path)) if name.endswith((".yaml", ".yml"))
+                        and (path.parent / name).is_file()]
+
+
+def _strings(tree) -> list[str]:
+    if isinstance(tree, str):
+        return [tree]
+    values = tree.values() if isinstance(tree, dict) else tree if isinstance(tree, list) else []
+    return [string for value in values for string in _strings(value)]
+
+
+def read_config_file(path: Path) -> dict:
+    """A config file's mapping; a file that is not one (not UTF-8, not YAML, empty, a list) is an `InputError`."""
     import yaml
 
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return {}  # jsonargparse has read it already, or reports it itself
-    return loaded if isinstance(loaded, dict) else {}
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); re-save it as UTF-8") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise InputError(f"{path}: not valid YAML{where}: {getattr(error, 'problem', None) or error} (nothing was written)") from None
+    if not isinstance(loaded, dict):
+        what = "is empty (or only comments)" if loaded is None else f"holds a {type(loaded).__name__}"
+        raise InputError(f"{path}: the file {what}; a config file holds options as `key: value` lines, such as "
+                         "configs/demo/pretrain.yaml (nothing was written)")
+    return loaded
 
 
 def check_checkpoint(option: str, value: str, what: str) -> None:
