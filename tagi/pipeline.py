@@ -24,6 +24,7 @@ from jsonargparse import ArgumentParser, ActionConfigFile
 from tagi.errors import InputError, Terminated
 from tagi.eval.results import git_commit, render_block
 from tagi.io import COMPLETE_NAME, atomic_write_text
+from tagi.provenance import CheckpointError
 from tagi.training.cli import run_cli
 from tagi.training.preflight import check_config_arguments
 
@@ -44,6 +45,10 @@ def _run(args: list[str]):
     except Terminated as stopped:  # the pipeline stops there: no later stage runs on a stage that did not finish
         raise Terminated(stopped.stopped, "the pipeline stopped there; rerun the same `tagi pipeline` command: finished "
                          "stages are skipped and a stopped one resumes from its last checkpoint") from None
+    except CheckpointError as mismatch:  # its advice (the saved config.yaml, retrain the teachers) is a hand-run stage's
+        raise CheckpointError(mismatch.problem, "The pipeline skips a finished stage without comparing its settings, so "
+                              "this run's stages were trained with other settings (configs, overrides) than this "
+                              "command's: rerun it with --force=true to retrain them, or give another --run") from None
 
 
 def _complete(folder: Path) -> dict | None:

@@ -25,7 +25,12 @@ STUDENT_STAGES = ("pretrain", "finetune")  # the stages whose checkpoints hold a
 
 
 class CheckpointError(ConfigurationError):
-    """A checkpoint of another stage, backbone or architecture than the one that reads it."""
+    """A checkpoint of another stage, backbone or architecture than the one that reads it: `problem` says what
+    does not match, `fix` what to do in the command that read it (a pipeline gives its own)."""
+
+    def __init__(self, problem: str, fix: str = ""):
+        self.problem, self.fix = problem, fix
+        super().__init__(f"{problem} {fix}".strip())
 
 
 class BackboneSpec(Protocol):
@@ -63,12 +68,12 @@ class Provenance:
         if self.stage not in stages:
             wanted = " or ".join(repr(stage) for stage in stages)
             raise CheckpointError(f"{self.source} was written by the {self.record.get('stage')!r} stage, and a "
-                                  f"checkpoint of the {wanted} stage is needed here. {hint}".strip())
+                                  f"checkpoint of the {wanted} stage is needed here.", hint)
         if backbone is None:
             self._verify_backbone_unchanged(hint)
         elif not backbone.matches(self.backbone):
             raise CheckpointError(f"{self.source} was trained on backbone {self.backbone}, but this run uses "
-                                  f"{backbone.record()}. {hint}".strip())
+                                  f"{backbone.record()}.", hint)
         return self
 
     def located(self, checkpoint: str | Path) -> "Provenance":
@@ -90,11 +95,11 @@ class Provenance:
         recorded, folder = spec.get("weights"), Path(spec.get("name", "tiny"))
         if recorded and not folder.is_dir():
             raise CheckpointError(f"{self.source} was trained on the θ0 folder {folder} (weights {recorded}), which is "
-                                  f"not there, neither from the current folder ({Path.cwd()}) nor above the checkpoint. "
+                                  f"not there, neither from the current folder ({Path.cwd()}) nor above the checkpoint.",
                                   "Run this from the folder the stages ran in, or put θ0 back where it was.")
         if recorded and weights_digest(folder) != recorded:
             raise CheckpointError(f"{self.source} was trained on backbone {folder} with weights {recorded}, but the "
-                                  f"weights there are now {weights_digest(folder)} (θ0 was retrained or replaced since). "
+                                  f"weights there are now {weights_digest(folder)} (θ0 was retrained or replaced since).",
                                   f"Use the θ0 it was trained on, or retrain on this one. {hint}".strip())
 
 
@@ -110,8 +115,8 @@ def verify_teacher(directory: Path, meta: Mapping, backbone: BackboneSpec, lora_
         differences.append(f"tokenizer {meta.get('tokenizer')!r} ≠ {tokenizer!r}")
     if differences:
         raise CheckpointError(
-            f"teacher {directory} does not match this student: " + "; ".join(differences) + ". Retrain the "
-            "teachers with this backbone, tokenizer and lora_rank (teacher.yaml), or point "
+            f"teacher {directory} does not match this student: " + "; ".join(differences) + ".",
+            "Retrain the teachers with this backbone, tokenizer and lora_rank (teacher.yaml), or point "
             "model.init_args.teachers at the folder the matching teacher stage wrote.")
 
 

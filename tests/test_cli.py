@@ -197,6 +197,14 @@ def test_pipeline_runs_every_stage_skips_finished_ones_and_resumes_a_killed_one(
                            "--adapter_check=false"])  # a rerun with the checks off keeps the earlier rows
     assert fewer["scores"].keys() == summary["scores"].keys()
     assert json.loads((tmp_path / "checkpoints/t/pipeline.json").read_text())["scores"].keys() == summary["scores"].keys()
+    # The finished stages were trained from backbone seed 0: the advice was the saved config.yaml, which a pipeline
+    # cannot take; its fix is --force=true (θ0's test is the first consumer to notice, here)
+    with pytest.raises(SystemExit) as exit_info:
+        tagi_main(["pipeline", "--config", config, "--run=t", "--controls=[]", "--adapter_check=false",
+                   f"--overrides={json.dumps([*overrides, '--model.init_args.backbone.seed=3'])}"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and "'seed': 0}, but this run uses" in err and "config.yaml" not in err
+    assert "were trained with other settings (configs, overrides) than this command's: rerun it with --force=true" in err
     recorded = (tmp_path / "checkpoints/t/pipeline.json").read_bytes()
     with pytest.raises(SystemExit) as exit_info:  # a rerun that scores nothing replaced every row with {}
         tagi_main(["pipeline", "--config", config, "--run=t",
