@@ -23,7 +23,7 @@ from jsonargparse import ArgumentParser, ActionConfigFile
 
 from tagi.errors import InputError, Terminated
 from tagi.eval.results import git_commit, render_block
-from tagi.io import COMPLETE_NAME, atomic_write_text
+from tagi.io import COMPLETE_NAME, atomic_write_text, is_zero_folder
 from tagi.provenance import CheckpointError
 from tagi.training.cli import run_cli
 from tagi.training.preflight import check_config_arguments
@@ -59,9 +59,12 @@ def _complete(folder: Path) -> dict | None:
         done = json.loads(marker.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         done = None
+    fix = "delete it, and the pipeline resumes the stage from its checkpoints/last.ckpt, or rerun with --force=true to train every stage again"
     if not isinstance(done, dict) or "last_checkpoint" not in done:
-        raise InputError(f"{marker}: not the completion marker a stage writes (unreadable, or no last_checkpoint); "
-                         "delete it, and the pipeline resumes the stage from its last checkpoint")
+        raise InputError(f"{marker}: not the completion marker a stage writes (unreadable, or no last_checkpoint); {fix}")
+    checkpoint = Path(str(done["last_checkpoint"]))
+    if not (checkpoint.is_file() or is_zero_folder(checkpoint)):  # the next stage would name it, as its own --ckpt_path
+        raise InputError(f"{marker}: its last_checkpoint {checkpoint} is not there (deleted or moved since); {fix}")
     return done
 
 

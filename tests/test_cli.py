@@ -205,6 +205,14 @@ def test_pipeline_runs_every_stage_skips_finished_ones_and_resumes_a_killed_one(
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_info.value.code == 2 and "'seed': 0}, but this run uses" in err and "config.yaml" not in err
     assert "were trained with other settings (configs, overrides) than this command's: rerun it with --force=true" in err
+    marker = tmp_path / "checkpoints/t/finetune/complete.json"
+    finished = marker.read_text()  # a marker naming a checkpoint that is gone was reported as a bad --ckpt_path
+    marker.write_text(json.dumps({**json.loads(finished), "last_checkpoint": "checkpoints/t/finetune/checkpoints/gone.ckpt"}))
+    with pytest.raises(SystemExit) as exit_info:
+        tagi_main(["pipeline", "--config", config, "--run=t", f"--overrides={json.dumps(overrides)}"])
+    assert exit_info.value.code == 2 and ("finetune/complete.json: its last_checkpoint checkpoints/t/finetune/checkpoints/"
+                                          "gone.ckpt is not there") in capsys.readouterr().err
+    marker.write_text(finished)
     recorded = (tmp_path / "checkpoints/t/pipeline.json").read_bytes()
     with pytest.raises(SystemExit) as exit_info:  # a rerun that scores nothing replaced every row with {}
         tagi_main(["pipeline", "--config", config, "--run=t",

@@ -99,7 +99,9 @@ def test_a_finished_theta0_is_reused_only_for_its_recipe(tmp_path):
     folder = tmp_path / "seed0"
     chain = quality.Chain("demo", 0, folder, folder / quality.THETA0, quality.Ledger(tmp_path / "seconds.json"))
     (folder / "theta0").mkdir(parents=True)
-    (folder / "theta0" / "complete.json").write_text(json.dumps({"last_checkpoint": "last.ckpt", "global_step": 4}))
+    (folder / "theta0" / "last.ckpt").write_bytes(b"")  # a finished stage's marker names its checkpoint, which is there
+    (folder / "theta0" / "complete.json").write_text(json.dumps({"last_checkpoint": str(folder / "theta0" / "last.ckpt"),
+                                                                 "global_step": 4}))
     wanted = quality.recipe(chain.config("theta0.yaml"), [*chain.seed_args(), "--model.init_args.backbone.seed=0",
                                                           f"--model.init_args.output_dir={folder / quality.THETA0}"])
     (folder / "theta0" / quality.RECIPE).write_text(json.dumps({**wanted, "args": ["--trainer.max_steps=3"]}))
