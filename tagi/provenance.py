@@ -76,6 +76,27 @@ class Provenance:
                                   f"{backbone.record()}.", hint)
         return self
 
+    def verify_weights(self, saved: Mapping, model: Mapping, architecture: Mapping, hint: str = "") -> "Provenance":
+        """Raise `CheckpointError` unless the checkpoint's state dict `saved` loads into a model whose state dict
+        is `model`, as Lightning loads it (strictly). Lightning finds out only after the run folder was written
+        to, with a traceback. A tensor under a name the model does not have yet counts only within a module it
+        has (the teacher stage builds its bank later, at setup). `architecture`: the model's, to say what differs."""
+        modules = {key.split(".")[0] for key in model}
+        problems = {
+            "of another shape": [key for key in model if key in saved and tuple(saved[key].shape) != tuple(model[key].shape)],
+            "missing": [key for key in model if key not in saved],
+            "this model does not have": [key for key in saved if key not in model and key.split(".")[0] in modules],
+        }
+        if not any(problems.values()):
+            return self
+        counts = ", ".join(f"{len(keys)} tensors {what}" for what, keys in problems.items() if keys)
+        what, keys = next((what, keys) for what, keys in problems.items() if keys)
+        example = f"{keys[0]}" + (f": {list(saved[keys[0]].shape)} there, {list(model[keys[0]].shape)} here" if what == "of another shape" else "")
+        differs = [f"{key} {value!r} there, {architecture.get(key)!r} here"
+                   for key, value in (self.record.get("architecture") or {}).items() if architecture.get(key, value) != value]
+        raise CheckpointError(f"{self.source} does not fit this model: {counts} (e.g. {example})"
+                              + (f"; its architecture differs: {'; '.join(differs)}" if differs else "") + ".", hint)
+
     def located(self, checkpoint: str | Path) -> "Provenance":
         """The record with θ0's folder found from here. A stage records θ0's folder as it was given, relative to
         the folder the stage ran in, which `tagi adapter` need not be run from; checkpoints lie under that

@@ -494,6 +494,18 @@ def test_resume_last_is_checked_against_the_stage_and_backbone(workdir, stages, 
                       "'pretrain' stage", "'finetune' stage")
 
 
+def test_resuming_with_another_architecture_is_refused_before_the_run_folder_is_touched(workdir, stages, capsys):
+    """lora_rank 4 (or fusion off) against a run trained at 8: Lightning's load_state_dict failed with a size-mismatch
+    (or unexpected-keys) traceback, after it had rewritten the finished run's config.yaml with the new value, so
+    the next resume from that config.yaml failed too."""
+    run_fails_cleanly(pretrain_args("--model.init_args.architecture.lora_rank=4", "--ckpt_path=last"), capsys,
+                      "pretrain/checkpoints/last.ckpt does not fit this model: 4 tensors of another shape (e.g. "
+                      "model.hypernet.head_A.weight: [256, 64] there, [128, 64] here); its architecture differs: lora_rank 8 "
+                      "there, 4 here. Give the settings it was trained with (the config.yaml saved in its run folder)")
+    run_fails_cleanly(pretrain_args("--model.init_args.architecture.fusion=false", "--ckpt_path=last"), capsys,
+                      "tensors this model does not have (e.g. model.fusion.0.norm.weight); its architecture differs: fusion True there, False here")
+
+
 def test_a_checkpoint_from_another_run_does_not_lift_the_overwrite_refusal(workdir, stages, capsys):
     teacher = workdir / "checkpoints/demo/teacher/checkpoints/last.ckpt"
     run_fails_cleanly(["fit", "--config", config("teacher"), TINY, *FAST, "--trainer.logger.init_args.name=fresh-teacher",

@@ -165,10 +165,15 @@ class TAGICLI(LightningCLI):
         path = self.config[self.subcommand].get("ckpt_path")
         if not path or path in CKPT_ALIASES or not hasattr(self.model, "describe"):
             return  # aliases resolve later
-        Provenance.of(read_checkpoint_record(path, "--ckpt_path"), path, "--ckpt_path").verify(
+        record = read_checkpoint_record(path, "--ckpt_path")
+        provenance = Provenance.of(record, path, "--ckpt_path").verify(
             [self.model.stage], self.model.backbone_spec,
             hint=f"This config is the {self.model.stage!r} stage: give the config.yaml saved beside the checkpoint, "
                  "or a checkpoint of this stage.")
+        if "state_dict" in record:  # a DeepSpeed folder's module states are laid out its own way
+            provenance.verify_weights(record["state_dict"], self.model.state_dict(), self.model.describe().get("architecture", {}),
+                                      hint="Give the settings it was trained with (the config.yaml saved in its run "
+                                           "folder), or a checkpoint of this architecture (nothing was written).")
 
     def _resume_checkpoint(self) -> Path | None:
         """The file `--ckpt_path` resumes from (`last`: where ModelCheckpoint(save_last=True) writes it)."""
