@@ -231,6 +231,20 @@ def test_a_checkpoint_that_cannot_be_written_names_it_and_keeps_the_old_one(work
     assert (folder / "last.ckpt").read_bytes() == before and hidden_files(folder) == []
 
 
+def test_a_config_yaml_that_cannot_be_written_keeps_the_old_one(workdir):
+    """Lightning wrote config.yaml in place when the fit set up: a resume on a full disk (RLIMIT_FSIZE 3000 bytes, the
+    file is ~3.2 kB) truncated the run's config.yaml and left 3000 bytes of it, with a traceback naming no file."""
+    fit("pretrain", "--trainer.logger.init_args.name=no-room-config", "--trainer.max_steps=2")
+    folder = workdir / "checkpoints/demo/no-room-config"
+    before = {name: (folder / name).read_bytes() for name in ("config.yaml", "metrics.csv")}
+    resumed = tagi_process(["fit", "--config", config("pretrain"), TINY, *FAST, "--trainer.logger.init_args.name=no-room-config",
+                            "--ckpt_path=last"], file_size_limit=3000)
+    assert resumed.returncode == 2, resumed.stderr[-3000:]
+    assert resumed.stderr.strip().splitlines()[-1].startswith(
+        f"error: {Path('checkpoints/demo/no-room-config/config.yaml')}: cannot be written (File too large)")
+    assert {name: (folder / name).read_bytes() for name in before} == before and hidden_files(folder) == []
+
+
 def test_a_test_run_that_cannot_write_its_predictions_leaves_the_earlier_ones_and_no_hidden_file(workdir, stages):
     """A disk full while `test` streams its predictions (RLIMIT_FSIZE: 16 kB, the file is ~36 kB): a traceback
     naming no file, and a hidden half `.tmp-predictions.jsonl-*` left in the run folder."""

@@ -22,12 +22,12 @@ from jsonargparse import set_parsing_settings
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tagi.errors import InputError, Terminated
-from tagi.io import FolderClaim, folder_lock, is_zero_folder, read_checkpoint, read_checkpoint_record
+from tagi.io import FolderClaim, atomic_write_text, folder_lock, is_zero_folder, read_checkpoint, read_checkpoint_record
 from tagi.provenance import Provenance
 from tagi.training.callbacks import MetricsLog, StepProgressBar, artifact_callbacks
 from tagi.training.checkpoints import AtomicCheckpointIO
@@ -58,6 +58,26 @@ def _named_value_error(message: str) -> str:
     """`data.init_args.on_error: Expected a typing.Literal['raise', 'skip']. Got value: ignore`, or `message` as it is."""
     found = _CLASS_VALUE_ERROR.match(message)
     return f"{found[1]}.init_args.{found[2]}: {found[3].strip()}" if found else message
+
+
+class SaveConfig(SaveConfigCallback):
+    """Lightning's writes config.yaml at `setup`, in place: a fit refused after that (a checkpoint that does
+    not restore) had already rewritten the run's config.yaml, and a full disk left half of it. A fit writes
+    it when training starts, its checkpoint restored (not at all when there is nothing left to train); an
+    evaluation at setup, as before; both beside and renamed (`atomic_write_text`)."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            self._write(trainer)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer)
+
+    def _write(self, trainer: L.Trainer) -> None:
+        log_dir = trainer.log_dir  # a collective under DDP: every rank asks
+        if not self.already_saved and trainer.is_global_zero and log_dir is not None:
+            atomic_write_text(Path(log_dir) / self.config_filename, self.parser.dump(self.config, skip_unset=False))
+        self.already_saved = True
 
 
 class TAGICLI(LightningCLI):
@@ -233,7 +253,7 @@ def run_cli(args: list[str] | None = None, run: bool = True, cli_class: type[TAG
         L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
+        save_config_callback=SaveConfig,
         parser_class=ShortUsageParser,
         parser_kwargs={"prog": "tagi"},
         args=args,
