@@ -163,35 +163,59 @@ def test_adapters_survive_moving_with_theta0_or_alone_with_their_backbone(tmp_pa
     assert (tmp_path / "mine" / "backbone").is_dir()
 
 
+def write_student_checkpoint(project: Path, **trained) -> tuple[Path, dict]:
+    """A finetune-stage checkpoint of a student on a θ0 folder, in `project` (the current folder) as the stages
+    lay them out; `trained`: what its data module recorded. Its path and its provenance record."""
+    from tagi.provenance import backbone_record
+
+    theta0 = Path("checkpoints/r/theta0/model")
+    torch.manual_seed(0)
+    load_backbone("tiny", dict(d_model=32, num_heads=2)).save_pretrained(project / theta0)
+    architecture = dict(lora_rank=4, lora_alpha=8.0, generator_hidden_dim=16, site_embed_dim=8)
+    model = TAGIModel(load_backbone(str(project / theta0)), **architecture)
+    record = {"stage": "finetune", "tokenizer": "byt5", "architecture": architecture,
+              "backbone": backbone_record({"name": str(theta0), "tiny_config": None, "seed": 0})}
+    checkpoint = project / "checkpoints/r/finetune/checkpoints/last.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save({"state_dict": {f"model.{key}": value for key, value in model.state_dict().items()}, "tagi": record,
+                "datamodule_hyper_parameters": trained}, checkpoint)
+    return checkpoint, record
+
+
 def test_a_student_finds_its_theta0_from_another_folder_or_says_it_is_gone(tmp_path, monkeypatch, capsys):
     """A stage records θ0's folder as given, relative to where it ran: `tagi adapter` run from another folder, or
     with θ0 deleted, took that path for a hub id and ended in a 44-line traceback about repo ids."""
     import shutil
 
     from tagi.__main__ import main as tagi_main
-    from tagi.provenance import backbone_record
 
     project = tmp_path / "project"
     project.mkdir()
     monkeypatch.chdir(project)
-    theta0 = Path("checkpoints/r/theta0/model")
-    torch.manual_seed(0)
-    load_backbone("tiny", dict(d_model=32, num_heads=2)).save_pretrained(theta0)
-    architecture = dict(lora_rank=4, lora_alpha=8.0, generator_hidden_dim=16, site_embed_dim=8)
-    model = TAGIModel(load_backbone(str(theta0)), **architecture)
-    record = {"stage": "finetune", "tokenizer": "byt5", "architecture": architecture,
-              "backbone": backbone_record({"name": str(theta0), "tiny_config": None, "seed": 0})}
-    checkpoint = project / "checkpoints/r/finetune/checkpoints/last.ckpt"
-    checkpoint.parent.mkdir(parents=True)
-    torch.save({"state_dict": {f"model.{key}": value for key, value in model.state_dict().items()}, "tagi": record}, checkpoint)
+    checkpoint, record = write_student_checkpoint(project)
 
     monkeypatch.chdir(tmp_path)  # not the folder the stages ran in
     adapter = ["adapter", "--ckpt", str(checkpoint), "--instruction", "Sort the words."]
     tagi_main([*adapter, "--out", "adapter"])
     assert json.loads(Path("adapter/adapter_config.json").read_text())["base_model_name_or_path"] == "../project/checkpoints/r/theta0/model"
-    shutil.rmtree(project / theta0)
+    shutil.rmtree(project / "checkpoints/r/theta0/model")
     with pytest.raises(SystemExit) as exit_info:
         tagi_main([*adapter, "--out", "adapter-2"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err and not Path("adapter-2").exists()
-    assert f"--ckpt {checkpoint} was trained on the θ0 folder {theta0} (weights {record['backbone']['weights']}), which is not there" in err
+    assert (f"--ckpt {checkpoint} was trained on the θ0 folder checkpoints/r/theta0/model (weights "
+            f"{record['backbone']['weights']}), which is not there") in err
+
+
+def test_an_adapter_reads_its_instruction_as_the_student_was_trained_to(tmp_path, monkeypatch, caplog):
+    """A student trained on instructions of at most 16 tokens read up to 1024 in `tagi adapter`, with no word;
+    its own limit now applies (as in training), with a warning, and meta.json says the LoRA saw only the start."""
+    monkeypatch.chdir(tmp_path)
+    checkpoint, _ = write_student_checkpoint(tmp_path, max_instruction_length=16, student_input="template")
+    student = Student.from_checkpoint(checkpoint)
+    assert student.max_instruction_length == 16
+    long, short = "Sort the words of every line by their length, shortest first.", "Sort."
+    meta = json.loads((student.export_adapter(long, tmp_path / "long") / "meta.json").read_text())
+    assert meta["instruction"] == long and meta["instruction_truncated_to_tokens"] == 16
+    assert "truncated to 16 (the student's max_instruction_length)" in caplog.text
+    assert "instruction_truncated_to_tokens" not in json.loads((student.export_adapter(short, tmp_path / "short") / "meta.json").read_text())

@@ -64,8 +64,11 @@ class Student:
         model = TAGIModel(load_backbone(spec["name"], tiny, spec.get("seed", 0)), **described["architecture"])
         state = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items() if key.startswith("model.")}
         model.load_trained_state(state)
-        # The data module's own record; checkpoints from before `student_input` existed read bare inputs.
-        kwargs.setdefault("student_input", checkpoint.get("datamodule_hyper_parameters", {}).get("student_input", "bare"))
+        # What it read in training, from the data module's own record: its input format (checkpoints from before
+        # `student_input` existed read bare inputs) and its instruction length (longer ones are truncated to it)
+        trained = checkpoint.get("datamodule_hyper_parameters", {})
+        kwargs.setdefault("student_input", trained.get("student_input", "bare"))
+        kwargs.setdefault("max_instruction_length", trained.get("max_instruction_length", 1024))
         return cls(model, tokenizer, spec, **kwargs)
 
     # -- per task, once
@@ -76,7 +79,8 @@ class Student:
         ids = encode(self.tokenizer, [instruction])[0]
         if len(ids) + 1 > self.max_instruction_length:
             self.truncated_instructions += 1
-            log.warning("instruction of %d tokens truncated to %d", len(ids) + 1, self.max_instruction_length)
+            log.warning("instruction of %d tokens truncated to %d (the student's max_instruction_length)", len(ids) + 1,
+                        self.max_instruction_length)
             ids = ids[: self.max_instruction_length - 1]
         ids = torch.tensor(ids + [self.tokenizer.eos_token_id])
         return self.runner.encode(ids, torch.ones_like(ids))
@@ -112,7 +116,10 @@ class Student:
         meta = {"written_by": EXPORT_MARK, "instruction": instruction, "backbone": self.backbone,
                 "input_template": student_input_text("{input}", self.student_input, instruction),  # what the student reads
                 "note": "backbone + this LoRA only; the student's instruction fusion and FiD are not part of a PEFT adapter"}
+        truncated = self.truncated_instructions
         lora = self.encode(instruction).lora
+        if self.truncated_instructions > truncated:  # meta.json's instruction is the whole text; the LoRA saw its start
+            meta["instruction_truncated_to_tokens"] = self.max_instruction_length
         earlier = _earlier_export(out)
         with atomic_directory(out, own_only="--out", also_own={BACKBONE_FOLDER} if earlier else ()) as staging:
             base = BACKBONE_FOLDER if copy else self._named_backbone(out)
