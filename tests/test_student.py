@@ -163,9 +163,9 @@ def test_adapters_survive_moving_with_theta0_or_alone_with_their_backbone(tmp_pa
     assert (tmp_path / "mine" / "backbone").is_dir()
 
 
-def write_student_checkpoint(project: Path, **trained) -> tuple[Path, dict]:
-    """A finetune-stage checkpoint of a student on a θ0 folder, in `project` (the current folder) as the stages
-    lay them out; `trained`: what its data module recorded. Its path and its provenance record."""
+def write_student_checkpoint(project: Path, stage: str = "finetune", **trained) -> tuple[Path, dict]:
+    """A `stage` checkpoint of a student on a θ0 folder, in `project` (the current folder) as the stages lay
+    them out; `trained`: what its data module recorded. Its path and its provenance record."""
     from tagi.provenance import backbone_record
 
     theta0 = Path("checkpoints/r/theta0/model")
@@ -173,12 +173,12 @@ def write_student_checkpoint(project: Path, **trained) -> tuple[Path, dict]:
     load_backbone("tiny", dict(d_model=32, num_heads=2)).save_pretrained(project / theta0)
     architecture = dict(lora_rank=4, lora_alpha=8.0, generator_hidden_dim=16, site_embed_dim=8)
     model = TAGIModel(load_backbone(str(project / theta0)), **architecture)
-    record = {"stage": "finetune", "tokenizer": "byt5", "architecture": architecture,
+    record = {"stage": stage, "tokenizer": "byt5", "architecture": architecture,
               "backbone": backbone_record({"name": str(theta0), "tiny_config": None, "seed": 0})}
-    checkpoint = project / "checkpoints/r/finetune/checkpoints/last.ckpt"
+    checkpoint = project / f"checkpoints/r/{stage}/checkpoints/last.ckpt"
     checkpoint.parent.mkdir(parents=True)
     torch.save({"state_dict": {f"model.{key}": value for key, value in model.state_dict().items()}, "tagi": record,
-                "datamodule_hyper_parameters": trained}, checkpoint)
+                "datamodule_hyper_parameters": trained, "global_step": 7}, checkpoint)
     return checkpoint, record
 
 
@@ -219,3 +219,13 @@ def test_an_adapter_reads_its_instruction_as_the_student_was_trained_to(tmp_path
     assert meta["instruction"] == long and meta["instruction_truncated_to_tokens"] == 16
     assert "truncated to 16 (the student's max_instruction_length)" in caplog.text
     assert "instruction_truncated_to_tokens" not in json.loads((student.export_adapter(short, tmp_path / "short") / "meta.json").read_text())
+
+
+def test_an_adapter_records_the_checkpoint_it_came_from_and_a_stage_two_one_is_said(tmp_path, monkeypatch, caplog):
+    """`tagi adapter --ckpt` of a pretrain (stage 2) checkpoint, whose hypernetwork never saw a task, wrote an
+    adapter indistinguishable from a finetuned student's."""
+    monkeypatch.chdir(tmp_path)
+    checkpoint, _ = write_student_checkpoint(tmp_path, stage="pretrain")
+    meta = json.loads((Student.from_checkpoint(checkpoint).export_adapter("Sort.", tmp_path / "adapter") / "meta.json").read_text())
+    assert meta["student"] == {"checkpoint": str(checkpoint), "stage": "pretrain", "global_step": 7}
+    assert f"--ckpt {checkpoint} is a pretrain-stage checkpoint: its hypernetwork was never finetuned on tasks" in caplog.text

@@ -52,6 +52,7 @@ class Student:
         self.runner = StudentRunner(model, tokenizer, cache_size)  # what the stages' evaluation generates with too
         self.cache = self.runner.cache
         self.truncated_instructions = 0
+        self.source: dict | None = None  # the checkpoint it was loaded from: path, stage, step (recorded in meta.json)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> "Student":
@@ -69,7 +70,12 @@ class Student:
         trained = checkpoint.get("datamodule_hyper_parameters", {})
         kwargs.setdefault("student_input", trained.get("student_input", "bare"))
         kwargs.setdefault("max_instruction_length", trained.get("max_instruction_length", 1024))
-        return cls(model, tokenizer, spec, **kwargs)
+        student = cls(model, tokenizer, spec, **kwargs)
+        student.source = {"checkpoint": str(Path(path).resolve()), "stage": described["stage"], "global_step": checkpoint.get("global_step")}
+        if described["stage"] != "finetune":  # accepted (it is a student), but not what a user of its adapters expects
+            log.warning("--ckpt %s is a %s-stage checkpoint: its hypernetwork was never finetuned on tasks; meta.json of "
+                        "an adapter from it records that (student.stage)", path, described["stage"])
+        return student
 
     # -- per task, once
 
@@ -116,6 +122,8 @@ class Student:
         meta = {"written_by": EXPORT_MARK, "instruction": instruction, "backbone": self.backbone,
                 "input_template": student_input_text("{input}", self.student_input, instruction),  # what the student reads
                 "note": "backbone + this LoRA only; the student's instruction fusion and FiD are not part of a PEFT adapter"}
+        if self.source is not None:
+            meta["student"] = self.source
         truncated = self.truncated_instructions
         lora = self.encode(instruction).lora
         if self.truncated_instructions > truncated:  # meta.json's instruction is the whole text; the LoRA saw its start
