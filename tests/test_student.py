@@ -20,9 +20,13 @@ INSTRUCTION = format_instruction("Reverse the words.", [("a b", "b a")])
 @pytest.fixture(params=["mlp", "hart"])
 def student(request) -> Student:
     """A student of each generator family: caching, serving and export must not depend on it."""
+    return tiny_student(request.param)
+
+
+def tiny_student(generator: str = "mlp") -> Student:
     torch.manual_seed(0)
     backbone = load_backbone("tiny", dict(d_model=32, num_heads=2))
-    model = TAGIModel(backbone, lora_rank=4, lora_alpha=8.0, generator=request.param, generator_width=32,
+    model = TAGIModel(backbone, lora_rank=4, lora_alpha=8.0, generator=generator, generator_width=32,
                       generator_hidden_dim=16, site_embed_dim=8, b_init_std=0.05)
     return Student(model, ByT5Tokenizer(), {"name": "tiny", "tiny_config": {"d_model": 32, "num_heads": 2}, "seed": 0})
 
@@ -229,3 +233,36 @@ def test_an_adapter_records_the_checkpoint_it_came_from_and_a_stage_two_one_is_s
     meta = json.loads((Student.from_checkpoint(checkpoint).export_adapter("Sort.", tmp_path / "adapter") / "meta.json").read_text())
     assert meta["student"] == {"checkpoint": str(checkpoint), "stage": "pretrain", "global_step": 7}
     assert f"--ckpt {checkpoint} is a pretrain-stage checkpoint: its hypernetwork was never finetuned on tasks" in caplog.text
+
+
+def test_two_exports_into_one_folder_at_once_are_not_both_reported_written(tmp_path):
+    """Two `tagi adapter --out adapters/x` at once both passed the check of what was there, both said they wrote
+    the adapter, and the second replaced the first. The second is now refused while the first writes."""
+    import subprocess
+    import sys
+    import time
+
+    from tagi.errors import ConfigurationError
+
+    script = f"""
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from tagi.inference import student as module
+from test_student import INSTRUCTION, tiny_student
+real = module.write_adapter
+def slow_write(*args, **kwargs):
+    Path({str(tmp_path / "started")!r}).touch()
+    time.sleep(4)  # the first export, still writing
+    real(*args, **kwargs)
+module.write_adapter = slow_write
+tiny_student().export_adapter(INSTRUCTION, {str(tmp_path / "adapter")!r})
+"""
+    first = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "started").exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(ConfigurationError, match=r"--out .*adapter: another run is writing into it"):
+        tiny_student().export_adapter(INSTRUCTION, tmp_path / "adapter")
+    assert first.wait() == 0, first.stderr.read()[-2000:]
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()

@@ -24,7 +24,7 @@ from tagi.data.sni import Demonstration, Task
 from tagi.data.templates import instruction_text, student_input_text
 from tagi.data.tokenization import encode, load_tokenizer
 from tagi.errors import InputError
-from tagi.io import atomic_directory, read_checkpoint
+from tagi.io import atomic_directory, folder_lock, read_checkpoint
 from tagi.provenance import STUDENT_STAGES, Provenance
 from tagi.modeling.model import TAGIModel, TaskEncoding
 from tagi.modeling.backbone import load_backbone
@@ -128,14 +128,17 @@ class Student:
         lora = self.encode(instruction).lora
         if self.truncated_instructions > truncated:  # meta.json's instruction is the whole text; the LoRA saw its start
             meta["instruction_truncated_to_tokens"] = self.max_instruction_length
-        earlier = _earlier_export(out)
-        with atomic_directory(out, own_only="--out", also_own={BACKBONE_FOLDER} if earlier else ()) as staging:
-            base = BACKBONE_FOLDER if copy else self._named_backbone(out)
-            write_adapter(staging, lora, self.model.site_names, self.model.lora_alpha, base, meta)
-            self.tokenizer.save_pretrained(staging)
-            if copy:
-                self.model.backbone.save_pretrained(staging / BACKBONE_FOLDER)
-                self.tokenizer.save_pretrained(staging / BACKBONE_FOLDER)
+        # One export into `out` at a time: two at once both passed the check of what is there and both said they
+        # wrote it, while the second replaced the first.
+        with folder_lock(out, "--out"):
+            earlier = _earlier_export(out)
+            with atomic_directory(out, own_only="--out", also_own={BACKBONE_FOLDER} if earlier else ()) as staging:
+                base = BACKBONE_FOLDER if copy else self._named_backbone(out)
+                write_adapter(staging, lora, self.model.site_names, self.model.lora_alpha, base, meta)
+                self.tokenizer.save_pretrained(staging)
+                if copy:
+                    self.model.backbone.save_pretrained(staging / BACKBONE_FOLDER)
+                    self.tokenizer.save_pretrained(staging / BACKBONE_FOLDER)
         return out
 
     def _needs_backbone_copy(self) -> bool:
