@@ -135,6 +135,25 @@ def _instance(ex, i: int, task_name: str, path: Path) -> Instance:
                     None if options is None else [o.strip() for o in options])
 
 
+def _check_ids(instances: list[Instance], path: Path) -> None:
+    """predictions.jsonl names each instance by its id: two with one id could not be told apart."""
+    first: dict[str, int] = {}
+    for i, instance in enumerate(instances):
+        if instance.id in first:
+            raise InvalidTaskError(path, f"Instances[{i}].id", f"{instance.id!r} is also the id of Instances[{first[instance.id]}]",
+                                   "give each instance an id of its own")
+        first[instance.id] = i
+
+
+def _say_empty_references(instances: list[Instance], path: Path) -> None:
+    """An empty reference is kept (an empty answer may be right; ni-v1's task044 has one, likely a data error),
+    but not silently: an empty prediction matches it exactly."""
+    empty = [i for i, instance in enumerate(instances) if "" in instance.outputs]
+    if empty:
+        log.warning("%s: %d instance(s) with an empty reference, first Instances[%d]: an empty answer matches it exactly; "
+                    "kept as written", path, len(empty), empty[0])
+
+
 def _categories(raw: dict, path: Path) -> list[str]:
     cats = raw["Categories"]
     if isinstance(cats, str):
@@ -179,6 +198,8 @@ def read_task(path: Path | str, max_instances: int | None = None,
         raise InvalidTaskError(path, "Instances", "task has no instances", "add at least one")
     name = path.stem
     instances = [_instance(ex, i, name, path) for i, ex in enumerate(raw["Instances"])]
+    _check_ids(instances, path)
+    _say_empty_references(instances, path)
     return Task(name=name, definition=_definition(raw, path), positive_examples=_demonstrations(raw, path),
                 instances=_cap(instances, max_instances, sample_seed, name),
                 categories=_categories(raw, path), path=path, paraphrases=_paraphrases(raw, path))
