@@ -148,6 +148,18 @@ def test_an_empty_reference_is_kept_and_said(tmp_path, caplog):
     assert "good.json: 1 instance(s) with an empty reference, first Instances[1]" in caplog.text
 
 
+def test_a_task_of_many_instances_is_said_with_the_count(tmp_path, caplog, monkeypatch):
+    """A task of 10**6 instances was read whole (6 s, 1.5 GB) to use 100 of them, without a word."""
+    from tagi.data import sni
+
+    monkeypatch.setattr(sni, "LARGE_TASK", 3)  # the real threshold, 100,000, as a file of 4 instances
+    body = good_task(Instances=[{"id": str(i), "input": f"w{i}", "output": [f"w{i} w{i}"]} for i in range(4)])
+    root = make_root(tmp_path, {"big": body}, ["big"])
+    with caplog.at_level(logging.WARNING):
+        assert len(read_task(root / "tasks" / "big.json", max_instances=2).instances) == 2
+    assert "big.json: 4 instances (0 MB) read whole into memory, 2 of them used" in caplog.text
+
+
 def test_task_listed_but_absent(tmp_path, caplog):
     root = make_root(tmp_path, {"good": good_task()}, ["good", "ghost"])
     with pytest.raises(InvalidTaskError, match=r"ghost\.json.*listed in .*train_tasks\.txt"):
