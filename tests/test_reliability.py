@@ -495,6 +495,16 @@ def pretrain_args(*extra: str) -> list[str]:
     return ["fit", "--config", config("pretrain"), TINY, *FAST, *extra]
 
 
+def test_a_lora_rank_above_the_model_width_is_refused(workdir, capsys):
+    """Rank 33 on the tiny backbone's 32-wide q/v projections trained without a word (a rank-33 update of a 32 × 32
+    matrix is a rank-32 one with more weights)."""
+    run_fails_cleanly(pretrain_args("--model.init_args.architecture.lora_rank=33", "--trainer.logger.init_args.name=wide-rank"),
+                      capsys, "model.init_args.architecture.lora_rank: 33 is above the width of θ0's q/v projections (32 → 32)")
+    run_fails_cleanly(["fit", "--config", config("teacher"), TINY, *FAST, "--model.init_args.lora_rank=64",
+                       "--trainer.logger.init_args.name=wide-rank", "--model.init_args.output_dir=teachers/wide"],
+                      capsys, "model.init_args.lora_rank: 64 is above the width", "Give at most 32")
+
+
 def test_resume_last_without_a_checkpoint_trains_nothing(workdir, stages, capsys):
     """Lightning alone warns and trains from scratch, replacing the run's artifacts."""
     run_fails_cleanly(finetune_args(stages, "--trainer.logger.init_args.name=never-ran", "--ckpt_path=last"), capsys,

@@ -32,8 +32,8 @@ from tagi.provenance import Provenance
 from tagi.training.callbacks import MetricsLog, StepProgressBar, artifact_callbacks
 from tagi.training.checkpoints import AtomicCheckpointIO
 from tagi.training.preflight import (CKPT_ALIASES, EVAL_SUBCOMMANDS, check_config, check_config_arguments, check_config_files,
-                                     check_fit_target, checkpoint_for_strategy, eval_checkpoint, fit_checkpoint,
-                                     is_training_run, logger_dir, output_dir)
+                                     check_fit_target, check_lora_rank, checkpoint_for_strategy, eval_checkpoint,
+                                     fit_checkpoint, is_training_run, logger_dir, output_dir)
 
 
 class ShortUsageParser(LightningArgumentParser):
@@ -121,6 +121,7 @@ class TAGICLI(LightningCLI):
         if self.subcommand:
             config.ckpt_path = checkpoint_for_strategy(self.subcommand, config.as_dict())
         if self.subcommand == "fit":
+            check_lora_rank((config.as_dict().get("model") or {}).get("init_args") or {})
             check_fit_target(config.as_dict())
             out = output_dir(config.as_dict())
             self.output_claim = FolderClaim(out, "model.init_args.output_dir") if out else None

@@ -8,6 +8,7 @@ stages' `prepare`, which the CLI calls before `trainer.fit` starts writing. Ligh
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import tempfile
@@ -133,6 +134,34 @@ def check_model_values(model: dict) -> None:
     decay = optimization.get("weight_decay")
     if isinstance(decay, (int, float)) and decay < 0:
         raise InputError(f"model.init_args.optimization.weight_decay: {decay}; it must be 0 or more")
+
+
+def check_lora_rank(model: dict) -> None:
+    """A fit's LoRA rank above the width of the q/v projections it adapts: B·A has rank at most min(in, out), so
+    the rest only adds weights and compute. (Checked for fit only: a checkpoint trained so still evaluates.)"""
+    architecture = model.get("architecture") if isinstance(model.get("architecture"), dict) else {}
+    ranks = {"model.init_args.lora_rank": model.get("lora_rank"), "model.init_args.architecture.lora_rank": architecture.get("lora_rank")}
+    shape = _projection_shape(model.get("backbone") if isinstance(model.get("backbone"), dict) else {})
+    for option, rank in ranks.items():
+        if shape is not None and isinstance(rank, int) and rank > min(shape):
+            raise ConfigurationError(
+                f"{option}: {rank} is above the width of θ0's q/v projections ({shape[0]} → {shape[1]}): a LoRA update "
+                f"has rank at most {min(shape)}, so a larger one only adds weights and compute. Give at most {min(shape)} "
+                "(the teachers' rank and the hypernetwork's must be equal; nothing was written)")
+
+
+def _projection_shape(backbone: dict) -> tuple[int, int] | None:
+    """(in, out) of θ0's q/v projections: d_model → num_heads · d_kv, from its config (None: a hub id, not read here)."""
+    name = backbone.get("name") or "tiny"
+    if name == "tiny":
+        from tagi.modeling.backbone import tiny_t5_config
+
+        config = tiny_t5_config(**(backbone.get("tiny_config") or {})).to_dict()
+    elif (Path(name) / "config.json").is_file():
+        config = json.loads((Path(name) / "config.json").read_text(encoding="utf-8"))
+    else:
+        return None
+    return config["d_model"], config["num_heads"] * config["d_kv"]
 
 
 COUNTS = {"batch_size": 1, "eval_batch_size": 1, "tasks_per_batch": 1, "clusters_per_batch": 1, "num_pos": 0,
