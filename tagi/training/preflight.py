@@ -80,15 +80,16 @@ def check_config_arguments(argv: list[str]) -> None:
         path = pending.pop()
         if path.resolve() not in seen:
             seen.add(path.resolve())
-            pending += [path.parent / name for name in _strings(read_config_file(path)) if name.endswith((".yaml", ".yml"))
+            pending += [path.parent / name for name in yaml_strings(read_config_file(path)) if name.endswith((".yaml", ".yml"))
                         and (path.parent / name).is_file()]
 
 
-def _strings(tree) -> list[str]:
+def yaml_strings(tree) -> list[str]:
+    """Every string value in a loaded YAML tree (where a config names other files)."""
     if isinstance(tree, str):
         return [tree]
     values = tree.values() if isinstance(tree, dict) else tree if isinstance(tree, list) else []
-    return [string for value in values for string in _strings(value)]
+    return [string for value in values for string in yaml_strings(value)]
 
 
 def read_config_file(path: Path) -> dict:
