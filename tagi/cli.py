@@ -1,7 +1,7 @@
 """`tagi <command>`: routes `fit | validate | test | predict` to the LightningCLI
 (`tagi.training.cli`), `pipeline` to `tagi.pipeline`, `adapter` to `tagi.inference.export` and
 `fetch` to `tagi.fetch`, and turns every user-fixable failure into one `error:` paragraph with exit status 2
-(a run stopped by SIGTERM: one `stopped:` paragraph saying how to resume, exit status 143)."""
+(a run stopped by SIGTERM or Ctrl-C: one `stopped:` paragraph saying how to resume, exit status 143 or 130)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
             run_cli(argv)
     except Terminated as stopped:  # a SIGTERM Lightning turned into a SystemExit without a code: 0, read as success
         print(f"stopped: {stopped}", file=sys.stderr)
-        raise SystemExit(Terminated.EXIT_STATUS) from None
+        raise SystemExit(stopped.exit_status) from None
     except Exception as error:
         cause = user_error(error)
         if cause is None:

@@ -40,11 +40,12 @@ class FetchError(TagiError, RuntimeError):
 
 
 class Terminated(Exception):
-    """A run stopped by SIGTERM (Lightning stops it between two steps); not a failure of the input, so not
-    a `TagiError`. `python -m tagi` prints what stopped and how to resume, and exits with `EXIT_STATUS`."""
+    """A run stopped by SIGTERM or Ctrl-C (Lightning stops it between two steps); not a failure of the input, so
+    not a `TagiError`. `python -m tagi` prints what stopped and how to resume, and exits with `exit_status`."""
 
     EXIT_STATUS = 143  # 128 + SIGTERM: what a shell reports for a process that SIGTERM ended
+    INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C
 
-    def __init__(self, stopped: str, resume: str):
-        self.stopped, self.resume = stopped, resume
+    def __init__(self, stopped: str, resume: str, exit_status: int = EXIT_STATUS):
+        self.stopped, self.resume, self.exit_status = stopped, resume, exit_status
         super().__init__(f"{stopped}; {resume}")

@@ -44,7 +44,7 @@ def _run(args: list[str]):
         return run_cli(args)
     except Terminated as stopped:  # the pipeline stops there: no later stage runs on a stage that did not finish
         raise Terminated(stopped.stopped, "the pipeline stopped there; rerun the same `tagi pipeline` command: finished "
-                         "stages are skipped and a stopped one resumes from its last checkpoint") from None
+                         "stages are skipped and a stopped one resumes from its last checkpoint", stopped.exit_status) from None
     except CheckpointError as mismatch:  # its advice (the saved config.yaml, retrain the teachers) is a hand-run stage's
         raise CheckpointError(mismatch.problem, "The pipeline skips a finished stage without comparing its settings, so "
                               "this run's stages were trained with other settings (configs, overrides) than this "

@@ -137,6 +137,20 @@ def test_sigterm_mid_run_exits_143_says_how_to_resume_and_the_resume_is_exact(wo
     assert_resumed_as_uninterrupted(workdir, "terminated")
 
 
+def test_ctrl_c_mid_run_exits_130_and_says_how_to_resume(workdir):
+    """Lightning ended a Ctrl-C'd fit with exit status 1 after "Detected KeyboardInterrupt, attempting graceful
+    shutdown ...", and no word of the checkpoint to resume from (as SIGTERM's `stopped:` line gives)."""
+    (workdir / "ckpt-every-4.yaml").write_text(CHECKPOINT_EVERY % 4)
+    victim = _run_stage(["fit", "--config", config("pretrain"), TINY, *FAST, "--trainer.max_steps=4000", "--config",
+                         "ckpt-every-4.yaml"], "ctrl-c", wait=False)
+    _, err = signal_when_saved(victim, workdir / "ctrl-c/checkpoints", 8, signal.SIGINT)
+    assert victim.returncode == 130, err[-3000:]
+    stopped = err.strip().splitlines()[-1]
+    assert stopped.startswith("stopped: `fit` was stopped by Ctrl-C (SIGINT) at step"), stopped
+    assert "ctrl-c/checkpoints/last.ckpt, is at step" in stopped and "--ckpt_path last" in stopped
+    assert not (workdir / "ctrl-c/complete.json").exists()
+
+
 def test_sigterm_stops_the_pipeline_with_143_and_no_later_stage_runs(workdir):
     """The pipeline exited 0 with no table, and no word that its later stages had not run."""
     (workdir / "ckpt-every-4.yaml").write_text(CHECKPOINT_EVERY % 4)

@@ -24,6 +24,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tagi.errors import InputError, Terminated
@@ -137,20 +138,24 @@ class TAGICLI(LightningCLI):
             with folder_lock(folder, "trainer.logger"):
                 return super()._run_subcommand(subcommand)
         except SIGTERMException:  # a SystemExit without a code: the process would exit 0, as if it had finished
-            raise self._terminated(subcommand) from None
+            raise self._terminated(subcommand, "SIGTERM", Terminated.EXIT_STATUS) from None
+        except SystemExit:  # Lightning's exit(1) after Ctrl-C, with no word of how to resume
+            if getattr(self, "trainer", None) is None or self.trainer.state.status != TrainerStatus.INTERRUPTED:
+                raise
+            raise self._terminated(subcommand, "Ctrl-C (SIGINT)", Terminated.INTERRUPTED) from None
 
-    def _terminated(self, subcommand: str) -> Terminated:
+    def _terminated(self, subcommand: str, signal: str, status: int) -> Terminated:
         if subcommand != "fit":
-            return Terminated(f"`{subcommand}` was stopped by SIGTERM before it finished",
-                              "nothing it wrote is complete; rerun the same command")
-        stopped = f"`fit` was stopped by SIGTERM at step {self.trainer.global_step}, before it finished"
+            return Terminated(f"`{subcommand}` was stopped by {signal} before it finished",
+                              "nothing it wrote is complete; rerun the same command", status)
+        stopped = f"`fit` was stopped by {signal} at step {self.trainer.global_step}, before it finished"
         folder = getattr(self.trainer.checkpoint_callback, "dirpath", None)
         last = Path(folder) / "last.ckpt" if folder else None
         if last is None or not (last.is_file() or is_zero_folder(last)):
-            return Terminated(stopped, "no checkpoint had been saved yet; rerun the same command to start it again")
+            return Terminated(stopped, "no checkpoint had been saved yet; rerun the same command to start it again", status)
         step = read_checkpoint_record(last, "--ckpt_path")["global_step"]
         return Terminated(stopped, f"its last checkpoint, {last}, is at step {step}: rerun the same command with "
-                                   "--ckpt_path last to continue from there")
+                                   "--ckpt_path last to continue from there", status)
 
     def _own_eval_folder(self, config) -> None:
         """An evaluation logged into a training run's folder would replace its metrics.csv and config.yaml:
