@@ -23,8 +23,9 @@ class NonFiniteLossError(TagiError, FloatingPointError):
 
 class WriteError(TagiError, OSError):
     """A file or folder that could not be written: the disk is full, read-only, the file is too large for this
-    process (ulimit -f), or no permission. Raised by `tagi.io.writing` with the path; every artifact is written
-    beside its name and renamed, so what that name held before is unchanged."""
+    process (ulimit -f), or no permission. Raised by `tagi.io.writing` with the path, around writes beside that
+    name that are then renamed (what the name held before is unchanged); or by the CLI, without that promise,
+    for a library's write that tagi does not wrap."""
 
     def __init__(self, message: str, error: OSError, path: str | None):
         super().__init__(error.errno, error.strerror, path)

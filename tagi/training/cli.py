@@ -144,11 +144,11 @@ class TAGICLI(LightningCLI):
                 raise
             raise self._terminated(subcommand, "Ctrl-C (SIGINT)", Terminated.INTERRUPTED) from None
 
-    def _terminated(self, subcommand: str, signal: str, status: int) -> Terminated:
+    def _terminated(self, subcommand: str, how: str, status: int) -> Terminated:
         if subcommand != "fit":
-            return Terminated(f"`{subcommand}` was stopped by {signal} before it finished",
+            return Terminated(f"`{subcommand}` was stopped by {how} before it finished",
                               "nothing it wrote is complete; rerun the same command", status)
-        stopped = f"`fit` was stopped by {signal} at step {self.trainer.global_step}, before it finished"
+        stopped = f"`fit` was stopped by {how} at step {self.trainer.global_step}, before it finished"
         folder = getattr(self.trainer.checkpoint_callback, "dirpath", None)
         last = Path(folder) / "last.ckpt" if folder else None
         if last is None or not (last.is_file() or is_zero_folder(last)):

@@ -100,6 +100,8 @@ def read_config_file(path: Path) -> dict:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as error:
         raise InputError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); re-save it as UTF-8") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot be read ({error.strerror})") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -159,10 +161,14 @@ def _projection_shape(backbone: dict) -> tuple[int, int] | None:
 
         config = tiny_t5_config(**(backbone.get("tiny_config") or {})).to_dict()
     elif (Path(name) / "config.json").is_file():
-        config = json.loads((Path(name) / "config.json").read_text(encoding="utf-8"))
+        try:
+            config = json.loads((Path(name) / "config.json").read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None  # loading the backbone reports it, naming the file
     else:
         return None
-    return config["d_model"], config["num_heads"] * config["d_kv"]
+    keys = ("d_model", "num_heads", "d_kv")
+    return (config["d_model"], config["num_heads"] * config["d_kv"]) if all(isinstance(config.get(key), int) for key in keys) else None
 
 
 COUNTS = {"batch_size": 1, "eval_batch_size": 1, "tasks_per_batch": 1, "clusters_per_batch": 1, "num_pos": 0,
