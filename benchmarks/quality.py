@@ -37,6 +37,7 @@ from tagi.io import atomic_write_text  # noqa: E402
 from tagi.pipeline import CONTROL_ROWS, HEADLINE, THETA0, control_args, fit_stage, score_checkpoint  # noqa: E402
 from tagi.eval.reports import RESULTS_JSON  # noqa: E402
 from tagi.eval.results import git_commit, paired_bootstrap, per_example, render_block  # noqa: E402
+from tagi.training.preflight import yaml_strings  # noqa: E402
 
 ABLATIONS = ROOT / "configs" / "ablations"  # one change each, applied after a stage config: --config <stage> --config <ablation>
 
@@ -102,15 +103,8 @@ def recipe(configs: list[str], extra: list[str]) -> dict:
         if path in files or not path.is_file():
             continue
         files[path] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-        pending += [path.parent / value for value in _strings(yaml.safe_load(path.read_text())) if value.endswith(".yaml")]
+        pending += [path.parent / value for value in yaml_strings(yaml.safe_load(path.read_text())) if value.endswith(".yaml")]
     return {"configs": {_shown(path): digest for path, digest in files.items()}, "args": list(extra)}
-
-
-def _strings(tree) -> list[str]:
-    if isinstance(tree, str):
-        return [tree]
-    values = tree.values() if isinstance(tree, dict) else tree if isinstance(tree, list) else []
-    return [string for value in values for string in _strings(value)]
 
 
 def _shown(path: Path) -> str:
@@ -125,12 +119,25 @@ def check_recipe(run: Path, wanted: dict) -> None:
         if (run / "checkpoints").is_dir():
             print(f"warning: {run} has no {RECIPE} (trained before recipes were recorded); reused as it is", file=sys.stderr)
         return
-    saved = json.loads(path.read_text())
+    saved = read_recipe(path)
     if saved != wanted:
         changed = sorted({*saved["configs"].items()} ^ {*wanted["configs"].items()})
         args = sorted(set(saved["args"]) ^ set(wanted["args"]))
         raise SystemExit(f"error: {run} was trained from another recipe (configs that differ: {[c for c, _ in changed]}; "
                          f"overrides that differ: {args}); delete the folder to retrain it with the current one")
+
+
+def read_recipe(path: Path) -> dict:
+    """A run's recorded recipe; a damaged one (an edit, a copy cut short) is one error line, not a traceback."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        saved = error
+    if not isinstance(saved, dict) or not isinstance(saved.get("configs"), dict) or not isinstance(saved.get("args"), list):
+        why = saved if isinstance(saved, Exception) else "no configs and args"
+        raise SystemExit(f"error: {path}: not a recipe this script wrote ({why}); delete the run folder {path.parent} to "
+                         "retrain it, or write the recipe back")
+    return saved
 
 
 class Ledger:

@@ -5,18 +5,23 @@ weight digests. Lightning-free: only consolidating a DeepSpeed folder imports Li
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Collection, Iterator
+from typing import IO, Collection, Iterator
 
-from tagi.errors import ConfigurationError, InputError
+from tagi.errors import ConfigurationError, InputError, WriteError
+
+log = logging.getLogger(__name__)
 
 LOCK_SUFFIX = ".lock"  # `.<run folder>.lock` beside a run folder while a process writes it
 # In a θ0 folder stage 0 wrote: what made it, and its weights' digest. The name predates `theta0` (stage 0's
@@ -39,17 +44,18 @@ def atomic_directory(target: str | os.PathLike, own_only: str | None = None, als
     target = Path(target)
     if own_only is not None:
         _refuse_non_folder(target, own_only)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
-    try:
-        with_umask(staging)
-        yield staging
-        if own_only is not None:
-            _refuse_foreign(target, {entry.name for entry in staging.iterdir()} | set(also_own), own_only)
-        _replace(target, staging)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+    with writing(target, own_only):  # the block writes into the staging folder: its OSErrors are this folder's
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+        try:
+            with_umask(staging)
+            yield staging
+            if own_only is not None:
+                _refuse_foreign(target, {entry.name for entry in staging.iterdir()} | set(also_own), own_only)
+            _replace(target, staging)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
 
 
 def _replace(target: Path, staging: Path) -> None:
@@ -84,20 +90,124 @@ def _refuse_foreign(target: Path, own_names: set[str], option: str) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, fsync it, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    with_umask(tmp)
+    """Write `text` to a temporary file beside `path`, fsync it, then rename over `path` (`AtomicFile`)."""
+    with AtomicFile(path, "w") as handle:
+        handle.write(text)
+
+
+class AtomicFile:
+    """A file written under a temporary name beside `path`, fsynced and renamed over it by `commit`: `path`
+    holds its old content or the whole new one, never half. Beside, not in $TMPDIR: only a rename within one
+    filesystem is atomic (from another one it is a copy, which a full disk stops halfway), and a small
+    $TMPDIR must not fail a write that fits. `discard`, or an error inside `with`, removes the temporary
+    file; every OSError comes out as a `WriteError` naming `path`."""
+
+    def __init__(self, path: str | os.PathLike, mode: str = "wb"):
+        self.path = Path(path)
+        with writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle, self.temporary = tempfile.mkstemp(prefix=f".tmp-{self.path.name}-", dir=self.path.parent)
+            with_umask(self.temporary)
+            self.file: IO = os.fdopen(handle, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+
+    def write(self, data) -> None:
+        with self._discarded_on_error():
+            self.file.write(data)
+
+    def commit(self) -> Path:
+        with self._discarded_on_error():
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.temporary, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        """Remove the temporary file; `path` keeps what it held. Closing may fail again on a full disk (the
+        buffered rest cannot be flushed): the file is closed all the same, and that failure is a WriteError."""
+        Path(self.temporary).unlink(missing_ok=True)
+        if not self.file.closed:
+            with writing(self.path):
+                self.file.close()
+
+    @contextmanager
+    def _discarded_on_error(self) -> Iterator[None]:
+        try:
+            with writing(self.path):
+                yield
+        except BaseException:
+            self.discard()
+            raise
+
+    def __enter__(self) -> IO:
+        return self.file
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if error is None:
+            self.commit()
+            return
+        self.discard()
+        failure = None if isinstance(error, WriteError) else os_error_behind(error)
+        if failure is not None:
+            raise write_error(self.path, failure) from None
+
+
+# A failed write in the user's terms: errno → what to do.
+WRITE_ADVICE = {
+    errno.ENOSPC: "the disk is full: free some space, or write elsewhere",
+    errno.EDQUOT: "the disk quota is used up: free some space, or write elsewhere",
+    errno.EFBIG: "the file is larger than this process may write (ulimit -f) or the filesystem allows",
+    errno.EROFS: "the filesystem is read-only: write elsewhere",
+    errno.EACCES: "no permission to write there: write elsewhere",
+    errno.EPERM: "no permission to write there: write elsewhere",
+}
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}  # only ever a write's failure
+
+
+@contextmanager
+def writing(path: str | os.PathLike, option: str | None = None) -> Iterator[None]:
+    """The block writes `path` (atomically: what `path` held stays until it succeeds); any OSError in it
+    becomes one `WriteError` naming `path` (after `option`, the one that named it) instead of a traceback
+    naming a temporary file, or nothing."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        yield
+    except WriteError:
+        raise
+    except Exception as error:
+        failure = os_error_behind(error)
+        if failure is None:
+            raise
+        raise write_error(path, failure, option=option) from None
+
+
+RUST_IO_ERROR = re.compile(r"\(os error (\d+)\)")  # how safetensors and tokenizers (Rust) report an io::Error
+
+
+def os_error_behind(error: BaseException) -> OSError | None:
+    """`error` if it is an OSError, or the one it was raised from or while handling (torch.save reports a
+    full disk as a RuntimeError from its zip writer, with the OSError as its context), or the one a Rust
+    library's message names ("I/O error: File too large (os error 27)")."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        number = RUST_IO_ERROR.search(str(error))
+        if number is not None:
+            return OSError(int(number.group(1)), os.strerror(int(number.group(1))))
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def write_error(path: str | os.PathLike | None, error: OSError, kept: bool = True, option: str | None = None) -> WriteError:
+    """`path` None: a write of a library's that did not say which file (the CLI's last resort)."""
+    advice = WRITE_ADVICE.get(error.errno, "fix the cause, or write elsewhere")
+    if path is None:
+        where = "a write failed (the library writing it did not say which file)"
+    else:
+        where = f"{option + ' ' if option else ''}{path}: cannot be written"
+    unchanged = "; what was there before is unchanged" if kept and path is not None else ""
+    return WriteError(f"{where} ({error.strerror or error}); {advice}{unchanged}", error, None if path is None else str(path))
 
 
 @contextmanager
@@ -183,13 +293,28 @@ def weights_digest(folder: str | os.PathLike) -> str | None:
     have the sizes and times it recorded, so a large θ0 is not re-read by every stage."""
     folder = Path(folder)
     record = weights_record(folder, digest=False)
-    meta = folder / BACKBONE_META
-    saved = json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {}
+    saved = _recorded_digest(folder / BACKBONE_META)
     if not record["weights_stamps"]:
         return None
     if saved.get("weights_sha256") and saved.get("weights_stamps") == record["weights_stamps"]:
         return saved["weights_sha256"]
     return weights_record(folder)["weights_sha256"]
+
+
+def _recorded_digest(meta: Path) -> dict:
+    """Stage 0's record, only a cache of the digest here: a damaged one (not JSON, not UTF-8, not an object)
+    is said once and the weights are digested instead, which gives the true value either way."""
+    if not meta.is_file():
+        return {}
+    try:
+        saved = json.loads(meta.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        saved = error
+    if isinstance(saved, dict):
+        return saved
+    log.warning("%s: not readable as stage 0's record (%s); θ0's weights are digested from the files instead (slower "
+                "for a large θ0; delete the file to silence this)", meta, saved if isinstance(saved, Exception) else "not an object")
+    return {}
 
 
 def weights_record(folder: Path, digest: bool = True) -> dict:

@@ -24,8 +24,10 @@ from jsonargparse import ArgumentParser, ActionConfigFile
 
 from tagi.errors import InputError, Terminated
 from tagi.eval.results import git_commit, render_block
-from tagi.io import COMPLETE_NAME, atomic_write_text
+from tagi.io import COMPLETE_NAME, atomic_write_text, is_zero_folder
+from tagi.provenance import CheckpointError
 from tagi.training.cli import run_cli
+from tagi.training.preflight import check_config_arguments
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,11 @@ def _run(args: list[str]):
         return run_cli(args)
     except Terminated as stopped:  # the pipeline stops there: no later stage runs on a stage that did not finish
         raise Terminated(stopped.stopped, "the pipeline stopped there; rerun the same `tagi pipeline` command: finished "
-                         "stages are skipped and a stopped one resumes from its last checkpoint") from None
+                         "stages are skipped and a stopped one resumes from its last checkpoint", stopped.exit_status) from None
+    except CheckpointError as mismatch:  # its advice (the saved config.yaml, retrain the teachers) is a hand-run stage's
+        raise CheckpointError(mismatch.problem, "The pipeline skips a finished stage without comparing its settings, so "
+                              "this run's stages were trained with other settings (configs, overrides) than this "
+                              "command's: rerun it with --force=true to retrain them, or give another --run") from None
 
 
 def _complete(folder: Path) -> dict | None:
@@ -54,9 +60,12 @@ def _complete(folder: Path) -> dict | None:
         done = json.loads(marker.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         done = None
+    fix = "delete it, and the pipeline resumes the stage from its checkpoints/last.ckpt, or rerun with --force=true to train every stage again"
     if not isinstance(done, dict) or "last_checkpoint" not in done:
-        raise InputError(f"{marker}: not the completion marker a stage writes (unreadable, or no last_checkpoint); "
-                         "delete it, and the pipeline resumes the stage from its last checkpoint")
+        raise InputError(f"{marker}: not the completion marker a stage writes (unreadable, or no last_checkpoint); {fix}")
+    checkpoint = Path(str(done["last_checkpoint"]))
+    if not (checkpoint.is_file() or is_zero_folder(checkpoint)):  # the next stage would name it, as its own --ckpt_path
+        raise InputError(f"{marker}: its last_checkpoint {checkpoint} is not there (deleted or moved since); {fix}")
     return done
 
 
@@ -239,6 +248,7 @@ def main(argv: list[str]) -> dict:
     parser = ArgumentParser(prog="python -m tagi pipeline", description=__doc__)
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_function_arguments(run_pipeline)
+    check_config_arguments(argv)
     options = parser.parse_args(argv).as_dict()
     configs = options.pop("config", None) or []
     options = {key: value for key, value in options.items() if not key.startswith("__")}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -25,7 +25,12 @@ STUDENT_STAGES = ("pretrain", "finetune")  # the stages whose checkpoints hold a
 
 
 class CheckpointError(ConfigurationError):
-    """A checkpoint of another stage, backbone or architecture than the one that reads it."""
+    """A checkpoint of another stage, backbone or architecture than the one that reads it: `problem` says what
+    does not match, `fix` what to do in the command that read it (a pipeline gives its own)."""
+
+    def __init__(self, problem: str, fix: str = ""):
+        self.problem, self.fix = problem, fix
+        super().__init__(f"{problem} {fix}".strip())
 
 
 class BackboneSpec(Protocol):
@@ -63,21 +68,59 @@ class Provenance:
         if self.stage not in stages:
             wanted = " or ".join(repr(stage) for stage in stages)
             raise CheckpointError(f"{self.source} was written by the {self.record.get('stage')!r} stage, and a "
-                                  f"checkpoint of the {wanted} stage is needed here. {hint}".strip())
+                                  f"checkpoint of the {wanted} stage is needed here.", hint)
         if backbone is None:
             self._verify_backbone_unchanged(hint)
         elif not backbone.matches(self.backbone):
             raise CheckpointError(f"{self.source} was trained on backbone {self.backbone}, but this run uses "
-                                  f"{backbone.record()}. {hint}".strip())
+                                  f"{backbone.record()}.", hint)
         return self
 
+    def verify_weights(self, saved: Mapping, model: Mapping, architecture: Mapping, hint: str = "") -> "Provenance":
+        """Raise `CheckpointError` unless the checkpoint's state dict `saved` loads into a model whose state dict
+        is `model`, as Lightning loads it (strictly). Lightning finds out only after the run folder was written
+        to, with a traceback. A tensor under a name the model does not have yet counts only within a module it
+        has (the teacher stage builds its bank later, at setup). `architecture`: the model's, to say what differs."""
+        modules = {key.split(".")[0] for key in model}
+        problems = {
+            "of another shape": [key for key in model if key in saved and tuple(saved[key].shape) != tuple(model[key].shape)],
+            "missing": [key for key in model if key not in saved],
+            "this model does not have": [key for key in saved if key not in model and key.split(".")[0] in modules],
+        }
+        if not any(problems.values()):
+            return self
+        counts = ", ".join(f"{len(keys)} tensors {what}" for what, keys in problems.items() if keys)
+        what, keys = next((what, keys) for what, keys in problems.items() if keys)
+        example = f"{keys[0]}" + (f": {list(saved[keys[0]].shape)} there, {list(model[keys[0]].shape)} here" if what == "of another shape" else "")
+        differs = [f"{key} {value!r} there, {architecture.get(key)!r} here"
+                   for key, value in (self.record.get("architecture") or {}).items() if architecture.get(key, value) != value]
+        raise CheckpointError(f"{self.source} does not fit this model: {counts} (e.g. {example})"
+                              + (f"; its architecture differs: {'; '.join(differs)}" if differs else "") + ".", hint)
+
+    def located(self, checkpoint: str | Path) -> "Provenance":
+        """The record with θ0's folder found from here. A stage records θ0's folder as it was given, relative to
+        the folder the stage ran in, which `tagi adapter` need not be run from; checkpoints lie under that
+        folder (checkpoints/<run>/<stage>/checkpoints/last.ckpt), so it is looked for above the checkpoint too.
+        Only a record with a weights digest names a folder (a hub id has none); the digest is then checked."""
+        spec = self.backbone or {}
+        name = spec.get("name", "tiny")
+        if not spec.get("weights") or Path(name).is_dir():
+            return self
+        found = next((root / name for root in Path(checkpoint).resolve().parents if (root / name).is_dir()), None)
+        return self if found is None else replace(self, record={**self.record, "backbone": {**spec, "name": str(found)}})
+
     def _verify_backbone_unchanged(self, hint: str) -> None:
-        """The LoRA was learned for θ0's weights: a θ0 folder retrained in place since is an error."""
+        """The LoRA was learned for θ0's weights: a θ0 folder retrained in place since is an error, and so is
+        one that is gone (it would be taken for a hub id)."""
         spec = self.backbone or {}
         recorded, folder = spec.get("weights"), Path(spec.get("name", "tiny"))
-        if recorded and folder.is_dir() and weights_digest(folder) != recorded:
+        if recorded and not folder.is_dir():
+            raise CheckpointError(f"{self.source} was trained on the θ0 folder {folder} (weights {recorded}), which is "
+                                  f"not there, neither from the current folder ({Path.cwd()}) nor above the checkpoint.",
+                                  "Run this from the folder the stages ran in, or put θ0 back where it was.")
+        if recorded and weights_digest(folder) != recorded:
             raise CheckpointError(f"{self.source} was trained on backbone {folder} with weights {recorded}, but the "
-                                  f"weights there are now {weights_digest(folder)} (θ0 was retrained or replaced since). "
+                                  f"weights there are now {weights_digest(folder)} (θ0 was retrained or replaced since).",
                                   f"Use the θ0 it was trained on, or retrain on this one. {hint}".strip())
 
 
@@ -93,8 +136,8 @@ def verify_teacher(directory: Path, meta: Mapping, backbone: BackboneSpec, lora_
         differences.append(f"tokenizer {meta.get('tokenizer')!r} ≠ {tokenizer!r}")
     if differences:
         raise CheckpointError(
-            f"teacher {directory} does not match this student: " + "; ".join(differences) + ". Retrain the "
-            "teachers with this backbone, tokenizer and lora_rank (teacher.yaml), or point "
+            f"teacher {directory} does not match this student: " + "; ".join(differences) + ".",
+            "Retrain the teachers with this backbone, tokenizer and lora_rank (teacher.yaml), or point "
             "model.init_args.teachers at the folder the matching teacher stage wrote.")
 
 

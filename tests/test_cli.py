@@ -197,6 +197,22 @@ def test_pipeline_runs_every_stage_skips_finished_ones_and_resumes_a_killed_one(
                            "--adapter_check=false"])  # a rerun with the checks off keeps the earlier rows
     assert fewer["scores"].keys() == summary["scores"].keys()
     assert json.loads((tmp_path / "checkpoints/t/pipeline.json").read_text())["scores"].keys() == summary["scores"].keys()
+    # The finished stages were trained from backbone seed 0: the advice was the saved config.yaml, which a pipeline
+    # cannot take; its fix is --force=true (θ0's test is the first consumer to notice, here)
+    with pytest.raises(SystemExit) as exit_info:
+        tagi_main(["pipeline", "--config", config, "--run=t", "--controls=[]", "--adapter_check=false",
+                   f"--overrides={json.dumps([*overrides, '--model.init_args.backbone.seed=3'])}"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and "'seed': 0}, but this run uses" in err and "config.yaml" not in err
+    assert "were trained with other settings (configs, overrides) than this command's: rerun it with --force=true" in err
+    marker = tmp_path / "checkpoints/t/finetune/complete.json"
+    finished = marker.read_text()  # a marker naming a checkpoint that is gone was reported as a bad --ckpt_path
+    marker.write_text(json.dumps({**json.loads(finished), "last_checkpoint": "checkpoints/t/finetune/checkpoints/gone.ckpt"}))
+    with pytest.raises(SystemExit) as exit_info:
+        tagi_main(["pipeline", "--config", config, "--run=t", f"--overrides={json.dumps(overrides)}"])
+    assert exit_info.value.code == 2 and ("finetune/complete.json: its last_checkpoint checkpoints/t/finetune/checkpoints/"
+                                          "gone.ckpt is not there") in capsys.readouterr().err
+    marker.write_text(finished)
     recorded = (tmp_path / "checkpoints/t/pipeline.json").read_bytes()
     with pytest.raises(SystemExit) as exit_info:  # a rerun that scores nothing replaced every row with {}
         tagi_main(["pipeline", "--config", config, "--run=t",
@@ -386,3 +402,27 @@ def test_adapter_subcommand_writes_a_peft_adapter(workdir, student_checkpoint, c
     assert not (workdir / "a").exists()  # nothing written on error
     assert {path: path.read_bytes() for path in (workdir / "teachers/t/case").iterdir()} == teacher
     assert (workdir / "pos.jsonl").read_text() == '{"input": "cow ape", "output": "ape cow"}\n'
+
+
+def test_an_adapter_that_cannot_be_written_is_one_error_and_the_earlier_export_stays(workdir, student_checkpoint):
+    """`--out` on a folder that refuses writes (/proc here, a read-only disk alike) or a disk that fills up halfway
+    (RLIMIT_FSIZE: a write past 4 kB fails with EFBIG): a traceback naming a `.tmp-*` folder, or nothing."""
+    import resource
+
+    checkpoint, _ = student_checkpoint
+    adapter = ["adapter", "--ckpt", str(checkpoint), "--instruction", "Sort the words.", "--out"]
+    tagi_main([*adapter, "adapters/earlier"])
+    earlier = {path.name: path.read_bytes() for path in (workdir / "adapters/earlier").iterdir() if path.is_file()}
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    for out, limit, message in [("/proc/tagi/adapter", None, "error: --out /proc/tagi/adapter: cannot be written ("),
+                                ("adapters/earlier", small_files, "error: --out adapters/earlier: cannot be written (File too "
+                                 "large); the file is larger than this process may write (ulimit -f) or the filesystem "
+                                 "allows; what was there before is unchanged")]:
+        run = subprocess.run([sys.executable, "-m", "tagi", *adapter, out], capture_output=True, text=True, cwd=workdir,
+                             preexec_fn=limit, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith(message), run.stderr[-3000:]
+    assert {path.name: path.read_bytes() for path in (workdir / "adapters/earlier").iterdir() if path.is_file()} == earlier
+    assert not list((workdir / "adapters").glob(".*"))  # no staging folder left beside it

@@ -111,6 +111,9 @@ BAD_CASES = {
     "bad_positive_example": (good_task(**{"Positive Examples": [{"input": "x"}]}), "Positive Examples[0]", "output"),
     "one_option": (good_task(Instances=[{"id": "1", "input": "x", "output": ["a"], "options": ["a"]}]),
                    "Instances[0].options", "at least two"),
+    # predictions.jsonl could not tell the two apart; it was accepted without a word
+    "duplicate_ids": (good_task(Instances=[{"id": "t-0", "input": w, "output": [w]} for w in ("ox", "emu")]),
+                      "Instances[1].id", "'t-0' is also the id of Instances[0]"),
 }
 
 
@@ -133,6 +136,28 @@ def test_bad_task_is_skipped_with_a_warning_when_configured(tmp_path, caplog, ca
         tasks = load_split(root, on_error="skip")
     assert [t.name for t in tasks] == ["good"]
     assert "bad.json" in caplog.text and field in caplog.text
+
+
+def test_an_empty_reference_is_kept_and_said(tmp_path, caplog):
+    """An empty prediction matches it exactly: it was scored without a word (ni-v1's task044 has one)."""
+    body = good_task(Instances=[{"id": "a", "input": "ox", "output": ["ox ox"]}, {"id": "b", "input": "emu", "output": ["  "]}])
+    root = make_root(tmp_path, {"good": body}, ["good"])
+    with caplog.at_level(logging.WARNING):
+        task = read_task(root / "tasks" / "good.json")
+    assert [instance.outputs for instance in task.instances] == [["ox ox"], [""]]
+    assert "good.json: 1 instance(s) with an empty reference, first Instances[1]" in caplog.text
+
+
+def test_a_task_of_many_instances_is_said_with_the_count(tmp_path, caplog, monkeypatch):
+    """A task of 10**6 instances was read whole (6 s, 1.5 GB) to use 100 of them, without a word."""
+    from tagi.data import sni
+
+    monkeypatch.setattr(sni, "LARGE_TASK", 3)  # the real threshold, 100,000, as a file of 4 instances
+    body = good_task(Instances=[{"id": str(i), "input": f"w{i}", "output": [f"w{i} w{i}"]} for i in range(4)])
+    root = make_root(tmp_path, {"big": body}, ["big"])
+    with caplog.at_level(logging.WARNING):
+        assert len(read_task(root / "tasks" / "big.json", max_instances=2).instances) == 2
+    assert "big.json: 4 instances (0 MB) read whole into memory, 2 of them used" in caplog.text
 
 
 def test_task_listed_but_absent(tmp_path, caplog):

@@ -115,3 +115,19 @@ def test_a_folder_and_a_symlink_to_it_have_one_lock(tmp_path):
     with folder_lock(tmp_path / "link", "trainer.logger"):  # released: the next writer gets it
         assert (tmp_path / "runs" / ".finetune.lock").is_file()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["link", "runs", "runs-link"]
+
+
+def test_a_damaged_theta0_record_is_a_warning_and_the_digest_is_computed(tmp_path, caplog):
+    """tagi_backbone.json is only a cache of θ0's digest: damaged, every consumer (a stage, `tagi adapter`)
+    stopped with a JSONDecodeError traceback."""
+    from tagi.io import BACKBONE_META, weights_digest
+    from tagi.modeling.backbone import load_backbone
+
+    folder = tmp_path / "theta0"
+    load_backbone("tiny", dict(d_model=32, num_heads=2)).save_pretrained(folder)
+    digest = weights_digest(folder)
+    for damage in (b"{not json", b"\xff\xfe", b"[1, 2]"):
+        (folder / BACKBONE_META).write_bytes(damage)
+        assert weights_digest(folder) == digest
+        assert f"{folder / BACKBONE_META}: not readable as stage 0's record" in caplog.text
+        caplog.clear()

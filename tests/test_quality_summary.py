@@ -83,12 +83,25 @@ def test_a_run_is_reused_only_for_the_recipe_it_was_trained_with(tmp_path):
         quality.check_recipe(run, {**wanted, "args": ["--seed_everything=1"]})
 
 
+def test_a_damaged_recipe_is_one_error_line(tmp_path):
+    """recipe.json that is not JSON (or not a recipe) was a JSONDecodeError / KeyError traceback."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for damage in ("{not json", "[]", '{"configs": {}}'):
+        (run / quality.RECIPE).write_text(damage)
+        with pytest.raises(SystemExit, match=rf"^error: {run / quality.RECIPE}: not a recipe this script wrote \(.*\); "
+                                             rf"delete the run folder {run} to retrain it"):
+            quality.check_recipe(run, {"configs": {}, "args": []})
+
+
 def test_a_finished_theta0_is_reused_only_for_its_recipe(tmp_path):
     """Only the later stages' recipes were checked: a finished θ0 trained with other settings was reused silently."""
     folder = tmp_path / "seed0"
     chain = quality.Chain("demo", 0, folder, folder / quality.THETA0, quality.Ledger(tmp_path / "seconds.json"))
     (folder / "theta0").mkdir(parents=True)
-    (folder / "theta0" / "complete.json").write_text(json.dumps({"last_checkpoint": "last.ckpt", "global_step": 4}))
+    (folder / "theta0" / "last.ckpt").write_bytes(b"")  # a finished stage's marker names its checkpoint, which is there
+    (folder / "theta0" / "complete.json").write_text(json.dumps({"last_checkpoint": str(folder / "theta0" / "last.ckpt"),
+                                                                 "global_step": 4}))
     wanted = quality.recipe(chain.config("theta0.yaml"), [*chain.seed_args(), "--model.init_args.backbone.seed=0",
                                                           f"--model.init_args.output_dir={folder / quality.THETA0}"])
     (folder / "theta0" / quality.RECIPE).write_text(json.dumps({**wanted, "args": ["--trainer.max_steps=3"]}))

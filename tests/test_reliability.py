@@ -3,6 +3,8 @@
 import csv
 import json
 import os
+import resource
+import shlex
 import shutil
 import signal
 import subprocess
@@ -135,6 +137,20 @@ def test_sigterm_mid_run_exits_143_says_how_to_resume_and_the_resume_is_exact(wo
     assert_resumed_as_uninterrupted(workdir, "terminated")
 
 
+def test_ctrl_c_mid_run_exits_130_and_says_how_to_resume(workdir):
+    """Lightning ended a Ctrl-C'd fit with exit status 1 after "Detected KeyboardInterrupt, attempting graceful
+    shutdown ...", and no word of the checkpoint to resume from (as SIGTERM's `stopped:` line gives)."""
+    (workdir / "ckpt-every-4.yaml").write_text(CHECKPOINT_EVERY % 4)
+    victim = _run_stage(["fit", "--config", config("pretrain"), TINY, *FAST, "--trainer.max_steps=4000", "--config",
+                         "ckpt-every-4.yaml"], "ctrl-c", wait=False)
+    _, err = signal_when_saved(victim, workdir / "ctrl-c/checkpoints", 8, signal.SIGINT)
+    assert victim.returncode == 130, err[-3000:]
+    stopped = err.strip().splitlines()[-1]
+    assert stopped.startswith("stopped: `fit` was stopped by Ctrl-C (SIGINT) at step"), stopped
+    assert "ctrl-c/checkpoints/last.ckpt, is at step" in stopped and "--ckpt_path last" in stopped
+    assert not (workdir / "ctrl-c/complete.json").exists()
+
+
 def test_sigterm_stops_the_pipeline_with_143_and_no_later_stage_runs(workdir):
     """The pipeline exited 0 with no table, and no word that its later stages had not run."""
     (workdir / "ckpt-every-4.yaml").write_text(CHECKPOINT_EVERY % 4)
@@ -194,6 +210,96 @@ adapters.save_adapter({str(target)!r}, lora, {sites!r}, 8.0, "tiny")
     assert result.returncode == -signal.SIGKILL
     assert sorted(path.name for path in tmp_path.iterdir() if not path.name.startswith(".tmp-")) == ["adapter"]
     assert torch.equal(load_adapter(target, sites).A, lora.A)  # the previous adapter, intact
+
+
+# ---------------------------------------------------------------- a full disk: one error naming the file, nothing half written
+
+def tagi_process(args: list[str], file_size_limit: int | None = None, **env: str) -> subprocess.CompletedProcess:
+    """`python -m tagi ARGS` in a child process; `file_size_limit`: RLIMIT_FSIZE, so a write past that many bytes
+    fails with EFBIG ("File too large") as a full disk would (Python ignores the SIGXFSZ that comes with it)."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+    return subprocess.run([sys.executable, "-m", "tagi", *args], capture_output=True, text=True,
+                          preexec_fn=limit if file_size_limit else None,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+
+
+def hidden_files(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob(".tmp-*"))
+
+
+def test_a_checkpoint_that_cannot_be_written_names_it_and_keeps_the_old_one(workdir):
+    """A resume whose checkpoint does not fit: an OSError traceback naming no file (EFBIG here, ENOSPC on a
+    full disk) from Lightning's temporary file in $TMPDIR. Now one paragraph naming last.ckpt, exit 2."""
+    fit("pretrain", "--trainer.logger.init_args.name=no-room", "--trainer.max_steps=2")
+    folder = workdir / "checkpoints/demo/no-room/checkpoints"
+    before = (folder / "last.ckpt").read_bytes()
+    resumed = tagi_process(["fit", "--config", config("pretrain"), TINY, *FAST, "--trainer.logger.init_args.name=no-room",
+                            "--ckpt_path=last"], file_size_limit=len(before) // 2)
+    assert resumed.returncode == 2, resumed.stderr[-3000:]
+    message = resumed.stderr.strip().splitlines()[-1]
+    assert message == (f"error: {Path('checkpoints/demo/no-room/checkpoints/last.ckpt')}: cannot be written (File too large); "
+                       "the file is larger than this process may write (ulimit -f) or the filesystem allows; what was "
+                       "there before is unchanged")
+    assert (folder / "last.ckpt").read_bytes() == before and hidden_files(folder) == []
+
+
+def test_a_config_yaml_that_cannot_be_written_keeps_the_old_one(workdir):
+    """Lightning wrote config.yaml in place when the fit set up: a resume on a full disk (RLIMIT_FSIZE 3000 bytes, the
+    file is ~3.2 kB) truncated the run's config.yaml and left 3000 bytes of it, with a traceback naming no file."""
+    fit("pretrain", "--trainer.logger.init_args.name=no-room-config", "--trainer.max_steps=2")
+    folder = workdir / "checkpoints/demo/no-room-config"
+    before = {name: (folder / name).read_bytes() for name in ("config.yaml", "metrics.csv")}
+    resumed = tagi_process(["fit", "--config", config("pretrain"), TINY, *FAST, "--trainer.logger.init_args.name=no-room-config",
+                            "--ckpt_path=last"], file_size_limit=3000)
+    assert resumed.returncode == 2, resumed.stderr[-3000:]
+    assert resumed.stderr.strip().splitlines()[-1].startswith(
+        f"error: {Path('checkpoints/demo/no-room-config/config.yaml')}: cannot be written (File too large)")
+    assert {name: (folder / name).read_bytes() for name in before} == before and hidden_files(folder) == []
+
+
+def test_a_test_run_that_cannot_write_its_predictions_leaves_the_earlier_ones_and_no_hidden_file(workdir, stages):
+    """A disk full while `test` streams its predictions (RLIMIT_FSIZE: 16 kB, the file is ~36 kB): a traceback
+    naming no file, and a hidden half `.tmp-predictions.jsonl-*` left in the run folder."""
+    evaluate = ["test", "--config", config("pretrain"), TINY, f"--ckpt_path={stages['pretrain']}", "--trainer.logger.init_args.name=no-room-test",
+                "--data.init_args.max_test_instances_per_task=20", "--trainer.enable_progress_bar=false"]
+    assert tagi_process(evaluate).returncode == 0
+    folder = workdir / "checkpoints/demo/no-room-test"
+    earlier = {name: (folder / name).read_bytes() for name in ("predictions.jsonl", "results.json", "results.md")}
+    failed = tagi_process(evaluate, file_size_limit=16_000)
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    assert failed.stderr.strip().splitlines()[-1].startswith(
+        f"error: {Path('checkpoints/demo/no-room-test/predictions.jsonl')}: cannot be written (File too large)")
+    assert {name: (folder / name).read_bytes() for name in earlier} == earlier and hidden_files(folder) == []
+
+
+def _can_mount_a_tmpfs() -> bool:
+    return shutil.which("unshare") is not None and subprocess.run(
+        ["unshare", "--map-root-user", "--mount", "mount", "-t", "tmpfs", "tmpfs", "/mnt"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_a_tmpfs(), reason="needs `unshare` with user namespaces, to mount a small tmpfs")
+def test_a_checkpoint_is_staged_beside_it_not_in_tmpdir(tmp_path, monkeypatch):
+    """Two small filesystems (tmpfs, in a mount namespace of the test's own). Lightning wrote a checkpoint to
+    $TMPDIR, then moved it: onto a full run folder the move is a copy, which left 600 kB of a 1 MB last.ckpt
+    under its final name; and a $TMPDIR too small for one checkpoint failed a run with room to spare."""
+    monkeypatch.chdir(tmp_path)
+    for folder in ("full", "small-tmp"):
+        (tmp_path / folder).mkdir()
+    command = shlex.join([sys.executable, "-m", "tagi", "fit", "--config", config("pretrain"), TINY, *FAST])
+    script = (f"mount -t tmpfs -o size=600k tmpfs full && mount -t tmpfs -o size=64k tmpfs small-tmp || exit 99\n"
+              f"{command} --trainer.logger.init_args.save_dir=full 2> full.err; echo $? > full.rc\n"
+              "find full -type f | sort > full.files\n"
+              f"TMPDIR=$PWD/small-tmp {command} --trainer.logger.init_args.save_dir=roomy 2> small-tmp.err; echo $? > small-tmp.rc\n")
+    subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script], check=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert Path("full.rc").read_text().strip() == "2", Path("full.err").read_text()[-3000:]
+    assert Path("full.err").read_text().strip().splitlines()[-1].startswith(
+        "error: full/pretrain/checkpoints/last.ckpt: cannot be written (No space left on device); the disk is full")
+    assert "last.ckpt" not in Path("full.files").read_text() and ".tmp-" not in Path("full.files").read_text()
+    assert Path("small-tmp.rc").read_text().strip() == "0", Path("small-tmp.err").read_text()[-3000:]
+    assert torch.load("roomy/pretrain/checkpoints/last.ckpt", weights_only=False)["global_step"] == 4
 
 
 # ---------------------------------------------------------------- bad input: clear error, nothing written
@@ -403,6 +509,16 @@ def pretrain_args(*extra: str) -> list[str]:
     return ["fit", "--config", config("pretrain"), TINY, *FAST, *extra]
 
 
+def test_a_lora_rank_above_the_model_width_is_refused(workdir, capsys):
+    """Rank 33 on the tiny backbone's 32-wide q/v projections trained without a word (a rank-33 update of a 32 × 32
+    matrix is a rank-32 one with more weights)."""
+    run_fails_cleanly(pretrain_args("--model.init_args.architecture.lora_rank=33", "--trainer.logger.init_args.name=wide-rank"),
+                      capsys, "model.init_args.architecture.lora_rank: 33 is above the width of θ0's q/v projections (32 → 32)")
+    run_fails_cleanly(["fit", "--config", config("teacher"), TINY, *FAST, "--model.init_args.lora_rank=64",
+                       "--trainer.logger.init_args.name=wide-rank", "--model.init_args.output_dir=teachers/wide"],
+                      capsys, "model.init_args.lora_rank: 64 is above the width", "Give at most 32")
+
+
 def test_resume_last_without_a_checkpoint_trains_nothing(workdir, stages, capsys):
     """Lightning alone warns and trains from scratch, replacing the run's artifacts."""
     run_fails_cleanly(finetune_args(stages, "--trainer.logger.init_args.name=never-ran", "--ckpt_path=last"), capsys,
@@ -414,6 +530,18 @@ def test_resume_last_is_checked_against_the_stage_and_backbone(workdir, stages, 
                       "--ckpt_path", "pretrain/checkpoints/last.ckpt", "'seed': 0", "'seed': 5")
     run_fails_cleanly(finetune_args(stages, "--trainer.logger.init_args.name=pretrain", "--ckpt_path=last"), capsys,
                       "'pretrain' stage", "'finetune' stage")
+
+
+def test_resuming_with_another_architecture_is_refused_before_the_run_folder_is_touched(workdir, stages, capsys):
+    """lora_rank 4 (or fusion off) against a run trained at 8: Lightning's load_state_dict failed with a size-mismatch
+    (or unexpected-keys) traceback, after it had rewritten the finished run's config.yaml with the new value, so
+    the next resume from that config.yaml failed too."""
+    run_fails_cleanly(pretrain_args("--model.init_args.architecture.lora_rank=4", "--ckpt_path=last"), capsys,
+                      "pretrain/checkpoints/last.ckpt does not fit this model: 4 tensors of another shape (e.g. "
+                      "model.hypernet.head_A.weight: [256, 64] there, [128, 64] here); its architecture differs: lora_rank 8 "
+                      "there, 4 here. Give the settings it was trained with (the config.yaml saved in its run folder)")
+    run_fails_cleanly(pretrain_args("--model.init_args.architecture.fusion=false", "--ckpt_path=last"), capsys,
+                      "tensors this model does not have (e.g. model.fusion.0.norm.weight); its architecture differs: fusion True there, False here")
 
 
 def test_a_checkpoint_from_another_run_does_not_lift_the_overwrite_refusal(workdir, stages, capsys):
@@ -548,6 +676,9 @@ def test_pipeline_inputs_are_checked_before_any_stage_trains(workdir, capsys):
     ("--data.init_args.data_dir=not-sni", "data.init_args.data_dir"),
     # it wrote last.ckpt, config.yaml and complete.json into the current folder, unlocked, replaced by the next run
     ("--trainer.logger=false", "trainer.logger: false leaves the run without a run folder"),
+    # a ValueError traceback once the data was set up; now the parser's, in one line naming the key
+    ("--data.init_args.on_error=ignore", "error: data.init_args.on_error: Expected a typing.Literal['raise', 'skip']. Got value: ignore"),
+    ("--seed_everything=-1", "seed_everything: -1; give an integer from 0 to 4294967295"),  # numpy's ValueError traceback
 ])
 def test_more_values_refused_before_anything_is_built(workdir, stages, capsys, option, message):
     Path("a-plain-folder").mkdir(exist_ok=True)
@@ -586,3 +717,20 @@ def test_a_stage_file_with_a_trainer_block_beside_its_trainer_part_is_refused(wo
     run_fails_cleanly(["fit", "--config", str(folder / "pretrain.yaml"), TINY, *FAST], capsys,
                       "pretrain.yaml: its `trainer:` block and the `trainer:` block of parts/trainer.yaml",
                       "`trainer.max_steps: ...`")
+
+
+def test_an_empty_or_broken_config_file_is_named(workdir, capsys):
+    """jsonargparse said "Unexpected config: " (and nothing after) for an empty file, and placed a YAML error
+    "in <unicode string>": neither named the file, here a part that a stage file names."""
+    folder = workdir / "broken-configs"
+    if not folder.exists():
+        shutil.copytree(ROOT / "configs/demo", folder)
+    part = folder / "parts/trainer.yaml"
+    text = part.read_text()
+    part.write_text("# to be filled in\n")
+    run_fails_cleanly(["fit", "--config", str(folder / "pretrain.yaml"), TINY, *FAST], capsys,
+                      f"error: {part}: the file is empty (or only comments); a config file holds options as `key: value` lines")
+    part.write_text(text)
+    (folder / "pipeline.yaml").write_text("teacher: teacher.yaml\nrun: demo: x\n")
+    run_fails_cleanly(["pipeline", "--config", str(folder / "pipeline.yaml")], capsys,
+                      f"error: {folder / 'pipeline.yaml'}: not valid YAML at line 2, column 10: mapping values are not allowed here")

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,9 +20,13 @@ INSTRUCTION = format_instruction("Reverse the words.", [("a b", "b a")])
 @pytest.fixture(params=["mlp", "hart"])
 def student(request) -> Student:
     """A student of each generator family: caching, serving and export must not depend on it."""
+    return tiny_student(request.param)
+
+
+def tiny_student(generator: str = "mlp") -> Student:
     torch.manual_seed(0)
     backbone = load_backbone("tiny", dict(d_model=32, num_heads=2))
-    model = TAGIModel(backbone, lora_rank=4, lora_alpha=8.0, generator=request.param, generator_width=32,
+    model = TAGIModel(backbone, lora_rank=4, lora_alpha=8.0, generator=generator, generator_width=32,
                       generator_hidden_dim=16, site_embed_dim=8, b_init_std=0.05)
     return Student(model, ByT5Tokenizer(), {"name": "tiny", "tiny_config": {"d_model": 32, "num_heads": 2}, "seed": 0})
 
@@ -160,3 +165,104 @@ def test_adapters_survive_moving_with_theta0_or_alone_with_their_backbone(tmp_pa
     with pytest.raises(InputError, match="mine: the folder holds backbone, which this command did not write"):
         student.export_adapter(INSTRUCTION, tmp_path / "mine")
     assert (tmp_path / "mine" / "backbone").is_dir()
+
+
+def write_student_checkpoint(project: Path, stage: str = "finetune", **trained) -> tuple[Path, dict]:
+    """A `stage` checkpoint of a student on a θ0 folder, in `project` (the current folder) as the stages lay
+    them out; `trained`: what its data module recorded. Its path and its provenance record."""
+    from tagi.provenance import backbone_record
+
+    theta0 = Path("checkpoints/r/theta0/model")
+    torch.manual_seed(0)
+    load_backbone("tiny", dict(d_model=32, num_heads=2)).save_pretrained(project / theta0)
+    architecture = dict(lora_rank=4, lora_alpha=8.0, generator_hidden_dim=16, site_embed_dim=8)
+    model = TAGIModel(load_backbone(str(project / theta0)), **architecture)
+    record = {"stage": stage, "tokenizer": "byt5", "architecture": architecture,
+              "backbone": backbone_record({"name": str(theta0), "tiny_config": None, "seed": 0})}
+    checkpoint = project / f"checkpoints/r/{stage}/checkpoints/last.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save({"state_dict": {f"model.{key}": value for key, value in model.state_dict().items()}, "tagi": record,
+                "datamodule_hyper_parameters": trained, "global_step": 7}, checkpoint)
+    return checkpoint, record
+
+
+def test_a_student_finds_its_theta0_from_another_folder_or_says_it_is_gone(tmp_path, monkeypatch, capsys):
+    """A stage records θ0's folder as given, relative to where it ran: `tagi adapter` run from another folder, or
+    with θ0 deleted, took that path for a hub id and ended in a 44-line traceback about repo ids."""
+    import shutil
+
+    from tagi.__main__ import main as tagi_main
+
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    checkpoint, record = write_student_checkpoint(project)
+
+    monkeypatch.chdir(tmp_path)  # not the folder the stages ran in
+    adapter = ["adapter", "--ckpt", str(checkpoint), "--instruction", "Sort the words."]
+    tagi_main([*adapter, "--out", "adapter"])
+    assert json.loads(Path("adapter/adapter_config.json").read_text())["base_model_name_or_path"] == "../project/checkpoints/r/theta0/model"
+    shutil.rmtree(project / "checkpoints/r/theta0/model")
+    with pytest.raises(SystemExit) as exit_info:
+        tagi_main([*adapter, "--out", "adapter-2"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err and not Path("adapter-2").exists()
+    assert (f"--ckpt {checkpoint} was trained on the θ0 folder checkpoints/r/theta0/model (weights "
+            f"{record['backbone']['weights']}), which is not there") in err
+
+
+def test_an_adapter_reads_its_instruction_as_the_student_was_trained_to(tmp_path, monkeypatch, caplog):
+    """A student trained on instructions of at most 16 tokens read up to 1024 in `tagi adapter`, with no word;
+    its own limit now applies (as in training), with a warning, and meta.json says the LoRA saw only the start."""
+    monkeypatch.chdir(tmp_path)
+    checkpoint, _ = write_student_checkpoint(tmp_path, max_instruction_length=16, student_input="template")
+    student = Student.from_checkpoint(checkpoint)
+    assert student.max_instruction_length == 16
+    long, short = "Sort the words of every line by their length, shortest first.", "Sort."
+    meta = json.loads((student.export_adapter(long, tmp_path / "long") / "meta.json").read_text())
+    assert meta["instruction"] == long and meta["instruction_truncated_to_tokens"] == 16
+    assert "truncated to 16 (the student's max_instruction_length)" in caplog.text
+    assert "instruction_truncated_to_tokens" not in json.loads((student.export_adapter(short, tmp_path / "short") / "meta.json").read_text())
+
+
+def test_an_adapter_records_the_checkpoint_it_came_from_and_a_stage_two_one_is_said(tmp_path, monkeypatch, caplog):
+    """`tagi adapter --ckpt` of a pretrain (stage 2) checkpoint, whose hypernetwork never saw a task, wrote an
+    adapter indistinguishable from a finetuned student's."""
+    monkeypatch.chdir(tmp_path)
+    checkpoint, _ = write_student_checkpoint(tmp_path, stage="pretrain")
+    meta = json.loads((Student.from_checkpoint(checkpoint).export_adapter("Sort.", tmp_path / "adapter") / "meta.json").read_text())
+    assert meta["student"] == {"checkpoint": str(checkpoint), "stage": "pretrain", "global_step": 7}
+    assert f"--ckpt {checkpoint} is a pretrain-stage checkpoint: its hypernetwork was never finetuned on tasks" in caplog.text
+
+
+def test_two_exports_into_one_folder_at_once_are_not_both_reported_written(tmp_path):
+    """Two `tagi adapter --out adapters/x` at once both passed the check of what was there, both said they wrote
+    the adapter, and the second replaced the first. The second is now refused while the first writes."""
+    import subprocess
+    import sys
+    import time
+
+    from tagi.errors import ConfigurationError
+
+    script = f"""
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from tagi.inference import student as module
+from test_student import INSTRUCTION, tiny_student
+real = module.write_adapter
+def slow_write(*args, **kwargs):
+    Path({str(tmp_path / "started")!r}).touch()
+    time.sleep(4)  # the first export, still writing
+    real(*args, **kwargs)
+module.write_adapter = slow_write
+tiny_student().export_adapter(INSTRUCTION, {str(tmp_path / "adapter")!r})
+"""
+    first = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "started").exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(ConfigurationError, match=r"--out .*adapter: another run is writing into it"):
+        tiny_student().export_adapter(INSTRUCTION, tmp_path / "adapter")
+    assert first.wait() == 0, first.stderr.read()[-2000:]
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()

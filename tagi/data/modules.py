@@ -34,7 +34,7 @@ from .collate import Collator
 from .sampler import ShuffledBatchSampler, TaskBatchSampler
 from .controls import Control, apply_control
 from .synthetic import ensure_corpus
-from .sni import Task, split_dir
+from .sni import OnError, Task, split_dir
 from .sni_dataset import (SYNTHETIC, Lengths, SNIDataset, StudentInput, TaskSets, cap_instances, holdout_instances, load_tasks,
                           prepare_data_dir, resolve_data_dir)
 from .tokenization import load_tokenizer
@@ -179,7 +179,7 @@ class TeacherDataModule(_TaskDataModule):
                  max_train_instances_per_task: int | None = None, val_instances_per_task: int = 10,
                  max_test_instances_per_task: int | None = 100, only_clusters: list[str] | None = None,
                  clusters_per_batch: int | None = None, num_workers: int = 0, seed: int = 0,
-                 on_error: str = "raise", synthetic_seed: int = 0, cache_dir: str = "runs/data",
+                 on_error: OnError = "raise", synthetic_seed: int = 0, cache_dir: str = "runs/data",
                  splits_dir: str | None = None, instruction_control: Control = "real"):
         super().__init__()
         self.save_hyperparameters()
@@ -225,7 +225,7 @@ class FinetuneDataModule(_TaskDataModule):
                  max_target_length: int = 128, max_concat_length: int = 1024,
                  max_train_instances_per_task: int | None = None, max_val_instances_per_task: int | None = None,
                  max_test_instances_per_task: int | None = 100, tasks_per_batch: int | None = None,
-                 num_workers: int = 0, seed: int = 0, on_error: str = "raise", synthetic_seed: int = 0,
+                 num_workers: int = 0, seed: int = 0, on_error: OnError = "raise", synthetic_seed: int = 0,
                  cache_dir: str = "runs/data", splits_dir: str | None = None, instruction_control: Control = "real",
                  student_input: StudentInput = "template"):
         super().__init__()
@@ -273,7 +273,7 @@ class PretrainDataModule(_TaskDataModule):
                  eval_data_dir: str | None = None, eval_split: str = "default", num_pos: int = 2,
                  max_concat_length: int = 1024, max_val_instances_per_task: int | None = None,
                  max_test_instances_per_task: int | None = 100, num_workers: int = 0, seed: int = 0,
-                 on_error: str = "raise", synthetic_seed: int = 0, cache_dir: str = "runs/data",
+                 on_error: OnError = "raise", synthetic_seed: int = 0, cache_dir: str = "runs/data",
                  splits_dir: str | None = None, instruction_control: Control = "real",
                  student_input: StudentInput = "template"):
         super().__init__()

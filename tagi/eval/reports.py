@@ -2,18 +2,17 @@
 
 Lightning-free. Predictions stream to a hidden temporary file, one JSON line per example, and are
 renamed into place only when the epoch ends: a large test set never sits in memory, and a killed
-run never leaves a partial file under the final name.
+run never leaves a partial file under the final name (a failed one, a full disk, none at all).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tagi.io import atomic_write_text, with_umask
+from tagi.io import AtomicFile, atomic_write_text
 from tagi.eval.metrics import results_table
 
 RESULTS_JSON, RESULTS_MD, PREDICTIONS = "results.json", "results.md", "predictions.jsonl"
@@ -50,29 +49,26 @@ def write_results(out_dir: str | os.PathLike, scores: Mapping[str, float], task_
 
 
 class PredictionWriter:
-    """Streams {task, id, input, prediction, references} lines; `close()` publishes the file."""
+    """Streams {task, id, input, prediction, references} lines; `close()` publishes the file, `discard()`
+    (or a failed write: a full disk) removes it, leaving what `path` held before."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".tmp-{self.path.name}-", dir=self.path.parent)
-        with_umask(self._tmp)
-        self._file = os.fdopen(fd, "w", encoding="utf-8")
+        self._file = AtomicFile(self.path, "w")
         self.count = 0
 
     def write(self, tasks: Sequence[str], ids: Sequence[str], inputs: Sequence[str], predictions: Sequence[str],
               references: Sequence[Sequence[str]]) -> None:
-        for row in zip(tasks, ids, inputs, predictions, references):
-            line = dict(zip(("task", "id", "input", "prediction", "references"), row))
-            self._file.write(json.dumps(line, ensure_ascii=False) + "\n")
+        rows = (dict(zip(("task", "id", "input", "prediction", "references"), row))
+                for row in zip(tasks, ids, inputs, predictions, references))
+        self._file.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         self.count += len(predictions)
 
     def close(self) -> Path:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self._tmp, self.path)
-        return self.path
+        return self._file.commit()
+
+    def discard(self) -> None:
+        self._file.discard()
 
 
 def read_predictions(path: str | os.PathLike) -> list[dict]:

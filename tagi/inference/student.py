@@ -24,7 +24,7 @@ from tagi.data.sni import Demonstration, Task
 from tagi.data.templates import instruction_text, student_input_text
 from tagi.data.tokenization import encode, load_tokenizer
 from tagi.errors import InputError
-from tagi.io import atomic_directory, read_checkpoint
+from tagi.io import atomic_directory, folder_lock, read_checkpoint
 from tagi.provenance import STUDENT_STAGES, Provenance
 from tagi.modeling.model import TAGIModel, TaskEncoding
 from tagi.modeling.backbone import load_backbone
@@ -52,11 +52,12 @@ class Student:
         self.runner = StudentRunner(model, tokenizer, cache_size)  # what the stages' evaluation generates with too
         self.cache = self.runner.cache
         self.truncated_instructions = 0
+        self.source: dict | None = None  # the checkpoint it was loaded from: path, stage, step (recorded in meta.json)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> "Student":
         checkpoint = read_checkpoint(path, "--ckpt")
-        described = Provenance.of(checkpoint, path, "--ckpt").verify(
+        described = Provenance.of(checkpoint, path, "--ckpt").located(path).verify(
             STUDENT_STAGES, hint="Give a finetune-stage checkpoint such as checkpoints/<run>/finetune/checkpoints/last.ckpt.").record
         tokenizer = load_tokenizer(described["tokenizer"])
         spec = described["backbone"]
@@ -64,9 +65,17 @@ class Student:
         model = TAGIModel(load_backbone(spec["name"], tiny, spec.get("seed", 0)), **described["architecture"])
         state = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items() if key.startswith("model.")}
         model.load_trained_state(state)
-        # The data module's own record; checkpoints from before `student_input` existed read bare inputs.
-        kwargs.setdefault("student_input", checkpoint.get("datamodule_hyper_parameters", {}).get("student_input", "bare"))
-        return cls(model, tokenizer, spec, **kwargs)
+        # What it read in training, from the data module's own record: its input format (checkpoints from before
+        # `student_input` existed read bare inputs) and its instruction length (longer ones are truncated to it)
+        trained = checkpoint.get("datamodule_hyper_parameters", {})
+        kwargs.setdefault("student_input", trained.get("student_input", "bare"))
+        kwargs.setdefault("max_instruction_length", trained.get("max_instruction_length", 1024))
+        student = cls(model, tokenizer, spec, **kwargs)
+        student.source = {"checkpoint": str(Path(path).resolve()), "stage": described["stage"], "global_step": checkpoint.get("global_step")}
+        if described["stage"] != "finetune":  # accepted (it is a student), but not what a user of its adapters expects
+            log.warning("--ckpt %s is a %s-stage checkpoint: its hypernetwork was never finetuned on tasks; meta.json of "
+                        "an adapter from it records that (student.stage)", path, described["stage"])
+        return student
 
     # -- per task, once
 
@@ -76,7 +85,8 @@ class Student:
         ids = encode(self.tokenizer, [instruction])[0]
         if len(ids) + 1 > self.max_instruction_length:
             self.truncated_instructions += 1
-            log.warning("instruction of %d tokens truncated to %d", len(ids) + 1, self.max_instruction_length)
+            log.warning("instruction of %d tokens truncated to %d (the student's max_instruction_length)", len(ids) + 1,
+                        self.max_instruction_length)
             ids = ids[: self.max_instruction_length - 1]
         ids = torch.tensor(ids + [self.tokenizer.eos_token_id])
         return self.runner.encode(ids, torch.ones_like(ids))
@@ -112,15 +122,23 @@ class Student:
         meta = {"written_by": EXPORT_MARK, "instruction": instruction, "backbone": self.backbone,
                 "input_template": student_input_text("{input}", self.student_input, instruction),  # what the student reads
                 "note": "backbone + this LoRA only; the student's instruction fusion and FiD are not part of a PEFT adapter"}
+        if self.source is not None:
+            meta["student"] = self.source
+        truncated = self.truncated_instructions
         lora = self.encode(instruction).lora
-        earlier = _earlier_export(out)
-        with atomic_directory(out, own_only="--out", also_own={BACKBONE_FOLDER} if earlier else ()) as staging:
-            base = BACKBONE_FOLDER if copy else self._named_backbone(out)
-            write_adapter(staging, lora, self.model.site_names, self.model.lora_alpha, base, meta)
-            self.tokenizer.save_pretrained(staging)
-            if copy:
-                self.model.backbone.save_pretrained(staging / BACKBONE_FOLDER)
-                self.tokenizer.save_pretrained(staging / BACKBONE_FOLDER)
+        if self.truncated_instructions > truncated:  # meta.json's instruction is the whole text; the LoRA saw its start
+            meta["instruction_truncated_to_tokens"] = self.max_instruction_length
+        # One export into `out` at a time: two at once both passed the check of what is there and both said they
+        # wrote it, while the second replaced the first.
+        with folder_lock(out, "--out"):
+            earlier = _earlier_export(out)
+            with atomic_directory(out, own_only="--out", also_own={BACKBONE_FOLDER} if earlier else ()) as staging:
+                base = BACKBONE_FOLDER if copy else self._named_backbone(out)
+                write_adapter(staging, lora, self.model.site_names, self.model.lora_alpha, base, meta)
+                self.tokenizer.save_pretrained(staging)
+                if copy:
+                    self.model.backbone.save_pretrained(staging / BACKBONE_FOLDER)
+                    self.tokenizer.save_pretrained(staging / BACKBONE_FOLDER)
         return out
 
     def _needs_backbone_copy(self) -> bool:

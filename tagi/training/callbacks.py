@@ -5,6 +5,7 @@ counts optimizer steps."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import resource
 import time
@@ -86,10 +87,11 @@ class MetricsLog(Callback):
         # Creating the writer removes metrics.csv. It appends to an existing file, and rewrites it
         # with a wider header when new keys come, so it must know the old file's keys.
         logger.experiment.metrics_keys = list(fields)
-        with metrics.open("w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
+        kept = io.StringIO(newline="")
+        writer = csv.DictWriter(kept, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(metrics, kept.getvalue())  # a full disk must not leave half of the run's log
 
 
 class ExportArtifacts(Callback):
@@ -192,6 +194,12 @@ class EvaluationWriter(Callback):
         writer, self._writer = self._writer, None
         if writer is not None:
             rank_zero_info(f"wrote {writer.count} predictions to {writer.close()}")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """A failed or interrupted evaluation leaves no hidden half predictions file behind."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.discard()
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._open(trainer)

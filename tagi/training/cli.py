@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -18,20 +19,23 @@ from pathlib import Path
 import lightning as L
 import torch
 from jsonargparse import set_parsing_settings
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from tagi.errors import Terminated
-from tagi.io import FolderClaim, folder_lock, is_zero_folder, read_checkpoint, read_checkpoint_record
+from tagi.errors import InputError, Terminated
+from tagi.io import FolderClaim, atomic_write_text, folder_lock, is_zero_folder, read_checkpoint, read_checkpoint_record
 from tagi.provenance import Provenance
 from tagi.training import strategies  # noqa: F401  registers `--trainer.strategy=deepspeed_cpu`
 from tagi.training.callbacks import MetricsLog, StepProgressBar, artifact_callbacks
-from tagi.training.preflight import (CKPT_ALIASES, EVAL_SUBCOMMANDS, check_config, check_config_files, check_fit_target,
-                                     checkpoint_for_strategy, eval_checkpoint, fit_checkpoint, is_training_run,
-                                     logger_dir, output_dir)
+from tagi.training.checkpoints import AtomicCheckpointIO
+from tagi.training.preflight import (CKPT_ALIASES, EVAL_SUBCOMMANDS, check_config, check_config_arguments, check_config_files,
+                                     check_fit_target, check_lora_rank, checkpoint_for_strategy, eval_checkpoint,
+                                     fit_checkpoint, is_training_run, logger_dir, output_dir)
 
 
 class ShortUsageParser(LightningArgumentParser):
@@ -42,6 +46,40 @@ class ShortUsageParser(LightningArgumentParser):
         command = self.prog.replace(" [options]", "")  # jsonargparse's subcommand prog: "tagi [options] fit"
         command = "tagi {fit,validate,test,predict}" if command == "tagi" else command
         (file or sys.stdout).write(f"usage: {command} --config FILE [--<section>.<key> VALUE ...]\n")
+
+    def error(self, message: str, ex: Exception | None = None):
+        super().error(_named_value_error(message), ex)
+
+
+# jsonargparse explains a bad value under a class_path with every Union subtype it tried (12 lines for
+# `--data.init_args.on_error=ignore`); the branch under the class names the key and what it accepts.
+_CLASS_VALUE_ERROR = re.compile(r'^Parser key "(\w+)":\n.*?Problem with given class_path [^\n]*\n\s*Parser key "([\w.]+)":\n\s*([^\n]+)', re.S)
+
+
+def _named_value_error(message: str) -> str:
+    """`data.init_args.on_error: Expected a typing.Literal['raise', 'skip']. Got value: ignore`, or `message` as it is."""
+    found = _CLASS_VALUE_ERROR.match(message)
+    return f"{found[1]}.init_args.{found[2]}: {found[3].strip()}" if found else message
+
+
+class SaveConfig(SaveConfigCallback):
+    """Lightning's writes config.yaml at `setup`, in place: a fit refused after that (a checkpoint that does
+    not restore) had already rewritten the run's config.yaml, and a full disk left half of it. A fit writes
+    it when training starts, its checkpoint restored (not at all when there is nothing left to train); an
+    evaluation at setup, as before; both beside and renamed (`atomic_write_text`)."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            self._write(trainer)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer)
+
+    def _write(self, trainer: L.Trainer) -> None:
+        log_dir = trainer.log_dir  # a collective under DDP: every rank asks
+        if not self.already_saved and trainer.is_global_zero and log_dir is not None:
+            atomic_write_text(Path(log_dir) / self.config_filename, self.parser.dump(self.config, skip_unset=False))
+        self.already_saved = True
 
 
 class TAGICLI(LightningCLI):
@@ -55,6 +93,14 @@ class TAGICLI(LightningCLI):
         parser.set_defaults({"trainer.use_distributed_sampler": False})
         parser.add_argument("--overwrite", type=bool, default=False,
                             help="fit: replace the run folder's finished run and the stage's output_dir (refused otherwise)")
+
+    def _set_seed(self) -> None:
+        """A seed numpy refuses (below 0, 2**32 or above) was a ValueError traceback from Lightning."""
+        seed = self._get(self.config, "seed_everything")
+        if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2**32:
+            raise InputError(f"seed_everything: {seed}; give an integer from 0 to {2**32 - 1}, true for a random seed "
+                             "or false for none (nothing was written)")
+        super()._set_seed()
 
     def _parse_ckpt_path(self) -> None:
         """Lightning reads --ckpt_path's hyperparameters while parsing: a file that is not a checkpoint is
@@ -77,6 +123,7 @@ class TAGICLI(LightningCLI):
         if self.subcommand:
             config.ckpt_path = checkpoint_for_strategy(self.subcommand, config.as_dict())
         if self.subcommand == "fit":
+            check_lora_rank((config.as_dict().get("model") or {}).get("init_args") or {})
             check_fit_target(config.as_dict())
             out = output_dir(config.as_dict())
             self.output_claim = FolderClaim(out, "model.init_args.output_dir") if out else None
@@ -92,20 +139,24 @@ class TAGICLI(LightningCLI):
             with folder_lock(folder, "trainer.logger"):
                 return super()._run_subcommand(subcommand)
         except SIGTERMException:  # a SystemExit without a code: the process would exit 0, as if it had finished
-            raise self._terminated(subcommand) from None
+            raise self._terminated(subcommand, "SIGTERM", Terminated.EXIT_STATUS) from None
+        except SystemExit:  # Lightning's exit(1) after Ctrl-C, with no word of how to resume
+            if getattr(self, "trainer", None) is None or self.trainer.state.status != TrainerStatus.INTERRUPTED:
+                raise
+            raise self._terminated(subcommand, "Ctrl-C (SIGINT)", Terminated.INTERRUPTED) from None
 
-    def _terminated(self, subcommand: str) -> Terminated:
+    def _terminated(self, subcommand: str, how: str, status: int) -> Terminated:
         if subcommand != "fit":
-            return Terminated(f"`{subcommand}` was stopped by SIGTERM before it finished",
-                              "nothing it wrote is complete; rerun the same command")
-        stopped = f"`fit` was stopped by SIGTERM at step {self.trainer.global_step}, before it finished"
+            return Terminated(f"`{subcommand}` was stopped by {how} before it finished",
+                              "nothing it wrote is complete; rerun the same command", status)
+        stopped = f"`fit` was stopped by {how} at step {self.trainer.global_step}, before it finished"
         folder = getattr(self.trainer.checkpoint_callback, "dirpath", None)
         last = Path(folder) / "last.ckpt" if folder else None
         if last is None or not (last.is_file() or is_zero_folder(last)):
-            return Terminated(stopped, "no checkpoint had been saved yet; rerun the same command to start it again")
+            return Terminated(stopped, "no checkpoint had been saved yet; rerun the same command to start it again", status)
         step = read_checkpoint_record(last, "--ckpt_path")["global_step"]
         return Terminated(stopped, f"its last checkpoint, {last}, is at step {step}: rerun the same command with "
-                                   "--ckpt_path last to continue from there")
+                                   "--ckpt_path last to continue from there", status)
 
     def _own_eval_folder(self, config) -> None:
         """An evaluation logged into a training run's folder would replace its metrics.csv and config.yaml:
@@ -141,10 +192,15 @@ class TAGICLI(LightningCLI):
         path = self.config[self.subcommand].get("ckpt_path")
         if not path or path in CKPT_ALIASES or not hasattr(self.model, "describe"):
             return  # aliases resolve later
-        Provenance.of(read_checkpoint_record(path, "--ckpt_path"), path, "--ckpt_path").verify(
+        record = read_checkpoint_record(path, "--ckpt_path")
+        provenance = Provenance.of(record, path, "--ckpt_path").verify(
             [self.model.stage], self.model.backbone_spec,
             hint=f"This config is the {self.model.stage!r} stage: give the config.yaml saved beside the checkpoint, "
                  "or a checkpoint of this stage.")
+        if "state_dict" in record:  # a DeepSpeed folder's module states are laid out its own way
+            provenance.verify_weights(record["state_dict"], self.model.state_dict(), self.model.describe().get("architecture", {}),
+                                      hint="Give the settings it was trained with (the config.yaml saved in its run "
+                                           "folder), or a checkpoint of this architecture (nothing was written).")
 
     def _resume_checkpoint(self) -> Path | None:
         """The file `--ckpt_path` resumes from (`last`: where ModelCheckpoint(save_last=True) writes it)."""
@@ -155,13 +211,16 @@ class TAGICLI(LightningCLI):
         return Path(path) if path and (Path(path).is_file() or is_zero_folder(path)) else None
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
-        """Every run writes its artifacts through `artifact_callbacks`; with a progress bar on and none
-        configured, the step-counting one."""
+        """Every run writes its artifacts through `artifact_callbacks`, and its checkpoint files beside their
+        name (`AtomicCheckpointIO`); with a progress bar on and none configured, the step-counting one."""
         configured = [*(config.get("callbacks") or []), *callbacks]
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured) \
                 and _RICH_AVAILABLE:
             callbacks = [*callbacks, StepProgressBar()]
-        return super()._instantiate_trainer(config, [*callbacks, *artifact_callbacks(self.output_claim)])
+        trainer = super()._instantiate_trainer(config, [*callbacks, *artifact_callbacks(self.output_claim)])
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # a configured plugin is the user's choice
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
 
 class _NoAdvertising(logging.Filter):
@@ -193,6 +252,7 @@ def run_cli(args: list[str] | None = None, run: bool = True, cli_class: type[TAG
     # Help shows each config field's docstring (training/config.py), not only its type. Reading them
     # slows every parse (twice the parser build time), so only help turns it on.
     argv = sys.argv[1:] if args is None else args
+    check_config_arguments(argv)
     wants_help = any(arg in ("-h", "--help") or arg.split("=")[0].endswith(".help") for arg in argv)
     set_parsing_settings(docstring_parse_attribute_docstrings=wants_help)  # a global setting: set on every call
     return cli_class(
@@ -200,7 +260,7 @@ def run_cli(args: list[str] | None = None, run: bool = True, cli_class: type[TAG
         L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
+        save_config_callback=SaveConfig,
         parser_class=ShortUsageParser,
         parser_kwargs={"prog": "tagi"},
         args=args,

@@ -8,6 +8,7 @@ stages' `prepare`, which the CLI calls before `trainer.fit` starts writing. Ligh
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import tempfile
@@ -65,13 +66,51 @@ def check_config_files(paths: list[str]) -> None:
 
 
 def _yaml_mapping(path: Path) -> dict:
+    return read_config_file(path) if path.is_file() else {}  # a missing part: jsonargparse names it itself
+
+
+def check_config_arguments(argv: list[str]) -> None:
+    """Every YAML file `--config` names, and every one those name in turn (`config: parts/trainer.yaml`,
+    `backbone: parts/theta0.yaml`, a pipeline's stage files), read before jsonargparse reads them: it reports
+    an empty one as "Unexpected config: " and a YAML error "in <unicode string>", neither naming the file."""
+    values = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]
+    values += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
+    pending, seen = [Path(value) for value in values if Path(value).is_file()], set()  # else inline YAML, or jsonargparse's "does not exist"
+    while pending:
+        path = pending.pop()
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            pending += [path.parent / name for name in yaml_strings(read_config_file(path)) if name.endswith((".yaml", ".yml"))
+                        and (path.parent / name).is_file()]
+
+
+def yaml_strings(tree) -> list[str]:
+    """Every string value in a loaded YAML tree (where a config names other files)."""
+    if isinstance(tree, str):
+        return [tree]
+    values = tree.values() if isinstance(tree, dict) else tree if isinstance(tree, list) else []
+    return [string for value in values for string in yaml_strings(value)]
+
+
+def read_config_file(path: Path) -> dict:
+    """A config file's mapping; a file that is not one (not UTF-8, not YAML, empty, a list) is an `InputError`."""
     import yaml
 
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return {}  # jsonargparse has read it already, or reports it itself
-    return loaded if isinstance(loaded, dict) else {}
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); re-save it as UTF-8") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot be read ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise InputError(f"{path}: not valid YAML{where}: {getattr(error, 'problem', None) or error} (nothing was written)") from None
+    if not isinstance(loaded, dict):
+        what = "is empty (or only comments)" if loaded is None else f"holds a {type(loaded).__name__}"
+        raise InputError(f"{path}: the file {what}; a config file holds options as `key: value` lines, such as "
+                         "configs/demo/pretrain.yaml (nothing was written)")
+    return loaded
 
 
 def check_checkpoint(option: str, value: str, what: str) -> None:
@@ -98,6 +137,38 @@ def check_model_values(model: dict) -> None:
     decay = optimization.get("weight_decay")
     if isinstance(decay, (int, float)) and decay < 0:
         raise InputError(f"model.init_args.optimization.weight_decay: {decay}; it must be 0 or more")
+
+
+def check_lora_rank(model: dict) -> None:
+    """A fit's LoRA rank above the width of the q/v projections it adapts: B·A has rank at most min(in, out), so
+    the rest only adds weights and compute. (Checked for fit only: a checkpoint trained so still evaluates.)"""
+    architecture = model.get("architecture") if isinstance(model.get("architecture"), dict) else {}
+    ranks = {"model.init_args.lora_rank": model.get("lora_rank"), "model.init_args.architecture.lora_rank": architecture.get("lora_rank")}
+    shape = _projection_shape(model.get("backbone") if isinstance(model.get("backbone"), dict) else {})
+    for option, rank in ranks.items():
+        if shape is not None and isinstance(rank, int) and rank > min(shape):
+            raise ConfigurationError(
+                f"{option}: {rank} is above the width of θ0's q/v projections ({shape[0]} → {shape[1]}): a LoRA update "
+                f"has rank at most {min(shape)}, so a larger one only adds weights and compute. Give at most {min(shape)} "
+                "(the teachers' rank and the hypernetwork's must be equal; nothing was written)")
+
+
+def _projection_shape(backbone: dict) -> tuple[int, int] | None:
+    """(in, out) of θ0's q/v projections: d_model → num_heads · d_kv, from its config (None: a hub id, not read here)."""
+    name = backbone.get("name") or "tiny"
+    if name == "tiny":
+        from tagi.modeling.backbone import tiny_t5_config
+
+        config = tiny_t5_config(**(backbone.get("tiny_config") or {})).to_dict()
+    elif (Path(name) / "config.json").is_file():
+        try:
+            config = json.loads((Path(name) / "config.json").read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None  # loading the backbone reports it, naming the file
+    else:
+        return None
+    keys = ("d_model", "num_heads", "d_kv")
+    return (config["d_model"], config["num_heads"] * config["d_kv"]) if all(isinstance(config.get(key), int) for key in keys) else None
 
 
 COUNTS = {"batch_size": 1, "eval_batch_size": 1, "tasks_per_batch": 1, "clusters_per_batch": 1, "num_pos": 0,

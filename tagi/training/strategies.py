@@ -31,6 +31,8 @@ from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch import strategies
 from lightning.pytorch.strategies import StrategyRegistry
 
+from tagi.io import writing
+
 
 class DeepSpeedStrategy(strategies.DeepSpeedStrategy):
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
@@ -39,7 +41,8 @@ class DeepSpeedStrategy(strategies.DeepSpeedStrategy):
         if self.is_global_zero and staging.exists():
             shutil.rmtree(staging)  # a save killed earlier
         self.barrier()
-        super().save_checkpoint(checkpoint, staging, storage_options)
+        with writing(target):  # a full disk: one error naming the checkpoint (the old folder is intact)
+            super().save_checkpoint(checkpoint, staging, storage_options)
         self.barrier()  # every rank's shard is in the staging folder
         if self.is_global_zero:
             _replace_folder(target, staging)
