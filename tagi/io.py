@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Collection, Iterator
 
-from tagi.errors import ConfigurationError, InputError, WriteError
+from tagi.errors import ConfigurationError, InputError, TagiError, WriteError
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def writing(path: str | os.PathLike, option: str | None = None) -> Iterator[None
     naming a temporary file, or nothing."""
     try:
         yield
-    except WriteError:
+    except TagiError:  # said already (a WriteError, or a refusal raised inside the block)
         raise
     except Exception as error:
         failure = os_error_behind(error)
@@ -195,7 +195,7 @@ def os_error_behind(error: BaseException) -> OSError | None:
         if number is not None:
             return OSError(int(number.group(1)), os.strerror(int(number.group(1))))
         seen.add(id(error))
-        error = error.__cause__ or error.__context__
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
     return None
 
 
@@ -222,19 +222,9 @@ def folder_lock(folder: str | os.PathLike, option: str) -> Iterator[None]:
     resolved = folder.resolve()
     lock = resolved.parent / f".{resolved.name}{LOCK_SUFFIX}"
     created = [parent for parent in [lock.parent, *lock.parent.parents] if not parent.exists()]
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        try:
-            with open(lock, "x", encoding="utf-8") as handle:
-                handle.write(f"{holder} {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-            break
-        except FileExistsError:
-            other = lock.read_text(encoding="utf-8").strip()
-            if _holder_alive(other.split(" ")[0]):
-                raise ConfigurationError(
-                    f"{option} {folder}: another run is writing into it ({other}; host:pid, start). Wait for it, "
-                    f"or give another folder; if that process is gone, delete {lock}") from None
-            lock.unlink(missing_ok=True)
+    with writing(folder, option):  # the lock is the first file written there: a read-only disk is said here
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        _take_lock(lock, holder, folder, option)
     try:
         yield
     finally:
@@ -242,6 +232,21 @@ def folder_lock(folder: str | os.PathLike, option: str) -> Iterator[None]:
         for parent in created:  # innermost first
             if parent.is_dir() and not any(parent.iterdir()):
                 parent.rmdir()
+
+
+def _take_lock(lock: Path, holder: str, folder: Path, option: str) -> None:
+    while True:
+        try:
+            with open(lock, "x", encoding="utf-8") as handle:
+                handle.write(f"{holder} {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            return
+        except FileExistsError:
+            other = lock.read_text(encoding="utf-8").strip()
+            if _holder_alive(other.split(" ")[0]):
+                raise ConfigurationError(
+                    f"{option} {folder}: another run is writing into it ({other}; host:pid, start). Wait for it, "
+                    f"or give another folder; if that process is gone, delete {lock}") from None
+            lock.unlink(missing_ok=True)
 
 
 def folder_state(folder: str | os.PathLike) -> tuple[int, int] | None:

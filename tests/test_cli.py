@@ -381,7 +381,8 @@ def test_adapter_subcommand_writes_a_peft_adapter(workdir, student_checkpoint, c
     teacher = {path: path.read_bytes() for path in (workdir / "teachers/t/case").iterdir()}
     for bad, message in [
         (["--ckpt", "missing.ckpt", "--instruction", "x", "--out", "a"], "--ckpt missing.ckpt: no such checkpoint file"),
-        (["--ckpt", str(checkpoint), "--instruction", "@nope.txt", "--out", "a"], "file nope.txt does not exist"),
+        (["--ckpt", str(checkpoint), "--instruction", "@nope.txt", "--out", "a"], "--instruction @nope.txt: nope.txt does not exist"),
+        (["--ckpt", str(checkpoint), "--instruction", "@adapters", "--out", "a"], "--instruction @adapters: adapters is not a file"),
         (["--ckpt", str(workdir / "checkpoints/demo/teacher/checkpoints/last.ckpt"), "--instruction", "x", "--out", "a"],
          "written by the 'teacher' stage, and a checkpoint of the 'pretrain' or 'finetune' stage is needed"),
         (["--ckpt", str(checkpoint), "--instruction", "x", "--out", "pos.jsonl"], "--out pos.jsonl: a file is there"),

@@ -25,7 +25,8 @@ def read_instruction(value: str) -> str:
     if value.startswith("@"):
         path = Path(value[1:])
         if not path.is_file():
-            raise InputError(f"--instruction {value}: file {path} does not exist")
+            raise InputError(f"--instruction {value}: {path} {'is not a file' if path.exists() else 'does not exist'}; "
+                             "give @ and the file holding the task's definition")
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as error:
