@@ -134,7 +134,8 @@ class Student:
             earlier = _earlier_export(out)
             with atomic_directory(out, own_only="--out", also_own={BACKBONE_FOLDER} if earlier else ()) as staging:
                 base = BACKBONE_FOLDER if copy else self._named_backbone(out)
-                write_adapter(staging, lora, self.model.site_names, self.model.lora_alpha, base, meta)
+                write_adapter(staging, lora, self.model.site_names, self.model.lora_alpha, base, meta,
+                              self.model.family.peft_task_type)
                 self.tokenizer.save_pretrained(staging)
                 if copy:
                     self.model.backbone.save_pretrained(staging / BACKBONE_FOLDER)

@@ -10,24 +10,25 @@ One generator serves every site (docs/ARCHITECTURE.md, "The method"): what tells
     site s ─► e_s = E_stack[stack_s] + E_layer[layer_s] + E_kind[q|v]            (S, E)
     shared head:  h = LayerNorm(GELU(W_c c[layer of s] + W_e e_s + b))            (N, S, H)
                   A = h W_A + b_A ─► (N, S, r, in)     B = h W_B + b_B ─► (N, S, out, r)
+                  (sites narrower than the widest keep their own block, the rest is zeroed: `LoRAWeights`)
 
-The instruction encoder is the backbone's own encoder (owned by the model, see `model.py`), so this
-module only pools and generates.
+The instruction encoder is the backbone itself (a T5's encoder, a causal LM's hidden states; owned by
+the model, see `model.py` and `families.py`), so this module only pools and generates.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from tagi.modeling.lora import site_masks
+
 GeneratorKind = Literal["mlp", "hart"]
 STACKS = ("encoder self-attention", "decoder self-attention", "decoder cross-attention")
-_SITE = re.compile(r"(?:^|\.)(encoder|decoder)\.block\.(\d+)\.layer\.\d+\.(SelfAttention|EncDecAttention)\.(q|v)$")
 
 
 def masked_mean(states: Tensor, mask: Tensor) -> Tensor:
@@ -38,28 +39,13 @@ def masked_mean(states: Tensor, mask: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class SiteLayout:
-    """Where each LoRA site sits in the backbone, one entry per site (in `lora_site_names` order)."""
+    """Where each LoRA site sits in the backbone, one entry per site (in `lora_site_names` order); each
+    backbone family reads it from the site names (`BackboneFamily.site_layout`)."""
 
-    stack: tuple[int, ...]  # index into STACKS
+    stack: tuple[int, ...]  # index into STACKS (a decoder-only model's layers are decoder self-attention)
     layer: tuple[int, ...]  # block index within its encoder or decoder
     kind: tuple[int, ...]  # 0: q, 1: v
     step: tuple[int, ...]  # backbone layer in generation order: encoder blocks, then decoder blocks
-
-    @classmethod
-    def from_names(cls, site_names: Sequence[str]) -> "SiteLayout":
-        parsed = []
-        for name in site_names:
-            match = _SITE.search(name)
-            if match is None:
-                raise ValueError(f"LoRA site {name!r} is not a T5 attention q/v projection "
-                                 "(expected '<encoder|decoder>.block.<i>.layer.<j>.<SelfAttention|EncDecAttention>.<q|v>')")
-            part, block, attention, kind = match.groups()
-            stack = 0 if part == "encoder" else 1 if attention == "SelfAttention" else 2
-            parsed.append((stack, int(block), int(kind == "v"), part))
-        encoder_blocks = 1 + max((block for _, block, _, part in parsed if part == "encoder"), default=-1)
-        steps = tuple(block + (encoder_blocks if part == "decoder" else 0) for _, block, _, part in parsed)
-        stack, layer, kind, _ = zip(*parsed)
-        return cls(stack, layer, kind, steps)
 
     @property
     def num_sites(self) -> int:
@@ -134,8 +120,7 @@ class LoRAGenerator(nn.Module):
         self,
         layout: SiteLayout,
         instruction_dim: int,
-        in_features: int,
-        out_features: int,
+        shapes: Sequence[tuple[int, int]],
         rank: int,
         kind: GeneratorKind = "mlp",
         width: int = 128,
@@ -148,9 +133,19 @@ class LoRAGenerator(nn.Module):
         super().__init__()
         if kind not in ("mlp", "hart"):
             raise ValueError(f"generator must be 'mlp' or 'hart', got {kind!r}")
+        if len(shapes) != layout.num_sites:
+            raise ValueError(f"{len(shapes)} site shapes for {layout.num_sites} sites")
         self.kind, self.rank = kind, rank
-        self.in_features, self.out_features = in_features, out_features
+        self.shapes = tuple(shapes)
+        self.in_features, self.out_features = max(i for i, _ in shapes), max(o for _, o in shapes)
         self.layout = layout
+        # One head for every site writes the widest shape; a narrower site (a grouped-query v_proj) keeps its
+        # own block and the rest is zeroed, so per-site shapes need no per-site heads.
+        self.ragged = len(set(self.shapes)) > 1
+        if self.ragged:
+            mask_A, mask_B = site_masks(self.shapes)
+            self.register_buffer("mask_A", mask_A, persistent=False)  # (S, 1, in)
+            self.register_buffer("mask_B", mask_B, persistent=False)  # (S, out, 1)
         for name, values in (("site_stack", layout.stack), ("site_layer", layout.layer), ("site_kind", layout.kind),
                              ("site_step", layout.step)):
             self.register_buffer(name, torch.tensor(values), persistent=False)
@@ -163,8 +158,8 @@ class LoRAGenerator(nn.Module):
         self.from_context = nn.Linear(width, hidden_dim)
         self.from_site = nn.Linear(site_embed_dim, hidden_dim, bias=False)
         self.norm = nn.LayerNorm(hidden_dim)  # fixes the heads' input scale, whatever reads the instruction
-        self.head_A = nn.Linear(hidden_dim, rank * in_features)
-        self.head_B = nn.Linear(hidden_dim, out_features * rank)
+        self.head_A = nn.Linear(hidden_dim, rank * self.in_features)
+        self.head_B = nn.Linear(hidden_dim, self.out_features * rank)
         self._init_heads(hidden_dim, b_init_std)
 
     def _init_heads(self, hidden_dim: int, b_init_std: float) -> None:
@@ -198,4 +193,10 @@ class LoRAGenerator(nn.Module):
         n, s = hidden.shape[:2]
         A = self.head_A(hidden).view(n, s, self.rank, self.in_features)  # (N, S, r, in)
         B = self.head_B(hidden).view(n, s, self.out_features, self.rank)  # (N, S, out, r)
+        if self.ragged:
+            A, B = A * self.mask_A, B * self.mask_B
         return GeneratedLoRA(A, B, states)
+
+    def site_shapes(self) -> tuple[tuple[int, int], ...] | None:
+        """What `LoRAWeights.shapes` holds for this generator's output: None when every site has one shape."""
+        return self.shapes if self.ragged else None

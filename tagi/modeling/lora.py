@@ -1,16 +1,22 @@
-"""Batched, per-example LoRA on the q/v projections of a T5, in peft's layout and scaling.
+"""Batched, per-example LoRA on the q/v projections of a backbone, in peft's layout and scaling.
 
     x ─┬─► W ─────────────────────────► (+) ─► y       y_i = W x_i + s · B_i (A_i x_i)
        └─► A_i (r×in) ─► B_i (out×r) ─► ·s ┘          row i of the batch has its own (A_i, B_i)
 
-A LoRA *site* is one `nn.Linear` that `peft.LoraConfig(target_modules=["q", "v"])` would wrap:
-the q and v projections of encoder self-attention, decoder self-attention and decoder
-cross-attention. Sites are ordered as the model lists its modules, so site `2m` is the q and site
-`2m + 1` the v of attention module `m`. Weights for all sites are stacked:
+A LoRA *site* is one `nn.Linear` that `peft.LoraConfig(target_modules=targets)` would wrap: on a T5
+(targets "q", "v") the q and v projections of encoder self-attention, decoder self-attention and
+decoder cross-attention; on a Llama-family causal LM ("q_proj", "v_proj") those of every layer
+(`tagi.modeling.families` says which). Sites are ordered as the model lists its modules, so site
+`2m` is the q and site `2m + 1` the v of attention module `m`. Weights for all sites are stacked:
 
     A: (N, S, r, in)    like peft's lora_A.weight (r, in) per site
     B: (N, S, out, r)   like peft's lora_B.weight (out, r) per site
     scale = alpha / r   like peft's default (non-rsLoRA) scaling
+
+Sites may differ in shape: with grouped-query attention a Llama's v_proj writes (kv heads · head dim)
+= 192 features where q_proj writes 576. The stacks are then as wide as the widest site and each site
+uses its own top-left block, A[..., :in_s] and B[..., :out_s, :]; `shapes` lists (in_s, out_s), and
+every entry outside a site's block is zero, so norms and distances over the stack are the sites'.
 
 The backbone is never modified structurally: `apply_lora` adds forward hooks for the duration of a
 `with` block and `merged_lora` adds the delta into the weights and restores the saved originals;
@@ -36,6 +42,7 @@ class LoRAWeights:
     A: Tensor  # (N, S, r, in)
     B: Tensor  # (N, S, out, r)
     scale: float  # alpha / r
+    shapes: tuple[tuple[int, int], ...] | None = None  # (in, out) per site; None: every site is (in, out) of the stack
 
     def __post_init__(self) -> None:
         if self.A.dim() != 4 or self.B.dim() != 4:
@@ -43,6 +50,18 @@ class LoRAWeights:
         n, s, r, _ = self.A.shape
         if self.B.shape[:2] != (n, s) or self.B.shape[3] != r:
             raise ValueError(f"LoRA A {tuple(self.A.shape)} and B {tuple(self.B.shape)} disagree on rows, sites or rank")
+        if self.shapes is not None and (len(self.shapes) != s or max(i for i, _ in self.shapes) != self.A.shape[3]
+                                        or max(o for _, o in self.shapes) != self.B.shape[2]):
+            raise ValueError(f"LoRA site shapes {self.shapes[:3]}... do not fit stacks A {tuple(self.A.shape)}, B {tuple(self.B.shape)}")
+
+    def site_shape(self, site: int) -> tuple[int, int]:
+        """(in, out) of one site."""
+        return self.shapes[site] if self.shapes is not None else (self.A.shape[3], self.B.shape[2])
+
+    def site_factors(self, row: int, site: int) -> tuple[Tensor, Tensor]:
+        """One site's own A (r, in_s) and B (out_s, r), as peft stores them."""
+        n_in, n_out = self.site_shape(site)
+        return self.A[row, site, :, :n_in], self.B[row, site, :n_out]
 
     @property
     def rank(self) -> int:
@@ -53,11 +72,26 @@ class LoRAWeights:
 
     def select(self, index: Tensor) -> "LoRAWeights":
         """Rows picked by `index` (e.g. a task index per example): (len(index), S, ...)."""
-        return LoRAWeights(self.A.index_select(0, index), self.B.index_select(0, index), self.scale)
+        return LoRAWeights(self.A.index_select(0, index), self.B.index_select(0, index), self.scale, self.shapes)
 
     def delta(self, row: int, site: int) -> Tensor:
-        """The dense update s·B·A of one site: (out, in). Only for merging and tests."""
-        return self.scale * (self.B[row, site] @ self.A[row, site])
+        """The dense update s·B·A of one site: (out_s, in_s). Only for merging and tests."""
+        A, B = self.site_factors(row, site)
+        return self.scale * (B @ A)
+
+
+def site_shapes(sites: Sequence[nn.Linear]) -> tuple[tuple[int, int], ...] | None:
+    """(in, out) per site where the sites differ in shape, else None (one shape: the stacks are exact)."""
+    shapes = tuple((site.in_features, site.out_features) for site in sites)
+    return None if len(set(shapes)) <= 1 else shapes
+
+
+def site_masks(shapes: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+    """Ones inside each site's block of the stacks: A's (S, 1, in_max) and B's (S, out_max, 1)."""
+    width_in, width_out = max(i for i, _ in shapes), max(o for _, o in shapes)
+    mask_A = torch.stack([torch.arange(width_in) < n_in for n_in, _ in shapes]).unsqueeze(1)  # (S, 1, in)
+    mask_B = torch.stack([torch.arange(width_out) < n_out for _, n_out in shapes]).unsqueeze(2)  # (S, out, 1)
+    return mask_A.float(), mask_B.float()
 
 
 def lora_site_names(model: nn.Module, targets: Sequence[str] = LORA_TARGETS) -> list[str]:
@@ -76,12 +110,12 @@ def lora_sites(model: nn.Module, targets: Sequence[str] = LORA_TARGETS) -> list[
 def _check_sites(sites: Sequence[nn.Linear], lora: LoRAWeights) -> None:
     if lora.A.shape[1] != len(sites):
         raise ValueError(f"LoRA weights cover {lora.A.shape[1]} sites but the model has {len(sites)} q/v sites")
-    first = sites[0]
-    if lora.A.shape[3] != first.in_features or lora.B.shape[2] != first.out_features:
-        raise ValueError(
-            f"LoRA shapes A {tuple(lora.A.shape)}, B {tuple(lora.B.shape)} do not fit a site "
-            f"Linear({first.in_features} → {first.out_features})"
-        )
+    for index, site in enumerate(sites):
+        if lora.site_shape(index) != (site.in_features, site.out_features):
+            raise ValueError(
+                f"LoRA shapes A {tuple(lora.A.shape)}, B {tuple(lora.B.shape)} (site {index}: {lora.site_shape(index)}) do not "
+                f"fit site {index}, Linear({site.in_features} → {site.out_features})"
+            )
 
 
 class _RowExpander:
@@ -113,7 +147,11 @@ class _RowExpander:
             A, B = self.lora.A, self.lora.B
             if k > 1:
                 A, B = A.repeat_interleave(k, 0), B.repeat_interleave(k, 0)
-            self._per_site[k] = (A.unbind(1), B.unbind(1))
+            A_sites, B_sites = A.unbind(1), B.unbind(1)
+            if self.lora.shapes is not None:  # each site its own block of the stack
+                A_sites = tuple(a[..., :n_in] for a, (n_in, _) in zip(A_sites, self.lora.shapes))
+                B_sites = tuple(b[:, :n_out] for b, (_, n_out) in zip(B_sites, self.lora.shapes))
+            self._per_site[k] = (A_sites, B_sites)
         A_sites, B_sites = self._per_site[k]
         return A_sites[site], B_sites[site]
 

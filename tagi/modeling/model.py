@@ -1,10 +1,16 @@
-"""Backbone T5 + hypernetwork + instruction fusion + fusion-in-decoder.
+"""Backbone + hypernetwork (+ instruction fusion + fusion-in-decoder on a T5).
 
-    instruction ─► encoder (plain backbone, fusion off) ─► I, mask_I ─► hypernetwork ─► LoRA   (once per task)
+    instruction ─► plain backbone (a T5's encoder, a causal LM's hidden states) ─► I, mask_I
+                ─► hypernetwork ─► LoRA                                              (once per task)
 
-    input x ─► encoder with LoRA, and in each block after self-attention:
-               S_l ← S_l + CrossAttn_l(RMSNorm(S_l), I)           (instruction fusion, TAGI eq. 1)
-           ─► F ─► decoder with LoRA cross-attends to [I ; F]      (fusion-in-decoder)
+    T5:        input x ─► encoder with LoRA, and in each block after self-attention:
+                          S_l ← S_l + CrossAttn_l(RMSNorm(S_l), I)     (instruction fusion, TAGI eq. 1)
+                      ─► F ─► decoder with LoRA cross-attends to [I ; F]  (fusion-in-decoder)
+    causal LM: [prompt x ; answer] ─► the model with LoRA            (the generated LoRA alone: an exported
+                                                                      adapter is the whole student)
+
+What differs between backbone families lives in `families.py`; fusion and FiD read an encoder's states
+and exist for families that have one.
 
 `encode_task` runs the first line once per task and returns a `TaskEncoding`; `forward` and
 `generate` take that encoding and any number of inputs. A batch may mix tasks: `task_index[i]`
@@ -21,14 +27,15 @@ from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
-from transformers import T5ForConditionalGeneration
-from transformers.models.t5.modeling_t5 import T5LayerNorm
+from transformers import PreTrainedModel
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
+from tagi.errors import ConfigurationError
+from tagi.modeling.families import family_of
 from tagi.modeling.fusion import FusionCrossAttention, fusion_hook, per_row
-from tagi.modeling.hypernet import GeneratorKind, LoRAGenerator, SiteLayout
-from tagi.modeling.lora import LoRAWeights, apply_lora, lora_site_names, lora_update, merge_is_exact, merged_lora
+from tagi.modeling.hypernet import GeneratorKind, LoRAGenerator
+from tagi.modeling.lora import LoRAWeights, apply_lora, lora_update, merge_is_exact, merged_lora
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +73,11 @@ class ExecutionPath:
 
 
 class TAGIModel(nn.Module):
-    """A T5 whose q/v projections get LoRA weights generated from a task instruction."""
+    """A backbone whose q/v projections get LoRA weights generated from a task instruction."""
 
     def __init__(
         self,
-        backbone: T5ForConditionalGeneration,
+        backbone: PreTrainedModel,
         lora_rank: int = 8,
         lora_alpha: float = 16.0,
         generator: GeneratorKind = "mlp",
@@ -90,15 +97,19 @@ class TAGIModel(nn.Module):
         super().__init__()
         config = backbone.config
         self.backbone = backbone
+        self.family = family_of(backbone)
+        if (fusion or fid) and not self.family.reads_instruction_states:
+            raise ConfigurationError(
+                f"architecture.fusion and architecture.fid read an encoder's states; a {config.model_type} backbone has "
+                "none. Set model.init_args.architecture.fusion: false and fid: false (the generated LoRA alone)")
         self.lora_rank, self.lora_alpha = lora_rank, lora_alpha
         self.use_fusion, self.use_fid = fusion, fid
-        self.site_names = lora_site_names(backbone)
+        self.site_names = self.family.site_names()
         self._site_index = {backbone.get_submodule(name): i for i, name in enumerate(self.site_names)}
         self.hypernet = LoRAGenerator(
-            SiteLayout.from_names(self.site_names),
-            instruction_dim=config.d_model,
-            in_features=config.d_model,
-            out_features=config.num_heads * config.d_kv,
+            self.family.site_layout(self.site_names),
+            instruction_dim=self.family.hidden_size,
+            shapes=[(site.in_features, site.out_features) for site in self.sites()],
             rank=lora_rank,
             kind=generator,
             width=generator_width,
@@ -110,9 +121,9 @@ class TAGIModel(nn.Module):
         )
         # The fusion attention's width is its own: at the backbone's width it would be 4·d² weights per
         # encoder block (28M at t5-base), more than the whole hypernetwork.
-        heads, d_kv = fusion_heads or config.num_heads, fusion_d_kv or config.d_kv
         self.fusion = nn.ModuleList(
-            FusionCrossAttention(config.d_model, heads, d_kv, config.layer_norm_epsilon) for _ in backbone.encoder.block
+            FusionCrossAttention(config.d_model, fusion_heads or config.num_heads, fusion_d_kv or config.d_kv,
+                                 config.layer_norm_epsilon) for _ in backbone.encoder.block
         ) if fusion else None
         self.backbone.requires_grad_(not freeze_backbone)
         # The official TAGI code trains the backbone's layer norms. They are shared by every task, so
@@ -120,9 +131,13 @@ class TAGIModel(nn.Module):
         self.theta0_norms: dict[str, Tensor] = {}
         if train_layer_norms:
             for name, module in backbone.named_modules():
-                if isinstance(module, T5LayerNorm):
+                if self.family.is_norm(module):
                     module.requires_grad_(True)
                     self.theta0_norms[f"{name}.weight"] = module.weight.detach().clone()
+
+    def theta0_answer_logits(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> Any:
+        """`.logits` (B, Ly, V) of θ0 (`theta0_backbone`) on prompts and answers: the teachers' forward."""
+        return self.family.answer_logits(self.theta0_backbone, input_ids, attention_mask, labels)
 
     def theta0_backbone(self, **kwargs: Any) -> Any:
         """The backbone as θ0 is (its own layer norms, whatever the student trained), called with
@@ -170,14 +185,14 @@ class TAGIModel(nn.Module):
     # -- per task, once
 
     def encode_instruction(self, instruction_ids: Tensor, instruction_mask: Tensor) -> Tensor:
-        """The instruction through the plain backbone encoder (no LoRA, no fusion): (N, L, d)."""
-        return self.backbone.encoder(input_ids=instruction_ids, attention_mask=instruction_mask).last_hidden_state
+        """The instruction through the plain backbone (no LoRA, no fusion): (N, L, d)."""
+        return self.family.encode_instruction(instruction_ids, instruction_mask)
 
     def encode_task(self, instruction_ids: Tensor, instruction_mask: Tensor) -> TaskEncoding:
         """Run the hypernetwork on N instructions. Do this once per task and reuse the result."""
         instruction = self.encode_instruction(instruction_ids, instruction_mask)  # (N, L, d)
         generated = self.hypernet(instruction, instruction_mask)  # A (N, S, r, in), B (N, S, out, r)
-        lora = LoRAWeights(generated.A, generated.B, self.lora_scale)
+        lora = LoRAWeights(generated.A, generated.B, self.lora_scale, self.hypernet.site_shapes())
         return TaskEncoding(lora, instruction, instruction_mask, generated.hidden)
 
     # -- per input, many times
@@ -190,7 +205,7 @@ class TAGIModel(nn.Module):
         # the hooks compute what training computed.
         wanted = len(rows) == 1 and not torch.is_grad_enabled() if merge is None else merge
         merged = wanted and merge_is_exact(self.sites())
-        reads_instruction = not lora_only
+        reads_instruction = not lora_only and (self.use_fusion or self.use_fid)
         # The instruction's decoder keys/values are shared by one task's rows, or (inference only) gathered
         # per row of a mixed batch. Training batches leave them to the backbone: the same values in another
         # batch shape round differently, and the measured results (README, Results) were trained that way.
@@ -253,6 +268,9 @@ class TAGIModel(nn.Module):
     ) -> Seq2SeqLMOutput:
         """Logits (and CE loss when `labels` are given) for inputs of the encoded task(s)."""
         path = self._path(task, task_index, merge, lora_only)
+        if not path.reads_instruction:  # backbone + LoRA: the family's own forward
+            with self.adapted(path):
+                return self.family.answer_logits(self.backbone, input_ids, attention_mask, labels, **decoder_kwargs)
         with self.adapted(path):
             states, mask = self.encode_inputs(task, input_ids, attention_mask, task_index, path.reads_instruction)
             cache = self._fid_cache(task, task_index, states, path.merged) if path.fid_cache else None
@@ -274,6 +292,9 @@ class TAGIModel(nn.Module):
     ) -> Tensor:
         """`backbone.generate` for inputs of the encoded task(s); beams keep their row's weights."""
         path = self._path(task, task_index, merge, lora_only, generate_kwargs.get("num_beams", 1))
+        if not path.reads_instruction:
+            with self.adapted(path):
+                return self.family.generate(input_ids, attention_mask, **generate_kwargs)
         with self.adapted(path):
             states, mask = self.encode_inputs(task, input_ids, attention_mask, task_index, path.reads_instruction)
             if path.fid_cache:

@@ -133,7 +133,7 @@ class FinetuneModule(Stage):
                 A = torch.zeros(len(clusters), *lora.A.shape[1:])  # (K, S, r, in)
                 B = torch.zeros(len(clusters), *lora.B.shape[1:])  # (K, S, out, r)
             A[clusters[name]], B[clusters[name]] = lora.A[0], lora.B[0]
-        return LoRAWeights(A.to(self.device), B.to(self.device), first.scale)
+        return LoRAWeights(A.to(self.device), B.to(self.device), first.scale, first.shapes)
 
     # -- training
 
@@ -142,16 +142,14 @@ class FinetuneModule(Stage):
         Lightning moves the model, and copying it every step would cost a transfer per step."""
         bank = self.teacher_bank
         if bank.A.device != self.device:
-            bank = self.teacher_bank = LoRAWeights(bank.A.to(self.device), bank.B.to(self.device), bank.scale)
+            bank = self.teacher_bank = LoRAWeights(bank.A.to(self.device), bank.B.to(self.device), bank.scale, bank.shapes)
         return bank
 
     def teacher_logits(self, batch: dict) -> Tensor:
         """θ0 + the row's cluster LoRA on the instruction-concatenated input: (B, T, V), no gradient."""
         rows = self._teacher_bank().select(batch["cluster_ids"])
         with torch.no_grad(), apply_lora(self.model.sites(), rows):
-            return self.model.theta0_backbone(
-                input_ids=batch["concat_input_ids"], attention_mask=batch["concat_attention_mask"], labels=batch["labels"]
-            ).logits
+            return self.model.theta0_answer_logits(batch["concat_input_ids"], batch["concat_attention_mask"], batch["labels"]).logits
 
     def _param_distance(self, task, batch: dict) -> Tensor:
         task_clusters = torch.empty(len(task), dtype=torch.long, device=self.device)

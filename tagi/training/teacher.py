@@ -18,7 +18,8 @@ from torch import nn
 
 from tagi.data.collate import answer_by_group
 from tagi.modeling.adapters import cluster_folders, save_adapter
-from tagi.modeling.lora import LoRAWeights, apply_lora, lora_site_names, lora_sites
+from tagi.modeling.families import family_of
+from tagi.modeling.lora import LoRAWeights, apply_lora, site_shapes
 from tagi.training.config import Backbone, Generation, Optimization
 from tagi.training.stage import Stage
 
@@ -40,8 +41,9 @@ class TeacherModule(Stage):
     ):
         super().__init__(backbone, tokenizer, optimization, generation)
         self.backbone = backbone.load(len(self.tokenizer)).requires_grad_(False)
+        self.family = family_of(self.backbone)
         self.lora_rank, self.lora_alpha, self.output_dir = lora_rank, lora_alpha, Path(output_dir)
-        self.site_names = lora_site_names(self.backbone)
+        self.site_names = self.family.site_names()
         self.lora_A: nn.Parameter | None = None  # (K, S, r, in), built in setup once the clusters are known
         self.lora_B: nn.Parameter | None = None  # (K, S, out, r)
 
@@ -57,36 +59,42 @@ class TeacherModule(Stage):
         """Before the fit writes anything (the CLI calls it): every cluster gets a folder of its own."""
         cluster_folders(datamodule.cluster_tasks)
 
+    def sites(self) -> list[nn.Linear]:
+        return [self.backbone.get_submodule(name) for name in self.site_names]
+
     def _build_bank(self, num_clusters: int) -> None:
-        """peft's init: A ~ U(±1/sqrt(in)) (kaiming_uniform with a=√5), B = 0, so training starts at θ0."""
-        site = lora_sites(self.backbone)[0]
-        shape_A = (num_clusters, len(self.site_names), self.lora_rank, site.in_features)
-        bound = 1.0 / math.sqrt(site.in_features)
-        self.lora_A = nn.Parameter(torch.empty(shape_A).uniform_(-bound, bound))
-        self.lora_B = nn.Parameter(torch.zeros(num_clusters, len(self.site_names), site.out_features, self.lora_rank))
+        """peft's init: A ~ U(±1/sqrt(in)) (kaiming_uniform with a=√5), B = 0, so training starts at θ0. Sites of
+        different shapes sit in stacks as wide as the widest, zero outside their own block (`LoRAWeights`)."""
+        sites = self.sites()
+        self.shapes = site_shapes(sites)
+        width_in, width_out = max(s.in_features for s in sites), max(s.out_features for s in sites)
+        A = torch.zeros(num_clusters, len(sites), self.lora_rank, width_in)  # (K, S, r, in)
+        for index, site in enumerate(sites):
+            bound = 1.0 / math.sqrt(site.in_features)
+            A[:, index, :, :site.in_features].uniform_(-bound, bound)
+        self.lora_A = nn.Parameter(A)
+        self.lora_B = nn.Parameter(torch.zeros(num_clusters, len(sites), width_out, self.lora_rank))  # (K, S, out, r)
 
     def bank(self) -> LoRAWeights:
-        return LoRAWeights(self.lora_A, self.lora_B, self.lora_alpha / self.lora_rank)
+        return LoRAWeights(self.lora_A, self.lora_B, self.lora_alpha / self.lora_rank, self.shapes)
 
     def training_step(self, batch: dict, batch_idx: int):
-        with apply_lora(lora_sites(self.backbone), self.bank().select(batch["cluster_ids"])):
-            loss = self.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        with apply_lora(self.sites(), self.bank().select(batch["cluster_ids"])):
+            loss = self.family.answer_logits(self.backbone, batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
         return self.training_loss({"ce": loss}, batch["input_ids"].shape[0])
 
     def generate_texts(self, batch: dict) -> list[str]:
-        sites = lora_sites(self.backbone)
-
         def answer(cluster: int, rows: torch.Tensor) -> list[str]:
             lora = self.bank().select(torch.tensor([cluster], device=self.device))
-            with torch.no_grad(), apply_lora(sites, lora):  # one cluster: rows broadcast one LoRA
-                return self.decode(self.backbone.generate(
-                    input_ids=batch["input_ids"][rows], attention_mask=batch["attention_mask"][rows], **self.generate_kwargs()))
+            with torch.no_grad(), apply_lora(self.sites(), lora):  # one cluster: rows broadcast one LoRA
+                return self.decode(self.family.generate(
+                    batch["input_ids"][rows], batch["attention_mask"][rows], **self.generate_kwargs()))
 
         return answer_by_group(batch["cluster_ids"], answer)
 
     def option_logits(self, batch: dict, rows: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        with apply_lora(lora_sites(self.backbone), self.bank().select(batch["cluster_ids"][rows])):
-            return self.backbone(input_ids=batch["input_ids"][rows], attention_mask=batch["attention_mask"][rows], labels=labels).logits
+        with apply_lora(self.sites(), self.bank().select(batch["cluster_ids"][rows])):
+            return self.family.answer_logits(self.backbone, batch["input_ids"][rows], batch["attention_mask"][rows], labels).logits
 
     def export(self, out_dir: Path) -> list[Path]:
         """One PEFT directory per cluster that has training tasks (`ExportArtifacts` calls it when the fit ends)."""
@@ -107,7 +115,8 @@ class TeacherModule(Stage):
                 validation={key: value for key, value in self.last_scores.items() if key.endswith(f"/category/{name}") or "/" not in key},
             )
             one = bank.select(torch.tensor([index], device=self.lora_A.device))
-            written.append(save_adapter(out_dir / folders[name], one, self.site_names, self.lora_alpha, self.backbone_spec.name, meta))
+            written.append(save_adapter(out_dir / folders[name], one, self.site_names, self.lora_alpha, self.backbone_spec.name,
+                                        meta, self.family.peft_task_type))
         log.info("wrote %d teacher adapters to %s", len(set(written)), out_dir)
         return written
 

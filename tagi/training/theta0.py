@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 
 from tagi.io import BACKBONE_META, atomic_directory, weights_record
+from tagi.modeling.families import family_of
 from tagi.training.config import Backbone, Generation, Optimization
 from tagi.training.stage import Stage
 
@@ -41,24 +42,26 @@ class Theta0Module(Stage):
     ):
         super().__init__(backbone, tokenizer, optimization, generation)
         self.backbone = backbone.load(len(self.tokenizer))
+        self.family = family_of(self.backbone)
         self.input = input
         self.output_dir = None if output_dir is None else Path(output_dir)
 
-    def _inputs(self, batch: dict, rows: slice | torch.Tensor = slice(None)) -> dict:
+    def _inputs(self, batch: dict, rows: slice | torch.Tensor = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows' prompt ids and mask: the concatenation, or the input alone."""
         if self.input == "concat":
-            return dict(input_ids=batch["concat_input_ids"][rows], attention_mask=batch["concat_attention_mask"][rows])
-        return dict(input_ids=batch["input_ids"][rows], attention_mask=batch["attention_mask"][rows])
+            return batch["concat_input_ids"][rows], batch["concat_attention_mask"][rows]
+        return batch["input_ids"][rows], batch["attention_mask"][rows]
 
     def training_step(self, batch: dict, batch_idx: int):
-        loss = self.backbone(**self._inputs(batch), labels=batch["labels"]).loss
+        loss = self.family.answer_logits(self.backbone, *self._inputs(batch), batch["labels"]).loss
         return self.training_loss({"ce": loss}, batch["labels"].shape[0])
 
     def generate_texts(self, batch: dict) -> list[str]:
         with torch.no_grad():
-            return self.decode(self.backbone.generate(**self._inputs(batch), **self.generate_kwargs()))
+            return self.decode(self.family.generate(*self._inputs(batch), **self.generate_kwargs()))
 
     def option_logits(self, batch: dict, rows: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.backbone(**self._inputs(batch, rows), labels=labels).logits
+        return self.family.answer_logits(self.backbone, *self._inputs(batch, rows), labels).logits
 
     def export(self, out_dir: Path) -> Path:
         """A standard `from_pretrained` folder with its tokenizer (+ what made it), written aside and renamed
