@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .prompts import PromptFormat
 from .tokenization import encode
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,8 @@ def _shard() -> tuple[int, int]:
 
 
 class C4Segments(IterableDataset):
-    """Yields `{"instruction", "input", "labels"}` token lists (each ending in EOS) from documents.
+    """Yields `{"instruction", "input", "labels"}` token lists from documents: the instruction and labels end
+    in EOS, the input is in the prompt format (`prompts.py`; plain: + EOS).
 
     Documents `[skip_documents, skip_documents + max_documents)` are tokenised and cut, start to
     end, into consecutive segments split at random points (`split_pieces`). The random
@@ -155,13 +157,15 @@ class C4Segments(IterableDataset):
     def __init__(self, source: str, tokenizer, max_instruction_length: int = 256,
                  max_input_length: int = 256, max_target_length: int = 128, four_way: bool = False,
                  min_piece: int = 8, seed: int = 0, num_segments: int | None = None,
-                 max_documents: int | None = None, skip_documents: int = 0, split: str = "train"):
+                 max_documents: int | None = None, skip_documents: int = 0, split: str = "train",
+                 prompt_format: PromptFormat | None = None):
         super().__init__()
         self.source, self.tokenizer, self.four_way, self.split = source, tokenizer, four_way, split
         self.eos = tokenizer.eos_token_id
+        self.format = prompt_format or PromptFormat.of(tokenizer)  # b is the model's prompt, as a task input is
         self.min_piece, self.seed, self.num_segments = min_piece, seed, num_segments
         self.max_documents, self.skip_documents = max_documents, skip_documents
-        max_a, max_b, max_c = max_instruction_length - 1, max_input_length - 1, max_target_length - 1
+        max_a, max_b, max_c = max_instruction_length - 1, self.format.content_budget(max_input_length), max_target_length - 1
         # 4-way: a and d share the instruction budget, so [a; d] + EOS fits max_instruction_length
         self.max_lens = (max_a // 2, max_b, max_c, max_a - max_a // 2) if four_way else (max_a, max_b, max_c)
 
@@ -180,7 +184,7 @@ class C4Segments(IterableDataset):
         while (pieces := split_pieces(ids[start:start + window], rng, self.max_lens, self.min_piece)):
             start += sum(map(len, pieces))  # the next segment continues where this one ended
             instruction = pieces[0] + pieces[3] if self.four_way else pieces[0]
-            yield {"instruction": instruction + [self.eos], "input": pieces[1] + [self.eos],
+            yield {"instruction": instruction + [self.eos], "input": self.format.wrap(pieces[1]),
                    "labels": pieces[2] + [self.eos]}
 
     def __iter__(self) -> Iterator[dict]:

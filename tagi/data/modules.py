@@ -14,7 +14,8 @@ the test tasks are read by `test`/`predict` only. After `setup()` each exposes `
 the teacher bank), `eval_tasks` ((task, category) pairs of the test loader) and `val_tasks` (what
 its val loader covers); the teacher module also `cluster_tasks` (category → its train task
 names). `instruction_control` replaces the evaluation tasks' instructions (`controls.py`);
-`student_input` is what the student reads as its input (`sni_dataset.StudentInput`).
+`student_input` is what the student reads as its input (`sni_dataset.StudentInput`), and `prompt_format`
+how every prompt becomes model input (`prompts.py`: plain + EOS, or the tokenizer's chat template).
 Batch keys: see `collate.py`. `data_dir="synthetic"` (or None) generates the embedded task suite
 into `cache_dir` on first use.
 """
@@ -37,6 +38,7 @@ from .synthetic import ensure_corpus
 from .sni import OnError, Task, split_dir
 from .sni_dataset import (SYNTHETIC, Lengths, SNIDataset, StudentInput, TaskSets, cap_instances, holdout_instances, load_tasks,
                           prepare_data_dir, resolve_data_dir)
+from .prompts import PromptFormat, PromptKind
 from .tokenization import load_tokenizer
 
 
@@ -50,12 +52,17 @@ class _TaskDataModule(LightningDataModule):
 
     def _init_state(self) -> None:
         self.tokenizer = None
+        self.prompt_format: PromptFormat | None = None
         self.clusters: dict[str, int] = {}
         self.eval_tasks: list[tuple[str, str]] = []
         self.val_tasks: list[tuple[str, str]] = []
         self.train_clusters: list[str] = []  # categories that have train tasks (= teachers to train/load)
         self.datasets: dict[str, Dataset] = {}
         self._resume: dict | None = None  # the train position a restored checkpoint asks for
+
+    def _load_tokenizer(self) -> None:
+        self.tokenizer = load_tokenizer(self.hparams.tokenizer)
+        self.prompt_format = PromptFormat.of(self.tokenizer, self.hparams.prompt_format)
 
     def _task_dir(self) -> str | None:
         """The SNI-layout directory this module reads ("synthetic" for the embedded suite)."""
@@ -180,7 +187,8 @@ class TeacherDataModule(_TaskDataModule):
                  max_test_instances_per_task: int | None = 100, only_clusters: list[str] | None = None,
                  clusters_per_batch: int | None = None, num_workers: int = 0, seed: int = 0,
                  on_error: OnError = "raise", synthetic_seed: int = 0, cache_dir: str = "runs/data",
-                 splits_dir: str | None = None, instruction_control: Control = "real"):
+                 splits_dir: str | None = None, instruction_control: Control = "real",
+                 prompt_format: PromptKind = "plain"):
         super().__init__()
         self.save_hyperparameters()
         self._init_state()
@@ -190,7 +198,7 @@ class TeacherDataModule(_TaskDataModule):
         if self.datasets:
             return
         h = self.hparams
-        self.tokenizer = load_tokenizer(h.tokenizer)
+        self._load_tokenizer()
         max_train = None if h.max_train_instances_per_task is None else (
             h.max_train_instances_per_task + h.val_instances_per_task)
         sets = self._load(self._task_dir(), h.split, max_train)
@@ -205,7 +213,7 @@ class TeacherDataModule(_TaskDataModule):
         self.val_tasks = _pairs(val)
         lengths = Lengths(target=h.max_target_length, concat=h.max_concat_length)
         make = partial(SNIDataset, tokenizer=self.tokenizer, clusters=self.clusters, num_pos=h.num_pos,
-                       lengths=lengths, teacher=True)
+                       lengths=lengths, teacher=True, prompt_format=self.prompt_format)
         self.datasets = {"train": make(train), "val": make(val, with_meta=True),
                          "test": make(test, with_meta=True)}
 
@@ -227,7 +235,7 @@ class FinetuneDataModule(_TaskDataModule):
                  max_test_instances_per_task: int | None = 100, tasks_per_batch: int | None = None,
                  num_workers: int = 0, seed: int = 0, on_error: OnError = "raise", synthetic_seed: int = 0,
                  cache_dir: str = "runs/data", splits_dir: str | None = None, instruction_control: Control = "real",
-                 student_input: StudentInput = "template"):
+                 student_input: StudentInput = "template", prompt_format: PromptKind = "plain"):
         super().__init__()
         self.save_hyperparameters()
         self._init_state()
@@ -236,24 +244,24 @@ class FinetuneDataModule(_TaskDataModule):
         if self.datasets:
             return
         h = self.hparams
-        self.tokenizer = load_tokenizer(h.tokenizer)
+        self._load_tokenizer()
         sets = self._load(self._task_dir(), h.split, h.max_train_instances_per_task)
         val = self._validation_tasks(sets)
         self.val_tasks = _pairs(val)
         lengths = Lengths(h.max_instruction_length, h.max_input_length, h.max_target_length, h.max_concat_length)
-        self.datasets = _finetune_datasets(self.tokenizer, self.clusters, h.num_pos, lengths, h.student_input, val,
-                                           sets.test, sets.train)
+        self.datasets = _finetune_datasets(self.tokenizer, self.prompt_format, self.clusters, h.num_pos, lengths,
+                                           h.student_input, val, sets.test, sets.train)
 
     def train_dataloader(self) -> DataLoader:
         ds = self.datasets["train"]
         return self._train_loader(ds, ds.task_of, self.hparams.tasks_per_batch)
 
 
-def _finetune_datasets(tokenizer, clusters: dict[str, int], num_pos: int, lengths: Lengths, student_input: StudentInput,
-                       val: list[Task], test: list[Task], train: list[Task] | None = None) -> dict:
+def _finetune_datasets(tokenizer, prompt_format: PromptFormat, clusters: dict[str, int], num_pos: int, lengths: Lengths,
+                       student_input: StudentInput, val: list[Task], test: list[Task], train: list[Task] | None = None) -> dict:
     """Finetune-format datasets; the evaluation ones carry metadata."""
     make = partial(SNIDataset, tokenizer=tokenizer, clusters=clusters, num_pos=num_pos, lengths=lengths,
-                   student_input=student_input)
+                   student_input=student_input, prompt_format=prompt_format)
     out = {"val": make(val, with_meta=True), "test": make(test, with_meta=True)}
     if train is not None:
         out["train"] = make(train)
@@ -275,7 +283,7 @@ class PretrainDataModule(_TaskDataModule):
                  max_test_instances_per_task: int | None = 100, num_workers: int = 0, seed: int = 0,
                  on_error: OnError = "raise", synthetic_seed: int = 0, cache_dir: str = "runs/data",
                  splits_dir: str | None = None, instruction_control: Control = "real",
-                 student_input: StudentInput = "template"):
+                 student_input: StudentInput = "template", prompt_format: PromptKind = "plain"):
         super().__init__()
         self.save_hyperparameters()
         self._init_state()
@@ -294,13 +302,13 @@ class PretrainDataModule(_TaskDataModule):
     def _segments(self, **kwargs) -> C4Segments:
         h = self.hparams
         return C4Segments(self._source(), self.tokenizer, h.max_instruction_length, h.max_input_length,
-                          h.max_target_length, h.four_way, h.min_piece, h.seed, **kwargs)
+                          h.max_target_length, h.four_way, h.min_piece, h.seed, prompt_format=self.prompt_format, **kwargs)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         h = self.hparams
-        self.tokenizer = load_tokenizer(h.tokenizer)
+        self._load_tokenizer()
         if h.eval_data_dir is None:  # validate on held-out documents, never trained on
             self.datasets = {"val": self._segments(num_segments=h.num_val_segments, max_documents=h.val_documents)}
             skip = h.val_documents
@@ -310,8 +318,8 @@ class PretrainDataModule(_TaskDataModule):
             self.val_tasks = _pairs(val)
             lengths = Lengths(h.max_instruction_length, h.max_input_length, h.max_target_length,
                               h.max_concat_length)
-            self.datasets = _finetune_datasets(self.tokenizer, self.clusters, h.num_pos, lengths, h.student_input, val,
-                                               sets.test)
+            self.datasets = _finetune_datasets(self.tokenizer, self.prompt_format, self.clusters, h.num_pos, lengths,
+                                               h.student_input, val, sets.test)
             skip = 0
         self.datasets["train"] = self._segments(num_segments=h.num_train_segments, max_documents=h.max_documents,
                                                 skip_documents=skip)

@@ -1,9 +1,10 @@
 """Tokenised SNI examples (Lightning-free): what the collator pads into the batch contract.
 
 Tokenisation happens once, here; examples are assembled from pre-tokenised parts in
-`__getitem__`. The Tk-Instruct concatenation is `prefix + prompt + EOS`, with the task-level
-prefix (instruction) tokenised once per task; when it is too long the *prefix* is cut, so the
-instance itself is never lost (like Tk-Instruct, which drops demonstrations before the input).
+`__getitem__`. The Tk-Instruct concatenation is `prefix + prompt` in the prompt format (`prompts.py`:
+`+ EOS`, or a chat template's user turn), with the task-level prefix (instruction) tokenised once per
+task; when it is too long the *prefix* is cut, so the instance itself is never lost (like Tk-Instruct,
+which drops demonstrations before the input).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Literal
 from torch.utils.data import Dataset
 
 from . import templates
+from .prompts import PromptFormat
 from .sni import Task, build_clusters, load_split, split_names
 from .synthetic import VERSION as SUITE_VERSION, ensure_suite
 from .tokenization import encode
@@ -60,13 +62,14 @@ class SNIDataset(Dataset):
 
     def __init__(self, tasks: list[Task], tokenizer, clusters: dict[str, int], num_pos: int = 2,
                  lengths: Lengths = Lengths(), teacher: bool = False, with_meta: bool = False,
-                 student_input: StudentInput = "template"):
+                 student_input: StudentInput = "template", prompt_format: PromptFormat | None = None):
         if student_input not in ("template", "bare", "concat"):
             raise ValueError(f"student_input must be 'template', 'bare' or 'concat', got {student_input!r}")
         self.tasks, self.clusters, self.teacher, self.with_meta = tasks, clusters, teacher, with_meta
         self.student_input = student_input
         self.tokenizer = tokenizer
         eos, counts = tokenizer.eos_token_id, Counter()
+        self.format = prompt_format or PromptFormat.of(tokenizer)
         instructions = encode(tokenizer, [templates.instruction_text(t, num_pos) for t in tasks])
         self.instructions = [_fit(ids, lengths.instruction, eos, counts, "instruction") for ids in instructions]
         self.prefixes = encode(tokenizer, [templates.concat_prefix_text(t, num_pos) for t in tasks])
@@ -75,10 +78,10 @@ class SNIDataset(Dataset):
         self.max_concat, self.eos = lengths.concat, eos
         if student_input != "concat":  # "concat" reads `self.concat(i)`, truncated as the teachers' input
             bare = encode(tokenizer, [inst.input for _, inst in self.rows]) if student_input == "bare" else self.prompts
-            self.inputs = [_fit(ids, lengths.input, eos, counts, "input") for ids in bare]
+            self.inputs = [self.format.fit(ids, lengths.input, counts, "input") for ids in bare]
         targets = encode(tokenizer, [inst.outputs[0] for _, inst in self.rows])
         self.labels = [_fit(ids, lengths.target, eos, counts, "target") for ids in targets]
-        counts["concat"] = sum(len(self.prefixes[ti]) + len(p) + 1 > lengths.concat
+        counts["concat"] = sum(len(self.prefixes[ti]) + len(p) + self.format.overhead > lengths.concat
                                for (ti, _), p in zip(self.rows, self.prompts))
         _log_truncation(counts, len(tasks), len(self.rows), lengths)
 
@@ -88,9 +91,9 @@ class SNIDataset(Dataset):
         return [ti for ti, _ in self.rows]
 
     def concat(self, i: int) -> list[int]:
-        ti, budget = self.rows[i][0], self.max_concat - 1
+        ti, budget = self.rows[i][0], self.format.content_budget(self.max_concat)
         prompt = self.prompts[i][:budget]
-        return self.prefixes[ti][:budget - len(prompt)] + prompt + [self.eos]
+        return self.format.wrap(self.prefixes[ti][:budget - len(prompt)] + prompt)
 
     def __len__(self) -> int:
         return len(self.rows)

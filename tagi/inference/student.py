@@ -21,6 +21,8 @@ import torch
 from tagi.modeling.adapters import CONFIG_NAME as ADAPTER_CONFIG, AdapterError, read_meta, write_adapter
 from tagi.inference.runner import StudentRunner
 from tagi.data.sni import Demonstration, Task
+from tagi.data.collate import pad
+from tagi.data.prompts import PromptFormat
 from tagi.data.templates import instruction_text, student_input_text
 from tagi.data.tokenization import encode, load_tokenizer
 from tagi.errors import InputError
@@ -43,9 +45,11 @@ def format_instruction(definition: str, positive_examples: Sequence[tuple[str, s
 
 class Student:
     def __init__(self, model: TAGIModel, tokenizer, backbone: dict, max_instruction_length: int = 1024, cache_size: int = 1024,
-                 student_input: str = "template"):
+                 student_input: str = "template", prompt_format: str = "plain"):
         self.model = model.eval()
         self.student_input = student_input  # the input format it was trained on (`sni_dataset.StudentInput`)
+        self.prompt_kind = prompt_format
+        self.prompt_format = PromptFormat.of(tokenizer, prompt_format)  # how its prompts were wrapped (`prompts.py`)
         self.tokenizer = tokenizer
         self.backbone = backbone  # the Backbone spec the model was trained on (name, tiny_config, seed)
         self.max_instruction_length = max_instruction_length
@@ -70,6 +74,7 @@ class Student:
         trained = checkpoint.get("datamodule_hyper_parameters", {})
         kwargs.setdefault("student_input", trained.get("student_input", "bare"))
         kwargs.setdefault("max_instruction_length", trained.get("max_instruction_length", 1024))
+        kwargs.setdefault("prompt_format", trained.get("prompt_format", "plain"))
         student = cls(model, tokenizer, spec, **kwargs)
         student.source = {"checkpoint": str(Path(path).resolve()), "stage": described["stage"], "global_step": checkpoint.get("global_step")}
         if described["stage"] != "finetune":  # accepted (it is a student), but not what a user of its adapters expects
@@ -100,8 +105,9 @@ class Student:
         outputs = []
         for start in range(0, len(inputs), batch_size):
             texts = [student_input_text(x, self.student_input, instruction) for x in inputs[start : start + batch_size]]
-            batch = self.tokenizer(texts, return_tensors="pt", padding=True)
-            outputs += self.runner.generate_task(task, batch["input_ids"], batch["attention_mask"], lora_only,
+            # The prompt format's tokens, as in training (`tokenizer(texts)` adds EOS for T5's tokenizer, not for every one)
+            ids, mask = pad([self.prompt_format.wrap(prompt) for prompt in encode(self.tokenizer, texts)], self.tokenizer.pad_token_id)
+            outputs += self.runner.generate_task(task, ids, mask, lora_only,
                                                  max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
         return outputs
 
@@ -121,6 +127,8 @@ class Student:
         copy = with_backbone or self._needs_backbone_copy()
         meta = {"written_by": EXPORT_MARK, "instruction": instruction, "backbone": self.backbone,
                 "input_template": student_input_text("{input}", self.student_input, instruction),  # what the student reads
+                # plain: the template's tokens + EOS; chat: the template is a user turn of the tokenizer's chat template
+                "prompt_format": self.prompt_kind,
                 "note": "backbone + this LoRA only; the student's instruction fusion and FiD are not part of a PEFT adapter"}
         if self.source is not None:
             meta["student"] = self.source
