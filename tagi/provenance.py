@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from tagi.modeling.backbone import TINY
 from tagi.errors import ConfigurationError
 from tagi.io import weights_digest
 
@@ -145,7 +146,7 @@ def backbone_record(spec: dict) -> dict:
     """What a checkpoint, teacher or adapter records of its backbone: the spec, and for a local folder the
     digest of its weights (`tagi.io.weights_digest`), so a θ0 retrained in place is noticed."""
     name = spec["name"]
-    weights = _weights_digest(_resolved(name)) if name != "tiny" and Path(name).is_dir() else None
+    weights = _weights_digest(_resolved(name)) if name not in TINY and Path(name).is_dir() else None
     return {**spec, **({"weights": weights} if weights else {})}
 
 
@@ -156,7 +157,7 @@ def same_backbone(spec: dict, saved: dict | None, default: dict) -> bool:
     which a record may leave out."""
     if not saved:
         return False
-    if spec["name"] == "tiny" or saved.get("name") == "tiny":
+    if spec["name"] in TINY or saved.get("name") in TINY:
         return spec == {**default, **{k: v for k, v in saved.items() if k != "weights"}}
     mine = backbone_record(spec).get("weights")
     same_weights = mine is None or saved.get("weights") is None or mine == saved["weights"]

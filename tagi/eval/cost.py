@@ -92,7 +92,7 @@ def task_cost(
 
     def baseline():
         for rows in _batches(labels.shape[0], batch_size):
-            model.backbone(input_ids=concat[0][rows], attention_mask=concat[1][rows], labels=labels[rows])
+            model.family.answer_logits(model.backbone, concat[0][rows], concat[1][rows], labels[rows])
 
     return TaskCost(
         examples=labels.shape[0],

@@ -29,7 +29,7 @@ from tagi.errors import InputError
 from tagi.io import atomic_directory, folder_lock, read_checkpoint
 from tagi.provenance import STUDENT_STAGES, Provenance
 from tagi.modeling.model import TAGIModel, TaskEncoding
-from tagi.modeling.backbone import load_backbone
+from tagi.modeling.backbone import TINY, load_backbone
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class Student:
 
         Its adapter_config.json names the backbone by a path relative to the adapter folder, or
         by hub id: θ0's folder, or `backbone/` inside the adapter, a copy of the
-        student's backbone and tokenizer written when θ0 was built in code ("tiny"), when the student
+        student's backbone and tokenizer written when θ0 was built in code ("tiny", "tiny-llama"), when the student
         trained the layer norms, or when asked (`with_backbone`: a folder that stands alone). An
         existing folder is replaced only if it holds nothing but an earlier export's files.
         """
@@ -152,7 +152,7 @@ class Student:
 
     def _needs_backbone_copy(self) -> bool:
         """θ0 built in code has no folder to name; with trained layer norms the base is no longer θ0."""
-        return self.backbone["name"] == "tiny" or bool(self.model.theta0_norms)
+        return self.backbone["name"] in TINY or bool(self.model.theta0_norms)
 
     def _named_backbone(self, out: Path) -> str:
         local = Path(self.backbone["name"])

@@ -25,6 +25,7 @@ both undo themselves in `finally`, so an exception leaves no state behind.
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -84,6 +85,22 @@ def site_shapes(sites: Sequence[nn.Linear]) -> tuple[tuple[int, int], ...] | Non
     """(in, out) per site where the sites differ in shape, else None (one shape: the stacks are exact)."""
     shapes = tuple((site.in_features, site.out_features) for site in sites)
     return None if len(set(shapes)) <= 1 else shapes
+
+
+def peft_init(sites: Sequence[nn.Linear], rows: int, rank: int) -> tuple[Tensor, Tensor]:
+    """Trainable LoRA stacks for `rows` adapters, peft's init: A ~ U(±1/sqrt(in)) (kaiming_uniform with a=√5),
+    B = 0, so training starts at the plain model. A (rows, S, r, in), B (rows, S, out, r); zero outside each
+    site's block where sites differ in shape."""
+    width_in, width_out = max(s.in_features for s in sites), max(s.out_features for s in sites)
+    B = torch.zeros(rows, len(sites), width_out, rank)
+    if all(site.in_features == width_in for site in sites):  # one draw for the whole stack (T5, Llama)
+        bound = 1.0 / math.sqrt(width_in)
+        return torch.empty(rows, len(sites), rank, width_in).uniform_(-bound, bound), B
+    A = torch.zeros(rows, len(sites), rank, width_in)
+    for index, site in enumerate(sites):
+        bound = 1.0 / math.sqrt(site.in_features)
+        A[:, index, :, :site.in_features].uniform_(-bound, bound)
+    return A, B
 
 
 def site_masks(shapes: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor]:

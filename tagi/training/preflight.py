@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from tagi.modeling.backbone import TINY, TINY_T5
 from tagi.errors import ConfigurationError, InputError
 from tagi.io import COMPLETE_NAME, consolidate_zero_folder, is_zero_folder
 
@@ -154,12 +155,11 @@ def check_lora_rank(model: dict) -> None:
 
 
 def _projection_shape(backbone: dict) -> tuple[int, int] | None:
-    """(in, out) of θ0's q/v projections: d_model → num_heads · d_kv, from its config (None: a hub id, not read here)."""
-    name = backbone.get("name") or "tiny"
-    if name == "tiny":
-        from tagi.modeling.backbone import tiny_t5_config
-
-        config = tiny_t5_config(**(backbone.get("tiny_config") or {})).to_dict()
+    """(in, narrowest out) of θ0's q/v projections, from its config (None: a hub id, not read here). A T5's are
+    d_model → num_heads · d_kv; a Llama's v_proj writes num_key_value_heads · head_dim (grouped-query attention)."""
+    name = backbone.get("name") or TINY_T5
+    if name in TINY:
+        config = TINY[name][0](**(backbone.get("tiny_config") or {})).to_dict()
     elif (Path(name) / "config.json").is_file():
         try:
             config = json.loads((Path(name) / "config.json").read_text(encoding="utf-8"))
@@ -167,8 +167,13 @@ def _projection_shape(backbone: dict) -> tuple[int, int] | None:
             return None  # loading the backbone reports it, naming the file
     else:
         return None
-    keys = ("d_model", "num_heads", "d_kv")
-    return (config["d_model"], config["num_heads"] * config["d_kv"]) if all(isinstance(config.get(key), int) for key in keys) else None
+    if all(isinstance(config.get(key), int) for key in ("d_model", "num_heads", "d_kv")):
+        return config["d_model"], config["num_heads"] * config["d_kv"]
+    hidden, heads = config.get("hidden_size"), config.get("num_attention_heads")
+    if not (isinstance(hidden, int) and isinstance(heads, int)):
+        return None
+    head_dim = config.get("head_dim") or hidden // heads
+    return hidden, min(heads, config.get("num_key_value_heads") or heads) * head_dim
 
 
 COUNTS = {"batch_size": 1, "eval_batch_size": 1, "tasks_per_batch": 1, "clusters_per_batch": 1, "num_pos": 0,
@@ -226,11 +231,11 @@ def check_logger(trainer: dict) -> None:
 
 def check_backbone(name: str | None) -> None:
     """A local folder must exist; anything else must look like a hub id."""
-    if name in (None, "tiny") or Path(name).is_dir():
+    if name is None or name in TINY or Path(name).is_dir():
         return
     if Path(name).exists() or not HUB_ID.match(name) or name.startswith((".", "/", "~")) or _offline_and_uncached(name):
         raise InputError(
-            f"model.init_args.backbone.name: {name} is not a folder with a saved T5 (config.json + weights). "
+            f"model.init_args.backbone.name: {name} is not a folder with a saved model (config.json + weights). "
             "Give the folder stage 0 wrote (checkpoints/<run>/theta0/model; run the pipeline's theta0 stage first), "
             "a Hugging Face hub id such as google/t5-base-lm-adapt (with HF_HUB_OFFLINE set, one already in the local "
             "cache), or `tiny`.")

@@ -10,7 +10,6 @@ each cluster's LoRA is written as a standard PEFT adapter directory, atomically:
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ from torch import nn
 from tagi.data.collate import answer_by_group
 from tagi.modeling.adapters import cluster_folders, save_adapter
 from tagi.modeling.families import family_of
-from tagi.modeling.lora import LoRAWeights, apply_lora, site_shapes
+from tagi.modeling.lora import LoRAWeights, apply_lora, peft_init, site_shapes
 from tagi.training.config import Backbone, Generation, Optimization
 from tagi.training.stage import Stage
 
@@ -63,17 +62,10 @@ class TeacherModule(Stage):
         return [self.backbone.get_submodule(name) for name in self.site_names]
 
     def _build_bank(self, num_clusters: int) -> None:
-        """peft's init: A ~ U(±1/sqrt(in)) (kaiming_uniform with a=√5), B = 0, so training starts at θ0. Sites of
-        different shapes sit in stacks as wide as the widest, zero outside their own block (`LoRAWeights`)."""
-        sites = self.sites()
-        self.shapes = site_shapes(sites)
-        width_in, width_out = max(s.in_features for s in sites), max(s.out_features for s in sites)
-        A = torch.zeros(num_clusters, len(sites), self.lora_rank, width_in)  # (K, S, r, in)
-        for index, site in enumerate(sites):
-            bound = 1.0 / math.sqrt(site.in_features)
-            A[:, index, :, :site.in_features].uniform_(-bound, bound)
-        self.lora_A = nn.Parameter(A)
-        self.lora_B = nn.Parameter(torch.zeros(num_clusters, len(sites), width_out, self.lora_rank))  # (K, S, out, r)
+        """peft's init, so training starts at θ0: A (K, S, r, in), B (K, S, out, r) = 0."""
+        self.shapes = site_shapes(self.sites())
+        A, B = peft_init(self.sites(), num_clusters, self.lora_rank)
+        self.lora_A, self.lora_B = nn.Parameter(A), nn.Parameter(B)
 
     def bank(self) -> LoRAWeights:
         return LoRAWeights(self.lora_A, self.lora_B, self.lora_alpha / self.lora_rank, self.shapes)
