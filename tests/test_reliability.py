@@ -624,6 +624,18 @@ def test_an_output_dir_another_run_wrote_while_this_one_trained_is_not_replaced(
     assert (tmp_path / "theta0-second/tagi_backbone.json").is_file() and os.listdir("theta0") == ["config.json"]
 
 
+def test_a_second_fit_into_an_output_dir_another_fit_holds_is_refused_before_it_trains(tmp_path, capsys, monkeypatch):
+    """The claim on output_dir was taken only at export: a second θ0 fit into it trained to the end and was
+    refused then. It is held from the start of the fit, so the second fit is refused before it trains."""
+    import socket
+
+    monkeypatch.chdir(tmp_path)
+    Path(".theta0.lock").write_text(f"{socket.gethostname()}:{os.getpid()} 2026-12-02 00:00:00\n")  # a live first fit
+    run_fails_cleanly(["fit", "--config", config("theta0"), TINY, *FAST, "--model.init_args.output_dir=theta0"], capsys,
+                      "model.init_args.output_dir theta0: another run is writing into it")
+    assert not Path("checkpoints").exists()  # refused before the run folder was made
+
+
 def test_damaged_teacher_json_and_a_teachers_file_are_clean_errors(workdir, stages, capsys):
     for name, file_name in (("teachers-bad-meta", "meta.json"), ("teachers-bad-config", "adapter_config.json")):
         copy = workdir / name

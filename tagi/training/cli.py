@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
@@ -130,13 +131,15 @@ class TAGICLI(LightningCLI):
             config.overwrite = False  # for this run only: the saved config.yaml must not carry it to the next
 
     def _run_subcommand(self, subcommand: str) -> None:
-        """Every subcommand owns its logger folder while it runs (one writer per folder; rank 0 holds it)."""
+        """Every subcommand owns its logger folder while it runs (one writer per folder; rank 0 holds it), and a
+        fit its output_dir, from here to its export: a second fit into either is refused before it trains."""
         config = self.config[subcommand]
         folder = logger_dir(config.as_dict().get("trainer") or {})
         try:
-            if folder is None or os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
+            if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
                 return super()._run_subcommand(subcommand)
-            with folder_lock(folder, "trainer.logger"):
+            with folder_lock(folder, "trainer.logger") if folder is not None else nullcontext(), \
+                    self.output_claim.held() if self.output_claim is not None else nullcontext():
                 return super()._run_subcommand(subcommand)
         except SIGTERMException:  # a SystemExit without a code: the process would exit 0, as if it had finished
             raise self._terminated(subcommand, "SIGTERM", Terminated.EXIT_STATUS) from None
