@@ -566,6 +566,24 @@ def test_continuing_a_finished_theta0_that_later_stages_read_needs_overwrite(tmp
     assert json.loads(Path("theta0/tagi_backbone.json").read_text())["global_step"] == 6
 
 
+def test_continuing_a_finished_pretrain_run_that_finetune_warm_starts_from_needs_overwrite(tmp_path, capsys, monkeypatch):
+    """θ0 and the teachers needed --overwrite; a finished pretrain run continued with --ckpt_path last replaced, with
+    no word, the last.ckpt a finetune had warm-started from (its record names that file, not a copy)."""
+    monkeypatch.chdir(tmp_path)
+    command = pretrain_args("--trainer.logger.init_args.name=p")
+    tagi_main(command)
+    last = Path("checkpoints/demo/p/checkpoints/last.ckpt")
+    run_fails_cleanly(command, capsys, "continue it with --ckpt_path last --overwrite=true (continuing it replaces "
+                      f"{last}, which finetune runs warm-start from (model.init_args.init_from)")
+    run_fails_cleanly([*command, "--ckpt_path=last", "--trainer.max_steps=6"], capsys,
+                      "--ckpt_path: checkpoints/demo/p holds a finished run; continuing it replaces", "add --overwrite=true",
+                      f"another --trainer.logger.init_args.name and --ckpt_path {last}")
+    tagi_main([*pretrain_args("--trainer.logger.init_args.name=p-longer"), f"--ckpt_path={last}", "--trainer.max_steps=6"])
+    assert torch.load(last, weights_only=False)["global_step"] == 4  # the advice left the file finetune read as it was
+    tagi_main([*command, "--ckpt_path=last", "--trainer.max_steps=6", "--overwrite=true"])  # asked for
+    assert torch.load(last, weights_only=False)["global_step"] == 6
+
+
 def test_a_fit_over_a_finished_run_that_dies_leaves_it_unfinished(tmp_path, monkeypatch):
     """The old complete.json stayed until the new fit ended: killed midway, the run passed for finished and the
     pipeline skipped the stage, over a half-trained last.ckpt."""
@@ -591,7 +609,7 @@ def test_a_resume_under_another_spelling_of_the_folder_keeps_one_last_checkpoint
     """Lightning compares the checkpoint folder as a string: resumed through an absolute save_dir it wrote
     last-v1.ckpt and left last.ckpt at the killed run's step."""
     fit("pretrain", "--trainer.logger.init_args.name=spelling", "--trainer.max_steps=2")
-    fit("pretrain", "--trainer.logger.init_args.name=spelling", "--trainer.max_steps=4", "--ckpt_path=last",
+    fit("pretrain", "--trainer.logger.init_args.name=spelling", "--trainer.max_steps=4", "--ckpt_path=last", "--overwrite=true",
         f"--trainer.logger.init_args.save_dir={workdir / 'checkpoints/demo'}")
     folder = workdir / "checkpoints/demo/spelling/checkpoints"
     assert sorted(path.name for path in folder.glob("last*")) == ["last.ckpt"]

@@ -35,8 +35,8 @@ from tagi.training import strategies  # noqa: F401  registers `--trainer.strateg
 from tagi.training.callbacks import MetricsLog, StepProgressBar, artifact_callbacks
 from tagi.training.checkpoints import AtomicCheckpointIO
 from tagi.training.preflight import (CKPT_ALIASES, EVAL_SUBCOMMANDS, check_config, check_config_arguments, check_config_files,
-                                     check_fit_target, check_lora_rank, checkpoint_for_strategy, eval_checkpoint,
-                                     fit_checkpoint, is_training_run, logger_dir, output_dir)
+                                     check_continued_pretrain, check_fit_target, check_lora_rank, checkpoint_for_strategy,
+                                     eval_checkpoint, fit_checkpoint, is_training_run, logger_dir, output_dir)
 
 
 class ShortUsageParser(LightningArgumentParser):
@@ -85,6 +85,7 @@ class SaveConfig(SaveConfigCallback):
 
 class TAGICLI(LightningCLI):
     output_claim: FolderClaim | None = None  # a fit's output_dir as its check found it (`check_fit_target`)
+    overwrite = False  # a fit's --overwrite, which the saved config does not keep
 
     def add_arguments_to_parser(self, parser) -> None:
         # The model must build its vocabulary from the same tokenizer the data is encoded with.
@@ -128,6 +129,7 @@ class TAGICLI(LightningCLI):
             check_fit_target(config.as_dict())
             out = output_dir(config.as_dict())
             self.output_claim = FolderClaim(out, "model.init_args.output_dir") if out else None
+            self.overwrite = config.overwrite  # read again in before_fit (`check_continued_pretrain`)
             config.overwrite = False  # for this run only: the saved config.yaml must not carry it to the next
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -174,6 +176,8 @@ class TAGICLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._check_ckpt_path()
+        if hasattr(self.model, "stage"):
+            check_continued_pretrain({**self.config[self.subcommand].as_dict(), "overwrite": self.overwrite}, self.model.stage)
         MetricsLog.keep_history(self.trainer, self._resume_checkpoint())
         self.datamodule.prepare_data()
         self.datamodule.setup("fit")  # idempotent: Lightning's own setup call reuses the datasets
