@@ -654,6 +654,15 @@ def test_a_second_fit_into_an_output_dir_another_fit_holds_is_refused_before_it_
     assert not Path("checkpoints").exists()  # refused before the run folder was made
 
 
+def test_the_output_dir_lock_inside_a_fresh_run_folder_is_not_taken_for_earlier_logs(tmp_path, monkeypatch, recwarn):
+    """θ0's output_dir is inside its run folder: with its lock held from the start, Lightning warned that the fresh
+    run's folder was not empty and that previous log files would be deleted."""
+    monkeypatch.chdir(tmp_path)
+    tagi_main(["fit", "--config", config("theta0"), TINY, *FAST, "--model.init_args.output_dir=checkpoints/demo/theta0/model"])
+    assert Path("checkpoints/demo/theta0/model/tagi_backbone.json").is_file()
+    assert not [w for w in recwarn if "exists and is not empty" in str(w.message)]
+
+
 def test_damaged_teacher_json_and_a_teachers_file_are_clean_errors(workdir, stages, capsys):
     for name, file_name in (("teachers-bad-meta", "meta.json"), ("teachers-bad-config", "adapter_config.json")):
         copy = workdir / name

@@ -14,8 +14,9 @@ import os
 import re
 import sys
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Iterator
 
 import lightning as L
 import torch
@@ -29,7 +30,7 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tagi.errors import InputError, Terminated
-from tagi.io import FolderClaim, atomic_write_text, folder_lock, is_zero_folder, read_checkpoint, read_checkpoint_record
+from tagi.io import LOCK_SUFFIX, FolderClaim, atomic_write_text, folder_lock, is_zero_folder, read_checkpoint, read_checkpoint_record
 from tagi.provenance import Provenance
 from tagi.training import strategies  # noqa: F401  registers `--trainer.strategy=deepspeed_cpu`
 from tagi.training.callbacks import MetricsLog, StepProgressBar, artifact_callbacks
@@ -141,7 +142,7 @@ class TAGICLI(LightningCLI):
             if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
                 return super()._run_subcommand(subcommand)
             with folder_lock(folder, "trainer.logger") if folder is not None else nullcontext(), \
-                    self.output_claim.held() if self.output_claim is not None else nullcontext():
+                    self.output_claim.held() if self.output_claim is not None else nullcontext(), _quiet_if_only_locks(folder):
                 return super()._run_subcommand(subcommand)
         except SIGTERMException:  # a SystemExit without a code: the process would exit 0, as if it had finished
             raise self._terminated(subcommand, "SIGTERM", Terminated.EXIT_STATUS) from None
@@ -228,6 +229,17 @@ class TAGICLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # a configured plugin is the user's choice
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
+
+
+@contextmanager
+def _quiet_if_only_locks(folder: Path | None) -> Iterator[None]:
+    """θ0's output_dir is inside its run folder (`theta0/model`), so the output_dir's lock, held from the start
+    of the fit, is in the run folder before the logger writes there: Lightning would warn that a fresh run's
+    folder "exists and is not empty" and that "previous log files" will be deleted. Not when the lock is all."""
+    with warnings.catch_warnings():
+        if folder is not None and folder.is_dir() and all(entry.name.endswith(LOCK_SUFFIX) for entry in folder.iterdir()):
+            warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+        yield
 
 
 class _NoAdvertising(logging.Filter):
