@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import statistics
 import sys
@@ -28,16 +27,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tagi.io import atomic_write_text  # noqa: E402
-from tagi.pipeline import CONTROL_ROWS, HEADLINE, THETA0, control_args, fit_stage, score_checkpoint  # noqa: E402
+from tagi.pipeline import (CONTROL_ROWS, HEADLINE, RECIPE, THETA0, control_args, fit_stage, recipe,  # noqa: E402
+                           score_checkpoint)
 from tagi.eval.reports import RESULTS_JSON  # noqa: E402
 from tagi.eval.results import git_commit, paired_bootstrap, per_example, render_block  # noqa: E402
-from tagi.training.preflight import yaml_strings  # noqa: E402
 
 ABLATIONS = ROOT / "configs" / "ablations"  # one change each, applied after a stage config: --config <stage> --config <ablation>
 
@@ -91,40 +88,26 @@ BASELINES = ["no-instruction", "concat", "hint", "tagi"]
 EXTRA_PAIRS = [("hint", "no-instruction")]  # a hypernetwork should at least beat ignoring the instruction
 
 
-RECIPE = "recipe.json"  # beside a run: the YAML files it was configured by (content digests) and its overrides
+RETRAIN = "delete the folder to retrain it with the current one"
+SHARED_THETA0 = ("retrain it with the current one (`python -m tagi pipeline --config configs/{setting}/pipeline.yaml "
+                 "--force=true`), or leave out --share-theta0 to train a θ0 per seed")
 
 
-def recipe(configs: list[str], extra: list[str]) -> dict:
-    """What a run is made of: its config files and every YAML file they name (parts/*.yaml),
-    by content digest, and the command-line overrides."""
-    files, pending = {}, [Path(config) for config in configs]
-    while pending:
-        path = pending.pop()
-        if path in files or not path.is_file():
-            continue
-        files[path] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-        pending += [path.parent / value for value in yaml_strings(yaml.safe_load(path.read_text())) if value.endswith(".yaml")]
-    return {"configs": {_shown(path): digest for path, digest in files.items()}, "args": list(extra)}
-
-
-def _shown(path: Path) -> str:
-    return str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
-
-
-def check_recipe(run: Path, wanted: dict) -> None:
+def check_recipe(run: Path, wanted: dict, fix: str = RETRAIN) -> None:
     """A run folder is reused (or resumed) only for the recipe it was trained with: a folder left by
     other configs or overrides is an error naming what differs, not a silently reused result."""
     path = run / RECIPE
     if not path.is_file():
         if (run / "checkpoints").is_dir():
-            print(f"warning: {run} has no {RECIPE} (trained before recipes were recorded); reused as it is", file=sys.stderr)
+            print(f"warning: {run} has no {RECIPE} (trained by hand, or before recipes were recorded); reused as it is",
+                  file=sys.stderr)
         return
     saved = read_recipe(path)
     if saved != wanted:
         changed = sorted({*saved["configs"].items()} ^ {*wanted["configs"].items()})
         args = sorted(set(saved["args"]) ^ set(wanted["args"]))
         raise SystemExit(f"error: {run} was trained from another recipe (configs that differ: {[c for c, _ in changed]}; "
-                         f"overrides that differ: {args}); delete the folder to retrain it with the current one")
+                         f"overrides that differ: {args}); {fix}")
 
 
 def read_recipe(path: Path) -> dict:
@@ -159,9 +142,7 @@ class Ledger:
     def fit(self, folder: Path, stage: str, configs: list[str], extra: list[str]) -> dict:
         wanted = recipe(configs, extra)
         check_recipe(folder / stage, wanted)
-        done = fit_stage(stage, configs, folder, extra, force=False)
-        if not done.get("skipped"):
-            atomic_write_text(folder / stage / RECIPE, json.dumps(wanted, indent=1, sort_keys=True) + "\n")
+        done = fit_stage(stage, configs, folder, extra, force=False)  # it writes the recipe of a run it trained
         self.add(str(folder / stage), done.get("seconds"))
         return done
 
@@ -193,7 +174,13 @@ class Chain:
 
     def ensure_theta0(self) -> Path:
         has_stage0 = (ROOT / "configs" / self.setting / "theta0.yaml").is_file()
-        if self.shared_theta0 or not has_stage0:
+        if not has_stage0:
+            return self.theta0
+        if self.shared_theta0:  # the pipeline's: reused as it is, but only if its stage config is the current one
+            if "theta0" not in self.built:
+                wanted = recipe(self.config("theta0.yaml"), [f"--model.init_args.output_dir={self.theta0}"])
+                check_recipe(self.theta0.parent, wanted, SHARED_THETA0.format(setting=self.setting))
+                self.built["theta0"] = str(self.theta0)
             return self.theta0
         if "theta0" not in self.built:  # a finished θ0 too goes through the ledger: reused only for this recipe
             self.ledger.fit(self.folder, "theta0", self.config("theta0.yaml"),

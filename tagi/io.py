@@ -261,8 +261,10 @@ def folder_state(folder: str | os.PathLike) -> tuple[int, int] | None:
 
 class FolderClaim:
     """A fit checks its output folder when it starts (`--overwrite` or nothing there) and writes it when it
-    ends: another run that wrote the folder in between would be replaced without a word. The claim
-    remembers what the check saw, and the write happens under the folder's lock only if it is still that."""
+    ends. Another fit into the same folder passed the same check meanwhile, trained, and one export replaced
+    the other. So the claim is held from the start of the fit to its export (`held`, the folder's lock):
+    a second fit is refused before it trains. What the check saw is remembered and compared under the lock
+    (`check`), for a writer that does not take it (another host's, a hand copy)."""
 
     def __init__(self, folder: str | os.PathLike, option: str):
         self.folder, self.option, self.found = Path(folder), option, folder_state(folder)
@@ -270,13 +272,19 @@ class FolderClaim:
     @contextmanager
     def held(self) -> Iterator[None]:
         with folder_lock(self.folder, self.option):
-            if folder_state(self.folder) != self.found:
-                raise ConfigurationError(
-                    f"{self.option} {self.folder}: another run wrote it while this one trained (this fit found it "
-                    f"{'absent' if self.found is None else 'holding an earlier export'} when it started), so it was not "
-                    "replaced. This run's weights are in its run folder's checkpoints/last.ckpt: export them with the "
-                    "same command plus --ckpt_path last and another output_dir (or --overwrite=true to replace the other run's)")
+            self.check(trained=False)  # written between the check and the lock
             yield
+
+    def check(self, trained: bool = True) -> None:
+        if folder_state(self.folder) == self.found:
+            return
+        found = "absent" if self.found is None else "holding an earlier export"
+        advice = ("This run's weights are in its run folder's checkpoints/last.ckpt: export them with the same command "
+                  "plus --ckpt_path last and another output_dir (or --overwrite=true to replace the other run's)") if trained \
+            else "Nothing was written: give another output_dir, or --overwrite=true to replace the other run's"
+        raise ConfigurationError(
+            f"{self.option} {self.folder}: another run wrote it {'while this one trained' if trained else 'as this fit started'} "
+            f"(this fit found it {found} when it checked), so it was not replaced. {advice}")
 
 
 def _holder_alive(holder: str) -> bool:

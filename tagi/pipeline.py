@@ -13,6 +13,7 @@ The table is printed and written to the run's folder, `<checkpoints_dir>/<run>/t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from tagi.eval.results import git_commit, render_block
 from tagi.io import COMPLETE_NAME, atomic_write_text, is_zero_folder
 from tagi.provenance import CheckpointError
 from tagi.training.cli import run_cli
-from tagi.training.preflight import check_config_arguments
+from tagi.training.preflight import check_config_arguments, read_config_file, yaml_strings
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ CONTROL_ROWS = {"paraphrase": "student, paraphrased instruction", "other_task": 
                 "empty": "student, empty instruction", "random": "student, random instruction"}
 TABLE = "table.json"  # the run's table, in its folder, in the form `tagi.eval.results` renders
 HEADLINE = "exact_match"  # a model that copies its input cannot score it on the demo suite (ROUGE-L it can)
+RECIPE = "recipe.json"  # beside a stage's run: the YAML files it was configured by (content digests) and its overrides
+ROOT = Path(__file__).resolve().parents[1]  # a recipe names the repository's config files relative to it
 
 
 def _run(args: list[str]):
@@ -86,6 +89,24 @@ def _config_args(config: StageConfig) -> list[str]:
     return [arg for path in ([config] if isinstance(config, str) else config) for arg in ("--config", path)]
 
 
+def recipe(configs: StageConfig, extra: list[str]) -> dict:
+    """What a stage run is made of: its config files and every YAML file they name (parts/*.yaml), by
+    content digest, and the command-line overrides. Whoever reuses the run (`benchmarks/quality.py`,
+    θ0 shared with the pipeline's) compares it with the recipe it wants."""
+    files, pending = {}, [Path(config) for config in ([configs] if isinstance(configs, str) else configs)]
+    while pending:
+        path = pending.pop()
+        if path in files or not path.is_file():
+            continue
+        files[path] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        pending += [path.parent / value for value in yaml_strings(read_config_file(path)) if value.endswith(".yaml")]
+    return {"configs": {_shown(path): digest for path, digest in files.items()}, "args": list(extra)}
+
+
+def _shown(path: Path) -> str:
+    return str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
+
+
 def fit_stage(stage: str, config: StageConfig, run_dir: Path, extra: list[str], force: bool) -> dict:
     folder = run_dir / stage
     done = None if force else _complete(folder)
@@ -103,6 +124,8 @@ def fit_stage(stage: str, config: StageConfig, run_dir: Path, extra: list[str], 
     done = _complete(folder)
     if done is None:
         raise RuntimeError(f"{stage}: the run ended without writing {folder / COMPLETE_NAME}; see the log above")
+    if _first_process():
+        atomic_write_text(folder / RECIPE, json.dumps(recipe(config, extra), indent=1, sort_keys=True) + "\n")
     done["seconds"] = round(time.perf_counter() - start, 1)  # this run's part, if it resumed a killed one
     return done
 

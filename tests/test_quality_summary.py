@@ -111,6 +111,30 @@ def test_a_finished_theta0_is_reused_only_for_its_recipe(tmp_path):
     assert chain.ensure_theta0() == folder / quality.THETA0  # its own recipe: reused, nothing trained
 
 
+def test_the_pipelines_theta0_is_shared_only_for_its_recipe(tmp_path, monkeypatch):
+    """--share-theta0 reused the pipeline's θ0 without a recipe check: one a trial trained with --overrides (10
+    steps) was the θ0 of every seed, silently. The pipeline records the recipe of each stage it trains."""
+    from tagi import pipeline
+
+    run_dir = tmp_path / "checkpoints/demo"  # the pipeline's run `demo`, where --share-theta0 looks
+
+    def trains(args):  # the stage's fit, as far as fit_stage can see it: a finished run folder
+        folder = run_dir / "theta0"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "last.ckpt").write_bytes(b"")
+        (folder / "complete.json").write_text(json.dumps({"last_checkpoint": str(folder / "last.ckpt"), "global_step": 10}))
+
+    monkeypatch.setattr(pipeline, "_run", trains)
+    chain = quality.Chain("demo", 1, tmp_path / "seed1", run_dir / quality.THETA0, quality.Ledger(tmp_path / "seconds.json"),
+                          shared_theta0=True)
+    output_dir = f"--model.init_args.output_dir={chain.theta0}"
+    pipeline.fit_stage("theta0", chain.config("theta0.yaml"), run_dir, ["--trainer.max_steps=10", output_dir], force=False)
+    with pytest.raises(SystemExit, match=r"theta0 was trained from another recipe .*--trainer.max_steps=10.*--force=true"):
+        chain.ensure_theta0()
+    pipeline.fit_stage("theta0", chain.config("theta0.yaml"), run_dir, [output_dir], force=True)  # the pipeline, retrained
+    assert chain.ensure_theta0() == chain.theta0  # its recipe is the one --share-theta0 wants: shared
+
+
 def test_a_test_is_reused_only_if_written_after_its_checkpoint(tmp_path, monkeypatch):
     """A run retrained into its folder (after its recipe changed) has a checkpoint of the same name."""
     chain = quality.Chain("demo", 0, tmp_path, tmp_path / "theta0", quality.Ledger(tmp_path / "seconds.json"))

@@ -566,6 +566,24 @@ def test_continuing_a_finished_theta0_that_later_stages_read_needs_overwrite(tmp
     assert json.loads(Path("theta0/tagi_backbone.json").read_text())["global_step"] == 6
 
 
+def test_continuing_a_finished_pretrain_run_that_finetune_warm_starts_from_needs_overwrite(tmp_path, capsys, monkeypatch):
+    """θ0 and the teachers needed --overwrite; a finished pretrain run continued with --ckpt_path last replaced, with
+    no word, the last.ckpt a finetune had warm-started from (its record names that file, not a copy)."""
+    monkeypatch.chdir(tmp_path)
+    command = pretrain_args("--trainer.logger.init_args.name=p")
+    tagi_main(command)
+    last = Path("checkpoints/demo/p/checkpoints/last.ckpt")
+    run_fails_cleanly(command, capsys, "continue it with --ckpt_path last --overwrite=true (continuing it replaces "
+                      f"{last}, which finetune runs warm-start from (model.init_args.init_from)")
+    run_fails_cleanly([*command, "--ckpt_path=last", "--trainer.max_steps=6"], capsys,
+                      "--ckpt_path: checkpoints/demo/p holds a finished run; continuing it replaces", "add --overwrite=true",
+                      f"another --trainer.logger.init_args.name and --ckpt_path {last}")
+    tagi_main([*pretrain_args("--trainer.logger.init_args.name=p-longer"), f"--ckpt_path={last}", "--trainer.max_steps=6"])
+    assert torch.load(last, weights_only=False)["global_step"] == 4  # the advice left the file finetune read as it was
+    tagi_main([*command, "--ckpt_path=last", "--trainer.max_steps=6", "--overwrite=true"])  # asked for
+    assert torch.load(last, weights_only=False)["global_step"] == 6
+
+
 def test_a_fit_over_a_finished_run_that_dies_leaves_it_unfinished(tmp_path, monkeypatch):
     """The old complete.json stayed until the new fit ended: killed midway, the run passed for finished and the
     pipeline skipped the stage, over a half-trained last.ckpt."""
@@ -591,7 +609,7 @@ def test_a_resume_under_another_spelling_of_the_folder_keeps_one_last_checkpoint
     """Lightning compares the checkpoint folder as a string: resumed through an absolute save_dir it wrote
     last-v1.ckpt and left last.ckpt at the killed run's step."""
     fit("pretrain", "--trainer.logger.init_args.name=spelling", "--trainer.max_steps=2")
-    fit("pretrain", "--trainer.logger.init_args.name=spelling", "--trainer.max_steps=4", "--ckpt_path=last",
+    fit("pretrain", "--trainer.logger.init_args.name=spelling", "--trainer.max_steps=4", "--ckpt_path=last", "--overwrite=true",
         f"--trainer.logger.init_args.save_dir={workdir / 'checkpoints/demo'}")
     folder = workdir / "checkpoints/demo/spelling/checkpoints"
     assert sorted(path.name for path in folder.glob("last*")) == ["last.ckpt"]
@@ -622,6 +640,27 @@ def test_an_output_dir_another_run_wrote_while_this_one_trained_is_not_replaced(
     assert os.listdir("theta0") == ["config.json"] and not Path("checkpoints/demo/second/complete.json").exists()
     tagi_main([*command, "--model.init_args.output_dir=theta0-second", "--ckpt_path=last"])  # what the message advises
     assert (tmp_path / "theta0-second/tagi_backbone.json").is_file() and os.listdir("theta0") == ["config.json"]
+
+
+def test_a_second_fit_into_an_output_dir_another_fit_holds_is_refused_before_it_trains(tmp_path, capsys, monkeypatch):
+    """The claim on output_dir was taken only at export: a second θ0 fit into it trained to the end and was
+    refused then. It is held from the start of the fit, so the second fit is refused before it trains."""
+    import socket
+
+    monkeypatch.chdir(tmp_path)
+    Path(".theta0.lock").write_text(f"{socket.gethostname()}:{os.getpid()} 2026-12-02 00:00:00\n")  # a live first fit
+    run_fails_cleanly(["fit", "--config", config("theta0"), TINY, *FAST, "--model.init_args.output_dir=theta0"], capsys,
+                      "model.init_args.output_dir theta0: another run is writing into it")
+    assert not Path("checkpoints").exists()  # refused before the run folder was made
+
+
+def test_the_output_dir_lock_inside_a_fresh_run_folder_is_not_taken_for_earlier_logs(tmp_path, monkeypatch, recwarn):
+    """θ0's output_dir is inside its run folder: with its lock held from the start, Lightning warned that the fresh
+    run's folder was not empty and that previous log files would be deleted."""
+    monkeypatch.chdir(tmp_path)
+    tagi_main(["fit", "--config", config("theta0"), TINY, *FAST, "--model.init_args.output_dir=checkpoints/demo/theta0/model"])
+    assert Path("checkpoints/demo/theta0/model/tagi_backbone.json").is_file()
+    assert not [w for w in recwarn if "exists and is not empty" in str(w.message)]
 
 
 def test_damaged_teacher_json_and_a_teachers_file_are_clean_errors(workdir, stages, capsys):

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tagi.eval.results import find_blocks, main, paired_bootstrap, per_example, render_block, render_readme
+from tagi.eval.results import (find_blocks, main, paired_bootstrap, per_example, render_block, render_readme,
+                               untraced_numbers)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -194,6 +195,50 @@ def test_readme_results_match_their_json():
     assert find_blocks(text), "README.md has lost its <!-- results: ... --> blocks"
     assert render_readme(text, ROOT / "docs/results") == text, (
         "README results blocks differ from docs/results/*.json; run `python -m tagi.eval.results --write`")
+
+
+def test_a_value_in_prose_is_generated_and_checked(tmp_path, capsys):
+    """A number in the README's prose could drift from its JSON: one written as a value is regenerated and checked."""
+    folder, readme = results_dir(tmp_path), tmp_path / "README.md"
+    readme.write_text("The student scores <!-- value: demo rows/student/exact_match .2f -->12.70<!-- /value --> EM.\n")
+    args = ["--readme", str(readme), "--results-dir", str(folder)]
+    assert main([*args, "--check"]) == 1
+    assert "README value demo rows/student/exact_match: '12.70' in" in capsys.readouterr().out
+    assert main([*args, "--write"]) == 0 and main([*args, "--check"]) == 0
+    assert "scores <!-- value: demo rows/student/exact_match .2f -->12.78<!-- /value --> EM." in readme.read_text()
+    readme.write_text("<!-- value: demo rows/nobody/exact_match .2f -->1<!-- /value -->\n")
+    assert main([*args, "--check"]) == 2
+    assert "README value demo rows/nobody/exact_match: " in capsys.readouterr().err
+
+
+PROSE = """# Title
+Weight decay 0.01 and a 3 % warm-up; the student scored 25.87 ROUGE-L.
+## Results
+It took 12 s and 1.5 GiB; TAGI gets 13.50 EM, 0.31× the FLOPs, and 40 % more.
+Targets: ≤ 0.35× FLOPs, < 10 %; a 95% interval; `--timeout 30 s` is code; 200 examples, lr 1e-3, 8 steps.
+<!-- results: demo -->
+| student | 12.78 |
+<!-- /results -->
+Student: <!-- value: demo rows/student/exact_match .2f -->12.78<!-- /value --> EM.
+```bash
+python x.py   # 3.5 s
+```
+## Later
+A 2.0 GB download.
+"""
+
+
+def test_typed_measurements_are_found_by_shape_and_by_their_json(tmp_path):
+    """The README's prose was not checked: a measured number typed in it could drift from docs/results."""
+    found = untraced_numbers(PROSE, results_dir(tmp_path))
+    assert [line.split(": ")[0] + ": " + line.split(": ")[1] for line in found] == [
+        "line 2: 25.87",  # outside Results, but a copy of demo.json's student ROUGE-L
+        "line 4: 12 s", "line 4: 1.5 GiB", "line 4: 13.50", "line 4: 0.31×", "line 4: 40 %"]
+
+
+def test_the_readme_types_no_measured_number():
+    assert untraced_numbers((ROOT / "README.md").read_text(encoding="utf-8"), ROOT / "docs/results") == [], (
+        "write these as <!-- value: FILE PATH FORMAT -->…<!-- /value --> (python -m tagi.eval.results --write)")
 
 
 def test_git_commit_is_dirty_for_code_changes_not_for_written_results(tmp_path):

@@ -7,8 +7,10 @@ runs anywhere. A README block is
     ...generated from docs/results/quality-demo.json...
     <!-- /results -->
 
-and `python -m tagi.eval.results --check` fails when any block's text is not what its JSON renders to;
-`--write` regenerates them in place.
+and a value in prose is `<!-- value: quality-ni-v1 variants/concat/mean/exact_match .2f -->0.00<!-- /value -->`
+(the JSON value at that path, formatted). `python -m tagi.eval.results --check` fails when any block's or
+value's text is not what its JSON renders to, and when a measured number is typed by hand (`untraced_numbers`);
+`--write` regenerates blocks and values in place.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ CONTROLS = ("real", "paraphrase", "other_task", "empty", "random")
 DASH = "–"
 BLOCK = re.compile(r"(<!--\s*results:\s*([\w./-]+)\s*-->)(.*?)(<!--\s*/results\s*-->)", re.DOTALL)
 OPENING = re.compile(r"<!--\s*results:")
+VALUE = re.compile(r"(<!--\s*value:\s*([\w./-]+)\s+(.+?)\s+(\S+)\s*-->)(.*?)(<!--\s*/value\s*-->)")
 _CHUNK = 1 << 22  # bootstrap indices drawn per batch (32 MB of int64)
 
 
@@ -291,7 +294,97 @@ def render_readme(text: str, results_dir: str | os.PathLike) -> str:
         content = render_block(name, json.loads(path.read_text(encoding="utf-8"))).strip("\n")
         return f"{match.group(1)}\n{content}\n{match.group(4)}"
 
-    return BLOCK.sub(replace, text)
+    return render_values(BLOCK.sub(replace, text), results_dir)
+
+
+def render_values(text: str, results_dir: str | os.PathLike) -> str:
+    """`text` with every `<!-- value: FILE PATH FORMAT -->` regenerated: FILE's JSON at PATH (keys split
+    on `/`), formatted with the Python format spec FORMAT."""
+    def replace(match: re.Match) -> str:
+        name, keys, spec = match.group(2), match.group(3), match.group(4)
+        path = Path(results_dir) / f"{name}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"README value {name} {keys}: no results file {path}")
+        value = json.loads(path.read_text(encoding="utf-8"))
+        for key in keys.split("/"):
+            if not isinstance(value, Mapping) or key not in value:
+                raise ValueError(f"README value {name} {keys}: {path} has no {key!r} there")
+            value = value[key]
+        return f"{match.group(1)}{format(value, spec)}{match.group(6)}"
+
+    return VALUE.sub(replace, text)
+
+
+# --- numbers typed by hand ------------------------------------------------------------------------
+
+# What a measured result looks like: a percentage, a time, a memory size, a ratio (0.35×), or a score with
+# two decimals. Counts, steps, lengths and learning rates (1e-3) have none of these shapes.
+_MEASURED = re.compile(r"(?<![\w.])(?:\d+(?:\.\d+)?\s?(?:%|(?:s|ms|seconds|minutes|GiB|GB|MiB|MB)\b)"
+                       r"|\d+\.\d+\s?×|\d+\.\d{2,}(?![\d.]))")
+# Not a result although shaped like one: a bound (a target, a tolerance: ≤ 0.35×, < 10 %) and a confidence level.
+_NOT_A_RESULT = re.compile(r"[≤≥<>~]\s*$|^\d+\s?% (?:interval|CI|confidence)")
+_GENERATED = (BLOCK, VALUE, re.compile(r"```.*?```", re.DOTALL), re.compile(r"`[^`\n]*`"), re.compile(r"<!--.*?-->", re.DOTALL))
+RESULTS_HEADING = "## Results"
+
+
+def untraced_numbers(text: str, results_dir: str | os.PathLike) -> list[str]:
+    """Measured numbers typed into the README instead of generated, as `line N: number: the line`:
+    in the Results section, every number shaped like a measurement; anywhere, a decimal of three or more
+    significant digits that equals a value in results_dir's JSON files (a copy that would drift from them). Generated
+    blocks and values, code and comments are not prose."""
+    prose, leaves = _prose(text), _json_numbers(Path(results_dir))
+    section = _section(text, RESULTS_HEADING)
+    found = []
+    for number, match in enumerate(_MEASURED.finditer(prose)):
+        token, before = match.group(0), prose[max(0, match.start() - 3):match.start()]
+        if _NOT_A_RESULT.search(before) or _NOT_A_RESULT.match(prose[match.start():match.end() + 12]):
+            continue
+        copied = _significant_digits(token) >= 3 and token.replace("×", "").strip() in leaves
+        if section[0] <= match.start() < section[1] or copied:
+            line = prose.count("\n", 0, match.start())
+            found.append(f"line {line + 1}: {token.strip()}: {text.splitlines()[line].strip()}")
+    return found
+
+
+def _significant_digits(token: str) -> int:
+    """A copy is recognised at three significant digits or more (12.78, 0.698): fewer (0.01, a config's
+    weight decay) match some value of the results files by chance."""
+    digits = re.sub(r"\D", "", token.split()[0] if " " in token else token).lstrip("0")
+    return len(digits) if "." in token else 0
+
+
+def _prose(text: str) -> str:
+    """`text` with generated and code spans blanked (newlines kept, so offsets and lines stay)."""
+    for pattern in _GENERATED:
+        text = pattern.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)
+    return text
+
+
+def _section(text: str, heading: str) -> tuple[int, int]:
+    start = text.find(f"\n{heading}\n")
+    if start < 0:
+        return 0, 0
+    end = text.find("\n## ", start + 1)
+    return start, len(text) if end < 0 else end
+
+
+def _json_numbers(folder: Path) -> set[str]:
+    """Every number in the results files, as written at 1 to 3 decimals (how prose would copy it)."""
+    numbers: set[str] = set()
+
+    def walk(value) -> None:
+        if isinstance(value, Mapping):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            numbers.update(f"{value:.{d}f}" for d in (2, 3))
+
+    for path in sorted(folder.rglob("*.json")):
+        walk(json.loads(path.read_text(encoding="utf-8")))
+    return numbers
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -311,15 +404,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.write:
         if rendered != text:
             args.readme.write_text(rendered, encoding="utf-8")
-        print(f"{args.readme}: {len(find_blocks(text))} results blocks written")
+        print(f"{args.readme}: {len(find_blocks(text))} results blocks and {len(VALUE.findall(text))} values written")
         return 0
     stale = [(name, old, new) for (name, old), (_, new) in zip(find_blocks(text), find_blocks(rendered)) if old != new]
     for name, old, new in stale:
         print(f"results block {name!r} differs from {args.results_dir / (name + '.json')}:")
         sys.stdout.writelines(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
                                                    f"{args.readme} (current)", f"{name}.json (rendered)"))
-    if stale:
+    values = [(old.group(2), old.group(3), old.group(5), new.group(5))
+              for old, new in zip(VALUE.finditer(text), VALUE.finditer(rendered)) if old.group(5) != new.group(5)]
+    for name, keys, old, new in values:
+        print(f"README value {name} {keys}: {old!r} in {args.readme}, {new!r} in {args.results_dir / (name + '.json')}")
+    if stale or values:
         print(f"run: python -m tagi.eval.results --readme {args.readme} --results-dir {args.results_dir} --write")
+        return 1
+    typed = untraced_numbers(text, args.results_dir)
+    for line in typed:
+        print(f"{args.readme} {line}")
+    if typed:
+        print("a measured number in the README is written as a value generated from docs/results "
+              "(<!-- value: FILE PATH FORMAT -->…<!-- /value -->) or inside a results block")
         return 1
     print("README results are up to date")
     return 0

@@ -9,7 +9,7 @@ import io
 import json
 import resource
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -97,8 +97,8 @@ class MetricsLog(Callback):
 class ExportArtifacts(Callback):
     """What later stages read from a finished fit, written by rank 0 to the stage's `output_dir`: θ0's
     `from_pretrained` folder (stage 0), one PEFT folder per cluster (teachers). The stage says what
-    (`export(out_dir)`), this says when: under `claim` (the CLI's, taken when it checked output_dir),
-    only if no other run wrote the folder since."""
+    (`export(out_dir)`), this says when: under `claim` (the CLI's, taken when it checked output_dir and
+    held since), only if no other run wrote the folder since."""
 
     def __init__(self, claim: FolderClaim | None = None) -> None:
         self.claim = claim
@@ -109,8 +109,9 @@ class ExportArtifacts(Callback):
             return
         with full_precision_weights(trainer, pl_module):  # every rank: a collective under ZeRO
             if trainer.is_global_zero:
-                with self.claim.held() if self.claim is not None else nullcontext():
-                    pl_module.export(Path(out_dir))
+                if self.claim is not None:
+                    self.claim.check()
+                pl_module.export(Path(out_dir))
 
 
 @contextmanager

@@ -14,7 +14,9 @@ import os
 import re
 import sys
 import warnings
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Iterator
 
 import lightning as L
 import torch
@@ -28,14 +30,14 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tagi.errors import InputError, Terminated
-from tagi.io import FolderClaim, atomic_write_text, folder_lock, is_zero_folder, read_checkpoint, read_checkpoint_record
+from tagi.io import LOCK_SUFFIX, FolderClaim, atomic_write_text, folder_lock, is_zero_folder, read_checkpoint, read_checkpoint_record
 from tagi.provenance import Provenance
 from tagi.training import strategies  # noqa: F401  registers `--trainer.strategy=deepspeed_cpu`
 from tagi.training.callbacks import MetricsLog, StepProgressBar, artifact_callbacks
 from tagi.training.checkpoints import AtomicCheckpointIO
 from tagi.training.preflight import (CKPT_ALIASES, EVAL_SUBCOMMANDS, check_config, check_config_arguments, check_config_files,
-                                     check_fit_target, check_lora_rank, checkpoint_for_strategy, eval_checkpoint,
-                                     fit_checkpoint, is_training_run, logger_dir, output_dir)
+                                     check_continued_pretrain, check_fit_target, check_lora_rank, checkpoint_for_strategy,
+                                     eval_checkpoint, fit_checkpoint, is_training_run, logger_dir, output_dir)
 
 
 class ShortUsageParser(LightningArgumentParser):
@@ -84,6 +86,7 @@ class SaveConfig(SaveConfigCallback):
 
 class TAGICLI(LightningCLI):
     output_claim: FolderClaim | None = None  # a fit's output_dir as its check found it (`check_fit_target`)
+    overwrite = False  # a fit's --overwrite, which the saved config does not keep
 
     def add_arguments_to_parser(self, parser) -> None:
         # The model must build its vocabulary from the same tokenizer the data is encoded with.
@@ -127,16 +130,19 @@ class TAGICLI(LightningCLI):
             check_fit_target(config.as_dict())
             out = output_dir(config.as_dict())
             self.output_claim = FolderClaim(out, "model.init_args.output_dir") if out else None
+            self.overwrite = config.overwrite  # read again in before_fit (`check_continued_pretrain`)
             config.overwrite = False  # for this run only: the saved config.yaml must not carry it to the next
 
     def _run_subcommand(self, subcommand: str) -> None:
-        """Every subcommand owns its logger folder while it runs (one writer per folder; rank 0 holds it)."""
+        """Every subcommand owns its logger folder while it runs (one writer per folder; rank 0 holds it), and a
+        fit its output_dir, from here to its export: a second fit into either is refused before it trains."""
         config = self.config[subcommand]
         folder = logger_dir(config.as_dict().get("trainer") or {})
         try:
-            if folder is None or os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
+            if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
                 return super()._run_subcommand(subcommand)
-            with folder_lock(folder, "trainer.logger"):
+            with folder_lock(folder, "trainer.logger") if folder is not None else nullcontext(), \
+                    self.output_claim.held() if self.output_claim is not None else nullcontext(), _quiet_if_only_locks(folder):
                 return super()._run_subcommand(subcommand)
         except SIGTERMException:  # a SystemExit without a code: the process would exit 0, as if it had finished
             raise self._terminated(subcommand, "SIGTERM", Terminated.EXIT_STATUS) from None
@@ -171,6 +177,8 @@ class TAGICLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._check_ckpt_path()
+        if hasattr(self.model, "stage"):
+            check_continued_pretrain({**self.config[self.subcommand].as_dict(), "overwrite": self.overwrite}, self.model.stage)
         MetricsLog.keep_history(self.trainer, self._resume_checkpoint())
         self.datamodule.prepare_data()
         self.datamodule.setup("fit")  # idempotent: Lightning's own setup call reuses the datasets
@@ -221,6 +229,17 @@ class TAGICLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # a configured plugin is the user's choice
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
+
+
+@contextmanager
+def _quiet_if_only_locks(folder: Path | None) -> Iterator[None]:
+    """θ0's output_dir is inside its run folder (`theta0/model`), so the output_dir's lock, held from the start
+    of the fit, is in the run folder before the logger writes there: Lightning would warn that a fresh run's
+    folder "exists and is not empty" and that "previous log files" will be deleted. Not when the lock is all."""
+    with warnings.catch_warnings():
+        if folder is not None and folder.is_dir() and all(entry.name.endswith(LOCK_SUFFIX) for entry in folder.iterdir()):
+            warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+        yield
 
 
 class _NoAdvertising(logging.Filter):

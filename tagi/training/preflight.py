@@ -332,10 +332,10 @@ def eval_checkpoint(subcommand: str, config: dict) -> str:
 
 
 def check_fit_target(config: dict) -> None:
-    """A fresh fit must not replace a finished run or an exported artifact (θ0, the teachers) that later
-    stages read; `--overwrite=true` allows it, `--ckpt_path` continues the run, except a finished one
-    that re-exports such an artifact. (A killed run's folder may be restarted: that is what a user does
-    after fixing the cause.)"""
+    """A fresh fit must not replace a finished run or an artifact that later stages read (θ0, the teachers,
+    a pretrain run's last.ckpt); `--overwrite=true` allows it, `--ckpt_path` continues the run, except a
+    finished one whose artifact later stages read: continued, it would change under them. (A killed run's
+    folder may be restarted: that is what a user does after fixing the cause.)"""
     trainer = config.get("trainer") or {}
     for key in ("max_steps", "max_epochs"):
         if trainer.get(key) == 0:
@@ -344,17 +344,16 @@ def check_fit_target(config: dict) -> None:
     run, out = logger_dir(trainer), output_dir(config)
     finished = run is not None and (run / COMPLETE_NAME).is_file()
     exported = bool(out) and Path(out).is_dir() and any(Path(out).iterdir())
+    handed_on = _handed_on(run, out, exported) if finished else None
     if config.get("overwrite"):
         return
     if _continues(config.get("ckpt_path"), run):
-        if finished and exported:
-            raise ConfigurationError(f"--ckpt_path: {run} holds a finished run; {_REEXPORT.format(out=out)}; add "
-                                     "--overwrite=true to continue it anyway, or train a new run into another output_dir "
-                                     "(nothing was written)")
+        if exported:  # a finished pretrain run: `check_continued_pretrain`, once the checkpoint's stage is known
+            _refuse_continuing(run, handed_on, exported)
         return
     choose = "give another --trainer.logger.init_args.name, or --overwrite=true to replace it (nothing was written)"
     if finished:
-        resume = f"--ckpt_path last --overwrite=true ({_REEXPORT.format(out=out)})" if exported else "--ckpt_path last"
+        resume = f"--ckpt_path last --overwrite=true ({handed_on})" if handed_on else "--ckpt_path last"
         raise ConfigurationError(f"trainer.logger: {run} holds a finished run ({COMPLETE_NAME}); this fit would replace "
                                  f"its checkpoints and metrics.csv; continue it with {resume}, or {choose}")
     if exported:
@@ -362,9 +361,52 @@ def check_fit_target(config: dict) -> None:
                                  "stages read; give another output_dir, or --overwrite=true to replace it (nothing was written)")
 
 
+def check_continued_pretrain(config: dict, stage: str) -> None:
+    """`--ckpt_path` continuing a finished pretrain run replaces the last.ckpt finetune runs warm-started from.
+    Called once the checkpoint is known to be this stage's (the CLI's `_check_ckpt_path`): a finetune config
+    pointed at a pretrain run's folder is told that, not this."""
+    run = logger_dir(config.get("trainer") or {})
+    if stage != "pretrain" or config.get("overwrite") or not _continues(config.get("ckpt_path"), run) \
+            or not (run / COMPLETE_NAME).is_file():
+        return
+    handed_on = _handed_on(run, None, exported=False)
+    if handed_on:
+        _refuse_continuing(run, handed_on, exported=False)
+
+
+def _refuse_continuing(run: Path, handed_on: str, exported: bool) -> None:
+    raise ConfigurationError(f"--ckpt_path: {run} holds a finished run; {handed_on}; add --overwrite=true to "
+                             f"continue it anyway, or {_elsewhere(run, exported)} (nothing was written)")
+
+
+def _elsewhere(run: Path, exported: bool) -> str:
+    if exported:
+        return "train a new run into another output_dir"
+    return (f"continue it as a new run, which leaves this one as it is: another --trainer.logger.init_args.name and "
+            f"--ckpt_path {run / 'checkpoints' / 'last.ckpt'}")
+
+
+def _handed_on(run: Path, out: str | None, exported: bool) -> str | None:
+    """Why continuing this finished run would change what later stages were trained on (None: it would not).
+    θ0 and the teachers export output_dir at the end; a pretrain run exports nothing, but its last.ckpt is
+    what finetune warm-starts from (`init_from`; the pipeline hands it on), and a continued run replaces it."""
+    if exported:
+        return _REEXPORT.format(out=out)
+    try:
+        stage = json.loads((run / COMPLETE_NAME).read_text(encoding="utf-8")).get("stage")
+    except (OSError, ValueError, AttributeError):
+        stage = None  # a damaged marker is the pipeline's to report; here it only loses this check
+    if stage == "pretrain":
+        return _REPLACES_INIT.format(last=run / "checkpoints" / "last.ckpt")
+    return None
+
+
 # Continuing a finished θ0 or teacher run trains on and exports again, in place: what later stages were trained on changes.
 _REEXPORT = ("continuing it exports model.init_args.output_dir {out} again when it ends, and the stages trained on "
              "the current one would no longer match it (on θ0 they are refused)")
+# A finetune run records the path it warm-started from, not a copy: continued, the pretrain run rewrites that file.
+_REPLACES_INIT = ("continuing it replaces {last}, which finetune runs warm-start from (model.init_args.init_from), so "
+                  "a finetune trained on the current one would no longer match the file its record names")
 
 
 def output_dir(config: dict) -> str | None:
