@@ -275,7 +275,8 @@ class PretrainDataModule(_TaskDataModule):
                  max_test_instances_per_task: int | None = 100, num_workers: int = 0, seed: int = 0,
                  on_error: OnError = "raise", synthetic_seed: int = 0, cache_dir: str = "runs/data",
                  splits_dir: str | None = None, instruction_control: Control = "real",
-                 student_input: StudentInput = "template"):
+                 student_input: StudentInput = "template", four_way_input_length: int | None = None,
+                 max_sequence_length: int | None = None):
         super().__init__()
         self.save_hyperparameters()
         self._init_state()
@@ -294,7 +295,8 @@ class PretrainDataModule(_TaskDataModule):
     def _segments(self, **kwargs) -> C4Segments:
         h = self.hparams
         return C4Segments(self._source(), self.tokenizer, h.max_instruction_length, h.max_input_length,
-                          h.max_target_length, h.four_way, h.min_piece, h.seed, **kwargs)
+                          h.max_target_length, h.four_way, h.min_piece, h.seed,
+                          four_way_input_length=h.four_way_input_length, max_sequence_length=h.max_sequence_length, **kwargs)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
