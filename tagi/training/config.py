@@ -52,8 +52,8 @@ class Optimization:
     weight_decay: float = 0.0
     """Decoupled weight decay on the weights `weight_decay_on` names; must not be negative."""
     weight_decay_on: DecayScope = "all"
-    """"all": every trained weight; "matrices": weight matrices only (the Hugging Face Trainer's exemption:
-    no decay on biases, norm scales and embedding tables). "all" is what every result so far was trained with."""
+    """"all": every trained weight; "matrices": weight matrices only, no decay on biases, norm scales and embedding
+    tables (the Hugging Face Trainer exempts the first two). "all" is what every result so far was trained with."""
     warmup_ratio: float = 0.06
     """Share of the steps spent warming up."""
     fused: bool = True
