@@ -13,7 +13,7 @@ needs in place of what it lacks:
   C4, the real T5 vocabulary (`<shared>/tokenizers/t5`); without `--shared` the embedded synthetic suite
   and its tokenizer (the model keeps t5-base's 32,128-entry vocabulary);
 - hardware: `--device cpu` runs `tagi.training.strategies.CPUDeepSpeedStrategy` on 2 processes
-  (the config's ZeRO stage and bf16 kept), `--device cuda` the config's own strategy on the visible
+  (the config's ZeRO stage and precision kept), `--device cuda` the config's own strategy on the visible
   GPUs; both: `--steps` optimizer steps per stage, validation on 1 batch, test on 1 instance per task,
   1 data-loading worker.
 Every hand-off is checked: the teachers → finetune (KL and parameter loss computed), the stage-2 ZeRO

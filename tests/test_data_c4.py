@@ -115,3 +115,43 @@ def test_hub_spec_is_parsed_for_streaming(monkeypatch):
     assert list(iter_documents("hf:allenai/c4/en")) == ["streamed"]
     assert list(iter_documents("hf:wikitext", split="validation")) == ["streamed"]
     assert calls == [("allenai/c4", "en", "train", True), ("wikitext", None, "validation", True)]
+
+
+def _document(tmp_path, n=400) -> str:
+    (tmp_path / "d.jsonl").write_text(json.dumps({"text": "".join(chr(ord("a") + i % 26) for i in range(n))}) + "\n")
+    return str(tmp_path / "d.jsonl")
+
+
+def test_four_way_input_length_fixes_b_and_nothing_else(tmp_path):
+    """HyperTuning §4.2's short b: every segment's model input is exactly that many tokens (+ EOS)."""
+    source = _document(tmp_path)
+    drawn = segments(source, four_way=True, num_segments=40)
+    fixed = segments(source, four_way=True, num_segments=40, four_way_input_length=5)
+    assert len({len(s["input"]) for s in drawn}) > 1  # the default draws b like the other pieces
+    assert {len(s["input"]) for s in fixed} == {6}
+    assert len({len(s["labels"]) for s in fixed}) > 1 and all(len(s["instruction"]) <= 24 for s in fixed)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(four_way_input_length=5), "four_way_input_length: 5; .* needs four_way: true"),
+    (dict(four_way=True, four_way_input_length=20), r"four_way_input_length: 20; .* max_input_length - 1 \(19"),
+    (dict(four_way=True, four_way_input_length=1), r"four_way_input_length: 1; .* min_piece \(2\)"),
+    (dict(max_sequence_length=5), "max_sequence_length: 5; the pieces need at least 6 tokens"),
+])
+def test_split_options_that_cannot_work_are_refused_naming_the_option(tmp_path, kw, message):
+    with pytest.raises(ValueError, match=message):
+        segments(_document(tmp_path), **kw)
+
+
+def test_max_sequence_length_caps_the_document_tokens_of_a_segment(tmp_path):
+    """TAGI §A.2: each C4 sequence truncated to 1024 tokens, then split. Here 30 of the 50 the limits allow: every
+    segment but the document's last covers exactly 30 tokens, still consecutive."""
+    source = _document(tmp_path)
+    covered = lambda segs: [len(s["instruction"]) + len(s["input"]) + len(s["labels"]) - 3 for s in segs]  # no EOS
+    assert max(covered(segments(source, seed=3))) > 30  # without the cap a segment covers up to 23 + 19 + 11
+    capped = segments(source, seed=3, max_sequence_length=30)
+    assert set(covered(capped)[:-1]) == {30} and covered(capped)[-1] <= 30
+    tok = load_tokenizer("byt5")
+    joined = [t for s in capped for t in s["instruction"][:-1] + s["input"][:-1] + s["labels"][:-1]]
+    text = json.loads(Path(source).read_text())["text"]
+    assert joined == tok(text, add_special_tokens=False)["input_ids"][:len(joined)]

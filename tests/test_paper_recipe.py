@@ -18,7 +18,7 @@ import torch
 
 from helpers import ROOT, resolved
 from tagi.training.config import Optimization
-from tagi.training.optim import make_adamw
+from tagi.training.optim import make_optimizer
 
 README = ROOT / "README.md"
 SETTING = ROOT / "configs" / "sni-t5-base"
@@ -29,8 +29,16 @@ PRECISION = {"bf16-mixed": "bf16", "bf16-true": "bf16", "bf16": "bf16", "32-true
 
 
 def optimizer_name(config: dict) -> str:
-    """Every stage builds its optimizer with tagi.training.optim; no config chooses another."""
-    return type(make_adamw([torch.nn.Parameter(torch.zeros(1))], Optimization(fused=False))).__name__.lower()
+    """The class of the optimizer tagi.training.optim builds from the stage's `optimization` block."""
+    optimization = Optimization(**{**config["model"]["init_args"].get("optimization", {}), "fused": False})
+    return type(make_optimizer([torch.nn.Parameter(torch.zeros(1))], optimization)).__name__.lower()
+
+
+def document_tokens(config: dict) -> int:
+    """Document tokens one C4 segment covers: the pieces' limits (each less its EOS), capped by max_sequence_length."""
+    data = config["data"]["init_args"]
+    limits = sum(data[f"max_{part}_length"] - 1 for part in ("instruction", "input", "target"))
+    return min(limits, data.get("max_sequence_length") or limits)
 
 
 def at(key: str) -> Callable[[dict], Any]:
@@ -84,8 +92,7 @@ PAPER = [
     Value("teacher", "max_train_instances_per_task", 100, "§A.2", "data.init_args.max_train_instances_per_task"),
 
     *common("pretrain", "Pretraining", "adafactor", 1e-3, 50000, 0.0, 1, "float32"),
-    Value("pretrain", "sequence_length", 1024, "Table 6, Pretraining: max input; §A.2, §A.4",
-          read=lambda c: sum(c["data"]["init_args"][f"max_{part}_length"] for part in ("instruction", "input", "target"))),
+    Value("pretrain", "sequence_length", 1024, "Table 6, Pretraining: max input; §A.2, §A.4", read=document_tokens),
     Value("pretrain", "lora_rank", 32, "Table 6: LoRA rank", "model.init_args.architecture.lora_rank"),
 
     *common("finetune", "Finetuning SNI Base", "adamw", 1e-4, 20000, 0.02, 2, "bf16"),

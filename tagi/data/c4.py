@@ -3,6 +3,9 @@
     document tokens:  ... | a | b | c | ...           3-way (HINT):        a → H, b → model, predict c
                       ... | a | b | c | d | ...       4-way (HyperTuning): [a; d] → H, b → model, predict c
 
+Each piece's length is drawn within its limit; `four_way_input_length` fixes b's (HyperTuning: 32 tokens),
+`max_sequence_length` caps the tokens one segment covers (TAGI §A.2: 1024).
+
 Sources: local `.jsonl`/`.json` (one object per line with a `text` field; `.gz` allowed) or `.txt`
 (one document per non-empty line) files, a directory of them, or a glob; or `hf:<repo>[/<config>]`,
 e.g. `hf:allenai/c4/en`, streamed with `datasets` when the user is online.
@@ -87,33 +90,35 @@ def iter_documents(source: str, split: str = "train") -> Iterator[str]:
 
 # -------------------------------------------------------------------------------------- splitting
 def split_pieces(ids: Sequence[int], rng: random.Random, max_lens: Sequence[int],
-                 min_piece: int = 1) -> list[list[int]] | None:
+                 min_piece: int | Sequence[int] = 1) -> list[list[int]] | None:
     """Cut a prefix of `ids` into len(max_lens) consecutive pieces at random points.
 
-    Piece i has between `min_piece` and `max_lens[i]` tokens. With enough tokens each length is
-    uniform in that range; a shorter sequence is covered exactly (random cuts within the bounds).
-    Returns None when `ids` is shorter than `len(max_lens) * min_piece`.
+    Piece i has between `min_piece` (or `min_piece[i]`) and `max_lens[i]` tokens; a piece whose
+    minimum equals its maximum has a fixed length. With enough tokens each length is uniform in its
+    range; a shorter sequence is covered exactly (random cuts within the bounds).
+    Returns None when `ids` is shorter than the sum of the minimums.
     """
-    if min_piece < 1 or any(m < min_piece for m in max_lens):
+    mins = [min_piece] * len(max_lens) if isinstance(min_piece, int) else list(min_piece)
+    if len(mins) != len(max_lens) or any(m < 1 for m in mins) or any(hi < lo for lo, hi in zip(mins, max_lens)):
         raise ValueError(f"need 1 <= min_piece <= every max length, got {min_piece=} {max_lens=}")
-    if len(ids) < len(max_lens) * min_piece:
+    if len(ids) < sum(mins):
         return None
     if len(ids) >= sum(max_lens):
-        lengths = [rng.randint(min_piece, m) for m in max_lens]
+        lengths = [rng.randint(lo, hi) for lo, hi in zip(mins, max_lens)]
     else:
-        lengths = _exact_lengths(len(ids), rng, max_lens, min_piece)
+        lengths = _exact_lengths(len(ids), rng, max_lens, mins)
     starts = [sum(lengths[:i]) for i in range(len(lengths))]
     return [list(ids[s:s + n]) for s, n in zip(starts, lengths)]
 
 
-def _exact_lengths(total: int, rng: random.Random, max_lens: Sequence[int], min_piece: int) -> list[int]:
-    """Random piece lengths within [min_piece, max_i] that sum to `total`."""
+def _exact_lengths(total: int, rng: random.Random, max_lens: Sequence[int], mins: Sequence[int]) -> list[int]:
+    """Random piece lengths within [mins[i], max_lens[i]] that sum to `total`, drawn first to last."""
     lengths = []
     for i, max_len in enumerate(max_lens[:-1]):
-        later = max_lens[i + 1:]
+        later, later_mins = max_lens[i + 1:], mins[i + 1:]
         # leave the later pieces their minimum, and give them no more than they can hold
-        low = max(min_piece, total - sum(later))
-        n = rng.randint(low, min(max_len, total - min_piece * len(later)))
+        low = max(mins[i], total - sum(later))
+        n = rng.randint(low, min(max_len, total - sum(later_mins)))
         lengths.append(n)
         total -= n
     return lengths + [total]
@@ -151,13 +156,16 @@ class C4Segments(IterableDataset):
     end, into consecutive segments split at random points (`split_pieces`). The random
     state is derived from (seed, pass, document index), so the segments do not depend on the
     number of workers. `num_segments` fixes the epoch length (cycling over the documents);
-    None means one pass.
+    None means one pass. `four_way_input_length`: b's length in the 4-way split (None: drawn like
+    the others). `max_sequence_length`: at most this many document tokens per segment (None: the
+    sum of the pieces' limits).
     """
 
     def __init__(self, source: str, tokenizer, max_instruction_length: int = 256,
                  max_input_length: int = 256, max_target_length: int = 128, four_way: bool = False,
                  min_piece: int = 8, seed: int = 0, num_segments: int | None = None,
                  max_documents: int | None = None, skip_documents: int = 0, split: str = "train",
+                 four_way_input_length: int | None = None, max_sequence_length: int | None = None,
                  prompt_format: PromptFormat | None = None):
         super().__init__()
         self.source, self.tokenizer, self.four_way, self.split = source, tokenizer, four_way, split
@@ -168,6 +176,31 @@ class C4Segments(IterableDataset):
         max_a, max_b, max_c = max_instruction_length - 1, self.format.content_budget(max_input_length), max_target_length - 1
         # 4-way: a and d share the instruction budget, so [a; d] + EOS fits max_instruction_length
         self.max_lens = (max_a // 2, max_b, max_c, max_a - max_a // 2) if four_way else (max_a, max_b, max_c)
+        self.min_lens = [min_piece] * len(self.max_lens)
+        if four_way_input_length is not None:
+            self._fix_input_length(four_way_input_length)
+        self.window = self._window(max_sequence_length)
+
+    def _fix_input_length(self, length: int) -> None:
+        """HyperTuning §4.2: segment b is "very short (32 tokens)", so the model must lean on [a; d] to predict c."""
+        if not self.four_way:
+            raise ValueError(f"four_way_input_length: {length}; it fixes b of the 4-way split, so it needs four_way: true")
+        if not self.min_piece <= length <= self.max_lens[1]:
+            raise ValueError(f"four_way_input_length: {length}; it must be between min_piece ({self.min_piece}) and "
+                             f"max_input_length less the prompt format's tokens ({self.max_lens[1]})")
+        self.max_lens = (self.max_lens[0], length, *self.max_lens[2:])
+        self.min_lens[1] = length
+
+    def _window(self, max_sequence_length: int | None) -> int:
+        """Document tokens one segment covers: all the pieces' limits, or fewer (TAGI §A.2: each C4 sequence
+        truncated to 1024 tokens, then split), in which case every long-enough segment covers exactly that many."""
+        limits = sum(self.max_lens)
+        if max_sequence_length is None:
+            return limits
+        if max_sequence_length < sum(self.min_lens):
+            raise ValueError(f"max_sequence_length: {max_sequence_length}; the pieces need at least "
+                             f"{sum(self.min_lens)} tokens (min_piece each)")
+        return min(limits, max_sequence_length)
 
     def _documents(self) -> Iterator[tuple[int, str]]:
         stop = None if self.max_documents is None else self.skip_documents + self.max_documents
@@ -180,8 +213,8 @@ class C4Segments(IterableDataset):
     def _segments(self, doc_index: int, text: str, epoch: int) -> Iterator[dict]:
         rng = random.Random(f"{self.seed}:{epoch}:{doc_index}")
         ids = encode(self.tokenizer, [text])[0]
-        start, window = 0, sum(self.max_lens)
-        while (pieces := split_pieces(ids[start:start + window], rng, self.max_lens, self.min_piece)):
+        start, window = 0, self.window
+        while (pieces := split_pieces(ids[start:start + window], rng, self.max_lens, self.min_lens)):
             start += sum(map(len, pieces))  # the next segment continues where this one ended
             instruction = pieces[0] + pieces[3] if self.four_way else pieces[0]
             yield {"instruction": instruction + [self.eos], "input": self.format.wrap(pieces[1]),
@@ -205,6 +238,6 @@ class C4Segments(IterableDataset):
                 return
             if produced == 0:
                 raise ValueError(f"{self.source}: no document long enough for a segment "
-                                 f"(need >= {len(self.max_lens) * self.min_piece} tokens)")
+                                 f"(need >= {sum(self.min_lens)} tokens)")
             budget -= produced
             epoch += 1  # cycle: the next pass splits the same documents at new points

@@ -283,7 +283,8 @@ class PretrainDataModule(_TaskDataModule):
                  max_test_instances_per_task: int | None = 100, num_workers: int = 0, seed: int = 0,
                  on_error: OnError = "raise", synthetic_seed: int = 0, cache_dir: str = "runs/data",
                  splits_dir: str | None = None, instruction_control: Control = "real",
-                 student_input: StudentInput = "template", prompt_format: PromptKind = "plain"):
+                 student_input: StudentInput = "template", four_way_input_length: int | None = None,
+                 max_sequence_length: int | None = None, prompt_format: PromptKind = "plain"):
         super().__init__()
         self.save_hyperparameters()
         self._init_state()
@@ -302,7 +303,9 @@ class PretrainDataModule(_TaskDataModule):
     def _segments(self, **kwargs) -> C4Segments:
         h = self.hparams
         return C4Segments(self._source(), self.tokenizer, h.max_instruction_length, h.max_input_length,
-                          h.max_target_length, h.four_way, h.min_piece, h.seed, prompt_format=self.prompt_format, **kwargs)
+                          h.max_target_length, h.four_way, h.min_piece, h.seed,
+                          four_way_input_length=h.four_way_input_length, max_sequence_length=h.max_sequence_length,
+                          prompt_format=self.prompt_format, **kwargs)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:

@@ -6,11 +6,15 @@ from Python."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 from tagi.modeling.backbone import load_backbone
 from tagi.modeling.hypernet import GeneratorKind
 from tagi.modeling.losses import ParamForm
 from tagi.provenance import backbone_record, same_backbone
+
+OptimizerKind = Literal["adamw", "adafactor"]
+DecayScope = Literal["all", "matrices"]
 
 
 @dataclass
@@ -38,18 +42,24 @@ class Backbone:
 
 @dataclass
 class Optimization:
-    """AdamW with linear warm-up, then linear decay to 0."""
+    """AdamW (or Adafactor) with linear warm-up, then linear decay to 0."""
 
+    optimizer: OptimizerKind = "adamw"
+    """"adamw": torch's AdamW; "adafactor": transformers' Adafactor at the given learning rate (no relative step,
+    no parameter scaling: Hugging Face Trainer's `optim=adafactor`, TAGI Table 6's pretraining optimizer)."""
     learning_rate: float = 1e-3
     """Peak learning rate, reached at the end of the warm-up."""
     weight_decay: float = 0.0
-    """AdamW's decoupled weight decay on every trained weight; must not be negative."""
+    """Decoupled weight decay on the weights `weight_decay_on` names; must not be negative."""
+    weight_decay_on: DecayScope = "all"
+    """"all": every trained weight; "matrices": weight matrices only, no decay on biases, norm scales and embedding
+    tables (the Hugging Face Trainer exempts the first two). "all" is what every result so far was trained with."""
     warmup_ratio: float = 0.06
     """Share of the steps spent warming up."""
     fused: bool = True
     """torch's fused AdamW kernel (CPU and CUDA): the same update in one pass over the weights, 9× faster
     than the default at t5-small shape (benchmarks/training_cost.py). Its float rounding differs, so the
-    demo and ni-v1 configs turn it off: their README results were trained without it."""
+    demo and ni-v1 configs turn it off: their README results were trained without it. Adafactor ignores it."""
 
 
 @dataclass

@@ -28,7 +28,7 @@ from tagi.inference.runner import StudentRunner
 from tagi.provenance import PROVENANCE_KEY
 from tagi.training.checkpoints import restore_rng_states, save_rng_states
 from tagi.training.config import Backbone, Generation, Optimization
-from tagi.training.optim import optimizer_and_schedule
+from tagi.training.optim import optimizer_and_schedule, parameter_groups
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,8 @@ class Stage(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        trainable = [parameter for parameter in self.parameters() if parameter.requires_grad]
-        return optimizer_and_schedule(trainable, self.optimization, int(self.trainer.estimated_stepping_batches))
+        groups = parameter_groups(self, self.optimization)
+        return optimizer_and_schedule(groups, self.optimization, int(self.trainer.estimated_stepping_batches))
 
     # -- how rows are answered (θ0 and the teachers override both)
 
