@@ -134,7 +134,7 @@ def test_four_way_input_length_fixes_b_and_nothing_else(tmp_path):
 
 @pytest.mark.parametrize("kw, message", [
     (dict(four_way_input_length=5), "four_way_input_length: 5; .* needs four_way: true"),
-    (dict(four_way=True, four_way_input_length=20), r"four_way_input_length: 20; .* max_input_length - 1 \(19"),
+    (dict(four_way=True, four_way_input_length=20), r"four_way_input_length: 20; .* max_input_length less the prompt format's tokens \(19"),
     (dict(four_way=True, four_way_input_length=1), r"four_way_input_length: 1; .* min_piece \(2\)"),
     (dict(max_sequence_length=5), "max_sequence_length: 5; the pieces need at least 6 tokens"),
 ])
