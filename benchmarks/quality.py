@@ -170,12 +170,13 @@ class Chain:
         return [f"--seed_everything={self.seed}", f"--data.init_args.seed={self.seed}"]
 
     def base_args(self) -> list[str]:
-        return [*self.seed_args(), f"--model.init_args.backbone.name={self.ensure_theta0()}"]
+        theta0 = self.ensure_theta0()
+        return [*self.seed_args(), *([] if theta0 is None else [f"--model.init_args.backbone.name={theta0}"])]
 
-    def ensure_theta0(self) -> Path:
-        has_stage0 = (ROOT / "configs" / self.setting / "theta0.yaml").is_file()
-        if not has_stage0:
-            return self.theta0
+    def ensure_theta0(self) -> Path | None:
+        """θ0's folder; None where the setting has no stage 0 (θ0 is the pretrained model its configs name)."""
+        if not (ROOT / "configs" / self.setting / "theta0.yaml").is_file():
+            return None
         if self.shared_theta0:  # the pipeline's: reused as it is, but only if its stage config is the current one
             if "theta0" not in self.built:
                 wanted = recipe(self.config("theta0.yaml"), [f"--model.init_args.output_dir={self.theta0}"])
