@@ -48,6 +48,7 @@ class Variant:
     reads_instructions: bool = True
     pretrain_ablations: tuple[str, ...] | None = None  # its own stage 2 (another architecture), these applied to pretrain.yaml
     reference: str | None = None  # paired difference against this variant
+    trains: bool = True  # False: the pretrained model as it is, tested without a checkpoint (one run for every seed)
 
 
 TAGI = ("teacher", "pretrain")
@@ -83,6 +84,9 @@ VARIANTS: dict[str, Variant] = {
     # architecture (same seed, same steps).
     "tagi-no-fusion": Variant("finetune.yaml", "TAGI without fusion and FiD (LoRA only)", ("no-fusion",), TAGI,
                               pretrain_ablations=("no-fusion",), reference="tagi"),
+    # Decoder-only settings: the instruct model reading the instruction in its prompt, nothing trained.
+    "zero-shot": Variant("baselines/zero-shot.yaml", "zero-shot: the instruct model, instruction in its prompt, nothing trained",
+                         trains=False),
 }
 BASELINES = ["no-instruction", "concat", "hint", "tagi"]
 EXTRA_PAIRS = [("hint", "no-instruction")]  # a hypernetwork should at least beat ignoring the instruction
@@ -215,29 +219,39 @@ def variant_args(chain: Chain, variant: Variant) -> list[str]:
     return args
 
 
-def test_once(chain: Chain, config: list[str], checkpoint: str, args: list[str], name: str) -> Path:
-    """Test `checkpoint` into folder/name unless that test of this checkpoint is there already (written after
-    it: a run retrained into its folder, after its recipe changed, has a checkpoint of the same name)."""
-    results = chain.folder / name / RESULTS_JSON
+def test_once(chain: Chain, config: list[str], checkpoint: str | None, args: list[str], name: str,
+              folder: Path | None = None) -> Path:
+    """Test `checkpoint` into <folder>/name unless that test of this checkpoint is there already (written after
+    it: a run retrained into its folder, after its recipe changed, has a checkpoint of the same name). No
+    checkpoint: the pretrained model itself, reused while the test's recipe is the same."""
+    folder = folder or chain.folder
+    results, wanted = folder / name / RESULTS_JSON, recipe(config, args)
+    if checkpoint is None:
+        done = results.is_file() and (folder / name / RECIPE).is_file() and read_recipe(folder / name / RECIPE) == wanted
+    else:
+        done = (results.is_file() and json.loads(results.read_text())["checkpoint"] == checkpoint
+                and results.stat().st_mtime_ns > Path(checkpoint).stat().st_mtime_ns)
     seconds = None
-    if not (results.is_file() and json.loads(results.read_text())["checkpoint"] == checkpoint
-            and results.stat().st_mtime_ns > Path(checkpoint).stat().st_mtime_ns):
+    if not done:
         start = time.perf_counter()
-        score_checkpoint(config, chain.folder, checkpoint, args, name)
+        score_checkpoint(config, folder, checkpoint, args, name)
         seconds = time.perf_counter() - start
-    chain.ledger.add(str(chain.folder / name), seconds)
-    return chain.folder / name
+        atomic_write_text(folder / name / RECIPE, json.dumps(wanted, indent=1, sort_keys=True) + "\n")
+    chain.ledger.add(str(folder / name), seconds)
+    return folder / name
 
 
 def run_variant(chain: Chain, name: str, controls: list[str]) -> dict:
     """Train (or reuse) one variant for one seed; test it with the real instructions and each control."""
     variant = VARIANTS[name]
     config, args = chain.config(variant.config, variant.ablations), variant_args(chain, variant)
-    done = chain.ledger.fit(chain.folder, name, config, args)
-    tests = {"real": test_once(chain, config, done["last_checkpoint"], args, f"{name}-test")}
+    if variant.trains:
+        checkpoint, folder = chain.ledger.fit(chain.folder, name, config, args)["last_checkpoint"], chain.folder
+    else:  # nothing trained: one test for every seed, beside the seeds' folders
+        checkpoint, folder, args = None, chain.folder.parent, [arg for arg in args if arg not in chain.seed_args()]
+    tests = {"real": test_once(chain, config, checkpoint, args, f"{name}-test", folder)}
     for control in controls if variant.reads_instructions else []:
-        tests[control] = test_once(chain, config, done["last_checkpoint"], [*args, *control_args(control)],
-                                   f"{name}-test-{control}")
+        tests[control] = test_once(chain, config, checkpoint, [*args, *control_args(control)], f"{name}-test-{control}", folder)
     overall = {c: json.loads((path / RESULTS_JSON).read_text())["overall"] for c, path in tests.items()}
     return {"test": {m: overall["real"][m] for m in ("rougeL", "exact_match")},
             "controls": {c: s[HEADLINE] for c, s in overall.items()},

@@ -130,9 +130,11 @@ def fit_stage(stage: str, config: StageConfig, run_dir: Path, extra: list[str], 
     return done
 
 
-def score_checkpoint(config: StageConfig, run_dir: Path, checkpoint: str, extra: list[str], folder: str = "test") -> dict[str, float]:
-    """Test-task scores of `checkpoint`; results.json, results.md, predictions.jsonl land in <run_dir>/<folder>/."""
-    overrides = [*_stage_folder(run_dir, folder), f"--ckpt_path={checkpoint}", *extra]
+def score_checkpoint(config: StageConfig, run_dir: Path, checkpoint: str | None, extra: list[str],
+                     folder: str = "test") -> dict[str, float]:
+    """Test-task scores of `checkpoint` (None: a pretrained θ0 as it is, `preflight.scores_pretrained_backbone`);
+    results.json, results.md, predictions.jsonl land in <run_dir>/<folder>/."""
+    overrides = [*_stage_folder(run_dir, folder), *([f"--ckpt_path={checkpoint}"] if checkpoint else []), *extra]
     cli = _run(["test", *_config_args(config), *overrides])
     return {key.removeprefix("test/"): float(value) for key, value in cli.trainer.callback_metrics.items()}
 

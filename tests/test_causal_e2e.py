@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from helpers import ROOT, chdir_scratch
+from tagi.errors import ConfigurationError
 from tagi.training.cli import run_cli
 from test_causal import LLAMA, chat_tokenizer
 
@@ -70,3 +71,17 @@ def test_every_decoder_only_stage_and_baseline_runs_from_the_cli(workdir):
              f"--model.init_args.init_from={pretrain}", "--trainer.logger.init_args.name=finetune-test"])
     results = json.loads((workdir / "checkpoints/smollm2-ni-v1/finetune-test/results.json").read_text())
     assert results["overall"]["count"] == 12  # one instance of each of the 12 test tasks
+
+
+def test_the_zero_shot_baseline_scores_a_pretrained_folder_without_a_checkpoint(workdir):
+    from test_causal import tiny_llama
+
+    tiny_llama().save_pretrained(workdir / "pretrained")  # stands for SmolLM2's folder
+    args = [arg for arg in tiny(workdir, "finetune") if not arg.startswith("--model.init_args.backbone=")]
+    run_cli(["test", "--config", str(CONFIGS / "baselines/zero-shot.yaml"), *args,
+             f"--model.init_args.backbone.name={workdir / 'pretrained'}"])
+    results = json.loads((workdir / "checkpoints/smollm2-ni-v1/baseline-zero-shot/results.json").read_text())
+    assert results["checkpoint"] is None and results["overall"]["count"] == 12
+    with pytest.raises(ConfigurationError, match="the zero-shot baseline"):  # a model built in code is not pretrained
+        run_cli(["test", "--config", str(CONFIGS / "baselines/zero-shot.yaml"), *tiny(workdir, "finetune"),
+                 "--trainer.logger.init_args.name=zero-shot-tiny"])

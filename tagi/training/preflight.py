@@ -316,14 +316,27 @@ def is_training_run(folder: Path) -> bool:
     return (folder / COMPLETE_NAME).is_file() or (folder / "checkpoints").is_dir()
 
 
-def eval_checkpoint(subcommand: str, config: dict) -> str:
+def scores_pretrained_backbone(model: dict) -> bool:
+    """A `Theta0Module` that trains nothing of its own on a pretrained backbone: its untrained state is the pretrained
+    model itself, which `test` may score without a checkpoint (the zero-shot baseline of a decoder-only setting)."""
+    init = model.get("init_args") or {}
+    backbone = init.get("backbone") if isinstance(init.get("backbone"), dict) else {}
+    return (str(model.get("class_path", "")).endswith("Theta0Module") and init.get("lora_rank") is None
+            and (backbone.get("name") or TINY_T5) not in TINY)
+
+
+def eval_checkpoint(subcommand: str, config: dict) -> str | None:
     """The checkpoint `validate` / `test` / `predict` evaluates: required (a model is never scored
     untrained), and `last` resolved to the training run's file, which must exist."""
     path, run = config.get("ckpt_path"), logger_dir(config.get("trainer") or {})
     example = (run / "checkpoints" / "last.ckpt") if run else "checkpoints/<run>/<stage>/checkpoints/last.ckpt"
+    if not path and scores_pretrained_backbone(config.get("model") or {}):
+        return None  # zero-shot: θ0 as it was pretrained
     if not path:
         raise ConfigurationError(f"--ckpt_path: `{subcommand}` needs the checkpoint to evaluate (without one it would "
-                                 f"score a model that was never trained); give e.g. --ckpt_path {example}")
+                                 f"score a model that was never trained); give e.g. --ckpt_path {example}. Only a "
+                                 "Theta0Module on a pretrained backbone (a folder or hub id, no lora_rank) is scored "
+                                 "without one: the zero-shot baseline")
     if path == "last":
         return last_checkpoint(run, "give the checkpoint file to evaluate (e.g. the training run's checkpoints/last.ckpt)")
     if path in CKPT_ALIASES:
