@@ -197,13 +197,15 @@ def _render_training_cost(data: Mapping) -> str:
 def _render_inference_cost(data: Mapping) -> str:
     """One task of n examples, TAGI (hypernetwork once + the inputs) against instruction concatenation."""
     lines = [_row(["shape, instruction", "TAGI GFLOPs", "concat GFLOPs", "**FLOPs ratio**", "TAGI s", "concat s",
-                   "**time ratio**", "batched FLOPs / time ratio"]), "|---|" + "---:|" * 7]
+                   "**time ratio**", "batched FLOPs / time ratio", "vs prefix-cached concat: FLOPs / time ratio"]),
+             "|---|" + "---:|" * 8]
     for row in data["costs"]:
         tagi, base, ratio = row["tagi"], row["baseline"], row["ratio"]
+        cached = f"{ratio['flops_vs_cached']:.3f} / {ratio['seconds_vs_cached']:.3f}" if "flops_vs_cached" in ratio else DASH
         lines.append(_row([f"{row['shape']}, {row['form']} ({row['instruction_tokens']} tokens)",
                            f"{tagi['flops'] / 1e9:.1f}", f"{base['flops'] / 1e9:.1f}", f"**{ratio['flops']:.3f}**",
                            f"{tagi['seconds']:.2f}", f"{base['seconds']:.2f}", f"**{ratio['seconds']:.3f}**",
-                           f"{ratio['flops_batched']:.3f} / {ratio['seconds_batched']:.3f}"]))
+                           f"{ratio['flops_batched']:.3f} / {ratio['seconds_batched']:.3f}", cached]))
     commits = ", ".join(dict.fromkeys(f"{row['shape']} {str(row['commit'])[:10]} ({row['threads']} threads)"
                                       for row in data["costs"]))
     lines += ["", f"{data.get('examples', DASH)} examples per task; commit per shape: {commits}."]
