@@ -170,3 +170,26 @@ def test_the_seconds_total_counts_only_this_tables_runs(tmp_path):
     again = quality.Ledger(tmp_path / "seconds.json")  # a later invocation reusing seed0/tagi only
     again.add("seed0/tagi", None)
     assert again.total() == 100.0 and ledger.total() == 150.0
+
+
+def test_an_untrained_variant_is_tested_once_for_every_seed_and_again_when_its_recipe_changes(tmp_path, monkeypatch):
+    """zero-shot has no checkpoint: its one test, beside the seeds' folders, is reused while its config and
+    overrides are the same."""
+    config = tmp_path / "zero-shot.yaml"
+    config.write_text("model: {}\n")
+    tested = []
+
+    def score(config_files, folder, checkpoint, args, name):
+        tested.append(checkpoint)
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        (folder / name / quality.RESULTS_JSON).write_text(json.dumps({"checkpoint": None}))
+
+    monkeypatch.setattr(quality, "score_checkpoint", score)
+    ledger = quality.Ledger(tmp_path / "seconds.json")
+    for seed in (0, 1):
+        chain = quality.Chain("smollm2-ni-v1", seed, tmp_path / f"seed{seed}", tmp_path / "theta0", ledger)
+        quality.test_once(chain, [str(config)], None, [], "zero-shot-test", tmp_path)
+    assert tested == [None]  # the second seed reused the first's test
+    config.write_text("model: {init_args: {input: plain}}\n")
+    quality.test_once(chain, [str(config)], None, [], "zero-shot-test", tmp_path)
+    assert tested == [None, None]
