@@ -36,7 +36,7 @@ def synthetic_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
     cannot learn the suite from bytes within the demo's minutes. Every printable ASCII character
     is in the alphabet, so held-out text (mirrored words, capitals) still encodes without <unk>.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     from .synthetic import train_texts
 
@@ -47,6 +47,9 @@ def synthetic_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
                                   initial_alphabet=alphabet, show_progress=False)
     model.train_from_iterator(train_texts() + [_TEMPLATE_WORDS] * 100, trainer)
+    # `tokenizer(text)` ends a text with </s> as T5's tokenizer does, so code that serves an adapter the usual way
+    # (the README's peft snippet) feeds what training fed (`encode` + EOS, `tagi.data.prompts`).
+    model.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=model, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
                                    clean_up_tokenization_spaces=False)
 
