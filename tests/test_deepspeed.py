@@ -168,6 +168,32 @@ def test_a_killed_zero2_run_resumes_from_its_folder_to_the_uninterrupted_weights
         assert torch.equal(value, got[key]), key
 
 
+ONE_RANK_DISK_FULL = """
+import os, resource
+if os.environ.get("LOCAL_RANK") == "1":  # this rank's writes fail past 20 kB, as on a full disk (EFBIG; SIGXFSZ ignored)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+"""
+
+
+def test_a_shard_that_one_rank_cannot_write_stops_every_rank_with_one_error_naming_the_checkpoint(workdir, tmp_path):
+    """DeepSpeed ends a save with a barrier: a rank whose shard write failed raised before it, and the other rank
+    waited there forever. Now the failure is held to the barrier, then every rank stops (exit 2), the error names
+    the checkpoint, and no folder is left half written."""
+    (tmp_path / "sitecustomize.py").write_text(ONE_RANK_DISK_FULL)  # read by every Python process the run starts
+    every_2 = tmp_path / "every-2.yaml"
+    every_2.write_text("trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+                       "      init_args: {save_last: true, every_n_train_steps: 2}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(command("theta0", "zero2", "full-disk", "zero2", "--config", str(every_2)), capture_output=True,
+                            text=True, env=env, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    checkpoints = Path("full-disk/theta0/checkpoints")
+    assert result.stderr.count("error:") == 1 and "error: full-disk/theta0/checkpoints/" in result.stderr
+    assert "process 1:" in result.stderr  # the rank that failed, said by rank 0
+    assert not list(checkpoints.glob(".tmp-*")) and not list(checkpoints.glob("*.ckpt"))  # nothing half written
+    assert not Path("full-disk/theta0/complete.json").exists()
+
+
 def test_a_zero2_student_is_tested_in_float32_and_exports_a_peft_adapter(workdir):
     """The ZeRO-2 bf16 student: `tagi test` by one float32 process reads its folder consolidated, and `tagi
     adapter` on the folder writes an adapter that peft loads, giving `Student.generate`'s greedy answer."""

@@ -23,6 +23,7 @@ checkpoints, the ZeRO folder given to `init_from`) is the same.
 
 from __future__ import annotations
 
+import errno
 import shutil
 from pathlib import Path
 
@@ -31,22 +32,74 @@ from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch import strategies
 from lightning.pytorch.strategies import StrategyRegistry
 
-from tagi.io import writing
+from tagi.io import os_error_behind, writing
 
 
 class DeepSpeedStrategy(strategies.DeepSpeedStrategy):
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
         target = Path(self.broadcast(str(filepath)))
         staging = target.with_name(f".tmp-{target.name}")
-        if self.is_global_zero and staging.exists():
-            shutil.rmtree(staging)  # a save killed earlier
-        self.barrier()
         with writing(target):  # a full disk: one error naming the checkpoint (the old folder is intact)
-            super().save_checkpoint(checkpoint, staging, storage_options)
-        self.barrier()  # every rank's shard is in the staging folder
+            self._stop_together(_make_staging(staging) if self.is_global_zero else None, target, staging)
+            self._stop_together(self._save_on_every_rank(checkpoint, staging, storage_options), target, staging)
+        # every rank's shard is in the staging folder (`_stop_together` is a collective)
         if self.is_global_zero:
             _replace_folder(target, staging)
         self.barrier()
+
+    def _stop_together(self, failure: OSError | None, target: Path, staging: Path) -> None:
+        """Stop every rank when a write failed on any: a rank that raises alone leaves the others waiting in the
+        next collective forever. Rank 0 raises one error with every failed rank's reason (the others exit 2
+        without a word, so the user reads one paragraph); the staging folder goes, the old checkpoint stays."""
+        reasons: list = [None] * self.world_size
+        torch.distributed.all_gather_object(reasons, None if failure is None else (failure.errno, str(failure)))
+        failed = [(rank, reason) for rank, reason in enumerate(reasons) if reason is not None]
+        if not failed:
+            return
+        if not self.is_global_zero:
+            raise SystemExit(2)
+        shutil.rmtree(staging, ignore_errors=True)
+        code = next((number for _, (number, _) in failed if number), errno.EIO)
+        raise OSError(code, "; ".join(f"process {rank}: {text}" for rank, (_, text) in failed))
+
+    def _save_on_every_rank(self, checkpoint: dict, staging: Path, storage_options) -> OSError | None:
+        """DeepSpeed's save, with a write that fails on this rank held instead of raised. DeepSpeed ends its save
+        with a barrier: a rank that raised before it (its shard on a full disk) left the others waiting there
+        forever. Shard writes go through the engine's checkpoint engine, whose errors are held so this rank reaches
+        the barrier; DeepSpeed's own write after them (rank 0's `latest` file) skipped only that barrier, which is
+        then joined here."""
+        engine, held = self.deepspeed_engine.checkpoint_engine, []
+        save = engine.save
+
+        def save_or_hold(*args, **kwargs):  # the engine's save(state_dict, path)
+            if held:
+                return  # the shard is lost already; later files of this save would only fail again
+            try:
+                save(*args, **kwargs)
+            except Exception as error:  # torch.save reports a full disk as a RuntimeError, the OSError behind it or lost
+                held.append(os_error_behind(error) or OSError(errno.EIO, f"a shard could not be written ({error})"))
+
+        engine.save = save_or_hold
+        try:
+            super().save_checkpoint(checkpoint, staging, storage_options)
+        except OSError as error:
+            held.append(error)
+            torch.distributed.barrier()  # the one DeepSpeed's save ends with, which this rank did not reach
+        finally:
+            engine.save = save
+        return held[0] if held else None
+
+
+def _make_staging(staging: Path) -> OSError | None:
+    """A fresh staging folder with DeepSpeed's tag folder in it (DeepSpeed creates it on rank 0 before a barrier of
+    its own, where a failure would strand the other ranks)."""
+    try:
+        if staging.exists():
+            shutil.rmtree(staging)  # a save killed earlier
+        (staging / "checkpoint").mkdir(parents=True)
+    except OSError as error:
+        return error
+    return None
 
 
 def _replace_folder(target: Path, staging: Path) -> None:
