@@ -84,6 +84,24 @@ def test_deepspeed_is_refused_and_ddp_told_about_unused_clusters():
     assert module._trainer.strategy._ddp_kwargs["find_unused_parameters"] is True
 
 
+def test_a_run_resumed_mid_cluster_writes_the_teachers_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    """Resumed from step 4 (cluster 'Deletion', its second step of 3): the cluster, its step, its batches, its
+    Adam state and its schedule all continue where they stopped."""
+    monkeypatch.chdir(tmp_path)
+    every4 = tmp_path / "every4.yaml"
+    every4.write_text("trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+                      "      init_args: {save_last: true, every_n_train_steps: 4, save_top_k: -1}\n")
+    clusters = ["Counting", "Deletion", "Selection"]
+    fit_teachers("whole", clusters, "--config", str(every4))
+    step4 = tmp_path / "checkpoints/demo/whole/checkpoints/epoch=0-step=4.ckpt"
+    resumed = fit_teachers("resumed", clusters, "--config", str(every4), f"--ckpt_path={step4}")
+    assert resumed.trainer.global_step == 3 * STEPS
+    for cluster in ("counting", "deletion", "selection"):
+        whole = load_file(tmp_path / f"teachers/whole/{cluster}/adapter_model.safetensors")
+        again = load_file(tmp_path / f"teachers/resumed/{cluster}/adapter_model.safetensors")
+        assert all(torch.equal(whole[key], again[key]) for key in whole), cluster
+
+
 THETA0 = {"name": "tiny", "tiny_config": {"d_model": 32, "num_layers": 2, "num_heads": 2}, "seed": 0}
 OTHER = {**THETA0, "seed": 1}  # same shape and tokenizer, other weights: a stand-in for Tk-Instruct
 
