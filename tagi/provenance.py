@@ -125,12 +125,14 @@ class Provenance:
                                   f"Use the θ0 it was trained on, or retrain on this one. {hint}".strip())
 
 
-def verify_teacher(directory: Path, meta: Mapping, backbone: BackboneSpec, lora_rank: int, tokenizer: str) -> None:
+def verify_teacher(directory: Path, meta: Mapping, backbone: BackboneSpec, lora_rank: int, tokenizer: str,
+                   teacher_backbone: bool = False) -> None:
     """Raise `CheckpointError` unless the teacher in `directory` (its `meta.json`, `meta`) was trained on
-    `backbone` with `tokenizer`, at the student's `lora_rank`."""
+    `backbone` with `tokenizer`, at the student's `lora_rank`. `backbone` is θ0, or the model the student's
+    `model.init_args.teacher_backbone` names (`teacher_backbone` True)."""
     differences = []
     if not backbone.matches(meta.get("backbone")):
-        differences.append(f"backbone {meta.get('backbone')} ≠ {backbone.record()}")
+        differences.append(_backbone_difference(meta, backbone, teacher_backbone))
     if meta.get("lora_rank") != lora_rank:
         differences.append(f"LoRA rank {meta.get('lora_rank')} ≠ the hypernetwork's {lora_rank}")
     if meta.get("tokenizer") != tokenizer:
@@ -138,8 +140,18 @@ def verify_teacher(directory: Path, meta: Mapping, backbone: BackboneSpec, lora_
     if differences:
         raise CheckpointError(
             f"teacher {directory} does not match this student: " + "; ".join(differences) + ".",
-            "Retrain the teachers with this backbone, tokenizer and lora_rank (teacher.yaml), or point "
-            "model.init_args.teachers at the folder the matching teacher stage wrote.")
+            "Retrain the teachers with this backbone (or teacher_backbone), tokenizer and lora_rank (teacher.yaml), "
+            "or point model.init_args.teachers at the folder the matching teacher stage wrote.")
+
+
+def _backbone_difference(meta: Mapping, backbone: BackboneSpec, teacher_backbone: bool) -> str:
+    saved = meta.get("backbone")
+    if teacher_backbone:
+        return f"backbone {saved} ≠ model.init_args.teacher_backbone {backbone.record()}"
+    if meta.get("teacher_backbone"):  # trained on a model other than θ0 on purpose: say how to use it
+        return (f"backbone {saved} (the teacher stage's teacher_backbone) ≠ θ0 {backbone.record()}; to distil from "
+                "teachers on another model, set model.init_args.teacher_backbone to theirs")
+    return f"backbone {saved} ≠ {backbone.record()}"
 
 
 def backbone_record(spec: dict) -> dict:

@@ -101,7 +101,8 @@ def test_teacher_stage_writes_one_peft_adapter_per_cluster(workdir, teachers):
     PeftModel.from_pretrained(backbone, str(teachers / "case"))  # loads as a standard adapter
     run = workdir / "checkpoints/demo/teacher"
     assert {"config.yaml", "metrics.csv", "complete.json", "checkpoints"} <= {path.name for path in run.iterdir()}
-    assert json.loads((run / "complete.json").read_text())["global_step"] == 4
+    # max_steps (4) is per cluster: every teacher took its 4 steps, one cluster after another
+    assert json.loads((run / "complete.json").read_text())["global_step"] == 4 * len(clusters) and meta["steps"] == 4
 
 
 @pytest.fixture(scope="module")
@@ -317,7 +318,8 @@ def test_last_checkpoint_is_the_final_step(workdir, tmp_path):
     every5.write_text("trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
                       "      init_args: {save_last: true, every_n_train_steps: 5}\n")
     run_cli(["fit", "--config", str(ROOT / "configs/demo/teacher.yaml"), "--config", str(every5), TINY, *FAST,
-             "--trainer.max_steps=7", "--trainer.logger.init_args.name=seven", "--model.init_args.output_dir=teachers/seven"])
+             "--trainer.max_steps=7", "--trainer.logger.init_args.name=seven", "--model.init_args.output_dir=teachers/seven",
+             '--data.init_args.only_clusters=["Case"]'])  # one cluster: max_steps is per cluster
     done = json.loads((workdir / "checkpoints/demo/seven/complete.json").read_text())
     assert done["global_step"] == 7 and Path(done["last_checkpoint"]).name == "last.ckpt"
     assert torch.load(done["last_checkpoint"], map_location="cpu", weights_only=False)["global_step"] == 7

@@ -111,9 +111,11 @@ def test_finetune_plain_shuffle_and_generated_suite(tmp_path):
 
 
 def test_teacher_module(suite):
-    dm = TeacherDataModule(data_dir=suite, batch_size=5, val_instances_per_task=4, clusters_per_batch=1)
+    dm = TeacherDataModule(data_dir=suite, batch_size=5, val_instances_per_task=4)
     dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
+    loader = dm.cluster_loader(batches_per_cluster=2)  # the teacher module gives its per-cluster budget when fitting
+    assert len(loader) == 2 * len(dm.train_clusters)
+    batch = next(iter(loader))
     assert set(batch) == MODEL | {"cluster_ids"}
     check_shapes(batch, dm.tokenizer.pad_token_id)
     assert len(set(batch["cluster_ids"].tolist())) == 1

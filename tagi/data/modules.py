@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import ConfigurationError
 from .c4 import C4Segments
 from .collate import Collator
-from .sampler import ShuffledBatchSampler, TaskBatchSampler
+from .sampler import ClusterStepSampler, ShuffledBatchSampler, TaskBatchSampler
 from .controls import Control, apply_control
 from .synthetic import ensure_corpus
 from .sni import OnError, Task, split_dir
@@ -178,14 +178,15 @@ class _TaskDataModule(LightningDataModule):
 
 
 class TeacherDataModule(_TaskDataModule):
-    """Stage 1: batches {input_ids, attention_mask (the concatenation), labels, cluster_ids}."""
+    """Stage 1: batches {input_ids, attention_mask (the concatenation), labels, cluster_ids}. Training batches hold
+    one cluster each, cluster after cluster (`ClusterStepSampler`, seeded by `seed`); `only_clusters` trains a subset."""
 
     def __init__(self, data_dir: str | None = "synthetic", split: str = "default", tokenizer: str = "byt5",
                  num_pos: int = 2, batch_size: int = 8, eval_batch_size: int | None = None,
                  max_concat_length: int = 1024, max_target_length: int = 128,
                  max_train_instances_per_task: int | None = None, val_instances_per_task: int = 10,
                  max_test_instances_per_task: int | None = 100, only_clusters: list[str] | None = None,
-                 clusters_per_batch: int | None = None, num_workers: int = 0, seed: int = 0,
+                 num_workers: int = 0, seed: int = 0,
                  on_error: OnError = "raise", synthetic_seed: int = 0, cache_dir: str = "runs/data",
                  splits_dir: str | None = None, instruction_control: Control = "real",
                  prompt_format: PromptKind = "plain"):
@@ -218,9 +219,17 @@ class TeacherDataModule(_TaskDataModule):
                          "test": make(test, with_meta=True)}
 
     def train_dataloader(self) -> DataLoader:
-        ds = self.datasets["train"]
-        clusters = [ds.clusters[ds.tasks[ti].category] for ti in ds.task_of]
-        return self._train_loader(ds, clusters, self.hparams.clusters_per_batch)
+        """The teacher module says how many batches each cluster gets (its per-cluster step budget)."""
+        return self.cluster_loader(self.trainer.lightning_module.batches_per_cluster)
+
+    def cluster_loader(self, batches_per_cluster: int) -> DataLoader:
+        ds, h = self.datasets["train"], self.hparams
+        cluster_of = [ds.clusters[ds.tasks[ti].category] for ti in ds.task_of]
+        order = [(self.clusters[name], name) for name in self.train_clusters]
+        sampler = ClusterStepSampler(cluster_of, order, batches_per_cluster, h.batch_size, seed=h.seed)
+        sampler.resume(**self._take_resume())
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=self.collator, num_workers=h.num_workers,
+                          persistent_workers=h.num_workers > 0, generator=torch.Generator().manual_seed(h.seed))
 
 
 class FinetuneDataModule(_TaskDataModule):

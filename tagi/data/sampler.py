@@ -112,3 +112,66 @@ class TaskBatchSampler(ResumableBatchSampler):
     def __len__(self) -> int:
         n = sum(-(-len(g) // self.chunk) for g in self.groups.values())
         return -(-n // self.tasks_per_batch) // self.num_replicas
+
+
+class ClusterStepSampler(Sampler[list[int]]):
+    """The teacher stage's order: one cluster at a time, `batches_per_cluster` single-cluster batches each
+    (its optimizer steps × gradient accumulation), clusters in `order`. One pass is the whole run.
+
+    A cluster's batches come from its own stream, seeded by (seed, cluster name) alone: its examples
+    (in dataset order) shuffled anew every pass over them, cut into batches of `batch_size` (a pass's
+    last batch may be short). So a cluster sees the same batches whichever other clusters the run has.
+    Under DDP each cluster's block is `batches_per_cluster × num_replicas` batches, rank r taking every
+    num_replicas-th one, so every rank is on the same cluster at every step. Batches are made lazily:
+    at real scale a run is ~10⁶ of them.
+    """
+
+    def __init__(self, cluster_of: Sequence[int], order: Sequence[tuple[int, str]], batches_per_cluster: int,
+                 batch_size: int, seed: int = 0, num_replicas: int | None = None, rank: int | None = None):
+        if batches_per_cluster < 1:
+            raise ValueError(f"need at least one batch per cluster, got {batches_per_cluster}")
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.num_replicas = num_replicas or (torch.distributed.get_world_size() if dist else 1)
+        self.rank = rank if rank is not None else (torch.distributed.get_rank() if dist else 0)
+        self.members: dict[int, list[int]] = {cluster: [] for cluster, _ in order}
+        for i, cluster in enumerate(cluster_of):
+            if int(cluster) in self.members:
+                self.members[int(cluster)].append(i)
+        empty = [name for cluster, name in order if not self.members[cluster]]
+        if empty:
+            raise ValueError(f"clusters without a training example: {empty}")
+        self.order, self.batches_per_cluster = list(order), batches_per_cluster
+        self.batch_size, self.seed = batch_size, seed
+        self.epoch, self._start = 0, 0
+
+    def stream(self, cluster: int, name: str) -> Iterator[list[int]]:
+        """Cluster `cluster`'s batches, endlessly: its own seeded reshuffle every pass."""
+        members, passes = self.members[cluster], 0
+        while True:
+            idx = list(members)
+            random.Random(f"{self.seed}:{name}:{passes}").shuffle(idx)
+            yield from (idx[i:i + self.batch_size] for i in range(0, len(idx), self.batch_size))
+            passes += 1
+
+    def resume(self, epoch: int, position: int) -> None:
+        """The next pass starts at this rank's batch `position` of pass `epoch` (a later pass is empty: the run is done)."""
+        self.epoch, self._start = epoch, position
+
+    def __iter__(self) -> Iterator[list[int]]:
+        start, self._start = self._start, 0
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        if epoch > 0:
+            return
+        block = self.batches_per_cluster * self.num_replicas  # this cluster's batches over all ranks
+        for position, (cluster, name) in enumerate(self.order):
+            first = max(0, start - position * self.batches_per_cluster)  # this rank's batches already trained on
+            if first >= self.batches_per_cluster:
+                continue
+            batches = self.stream(cluster, name)
+            for index in range(block):
+                batch = next(batches)
+                if index % self.num_replicas == self.rank and index // self.num_replicas >= first:
+                    yield batch
+
+    def __len__(self) -> int:
+        return len(self.order) * self.batches_per_cluster

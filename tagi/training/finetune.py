@@ -3,7 +3,9 @@
     loss = CE + λ_kl · KL(teacher ‖ student) + λ_param · L_param(generated LoRA, teacher LoRA) + λ_cst · L_cst
 
 The teacher of a row is the backbone θ0 + the LoRA of the row's task cluster, fed the
-instruction-concatenated input, without gradient. A λ of 0 skips its term's work entirely.
+instruction-concatenated input, without gradient; or, when the teachers sit on another model
+(`teacher_backbone`, TAGI's Tk-Instruct), that model + the LoRA, loaded frozen in eval mode and kept
+out of checkpoints. A λ of 0 skips its term's work entirely.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from tagi.inference.runner import StudentRunner
+from tagi.modeling.families import family_of
 from tagi.modeling.adapters import AdapterError, cluster_folders, load_adapter, read_meta
 from tagi.errors import ConfigurationError
 from tagi.io import read_checkpoint
@@ -43,9 +46,11 @@ class FinetuneModule(Stage):
         distillation: Distillation = Distillation(),
         init_from: str | None = None,
         teachers: str | None = None,
+        teacher_backbone: Backbone | None = None,
     ):
         """`adapter_only`: as in `PretrainModule`. `init_from`: the stage-2 checkpoint to warm-start from;
-        `teachers`: the teacher stage's output_dir."""
+        `teachers`: the teacher stage's output_dir; `teacher_backbone`: the model the teachers sit on when it is
+        not θ0 (the teacher stage's own `teacher_backbone`; same tokenizer)."""
         super().__init__(backbone, tokenizer, optimization, generation)
         self.architecture, self.adapter_only = architecture, adapter_only
         self.model = TAGIModel(backbone.load(len(self.tokenizer)), **asdict(architecture))
@@ -55,8 +60,10 @@ class FinetuneModule(Stage):
                 "distillation.consistency_weight > 0 is HART's local consistency loss on its per-layer states; "
                 f"it needs model.init_args.architecture.generator: hart (this run has {architecture.generator!r})")
         self.distillation = distillation
-        self.init_from, self.teachers = init_from, teachers
+        self.init_from, self.teachers, self.teacher_backbone = init_from, teachers, teacher_backbone
         self.teacher_bank: LoRAWeights | None = None
+        # The teachers' own backbone where it is not θ0: run, never trained or saved, so held outside the module tree.
+        self.frozen: dict[str, nn.Module] = {}
         generator = self.model.hypernet
         states = (generator.layout.num_steps if architecture.generator == "hart" else 1, architecture.generator_width)
         # HART consistency state: the previous step's batch-mean per-layer states (T, P) (resumable).
@@ -113,7 +120,7 @@ class FinetuneModule(Stage):
         if not root.is_dir():
             raise ConfigurationError(f"model.init_args.teachers: {root} is not a folder; point it at the teacher stage's "
                                      "output_dir (one PEFT folder per cluster)")
-        sites = self.model.site_names
+        sites = self._teacher_site_names()
         first = None
         A = B = None
         folders = cluster_folders(needed)  # teachers written before the teacher stage refused a shared folder
@@ -122,8 +129,8 @@ class FinetuneModule(Stage):
             if not directory.is_dir():
                 raise ConfigurationError(f"teacher for cluster {name!r} not found: {directory} is missing (run the teacher stage)")
             try:
-                verify_teacher(directory, read_meta(directory), self.backbone_spec, self.architecture.lora_rank,
-                               self.tokenizer_name)
+                verify_teacher(directory, read_meta(directory), self.teacher_backbone or self.backbone_spec,
+                               self.architecture.lora_rank, self.tokenizer_name, self.teacher_backbone is not None)
                 lora = load_adapter(directory, sites)
             except AdapterError as error:
                 raise ConfigurationError(f"teacher for cluster {name!r} cannot be used: {error}. Retrain the teachers "
@@ -134,6 +141,35 @@ class FinetuneModule(Stage):
                 B = torch.zeros(len(clusters), *lora.B.shape[1:])  # (K, S, out, r)
             A[clusters[name]], B[clusters[name]] = lora.A[0], lora.B[0]
         return LoRAWeights(A.to(self.device), B.to(self.device), first.scale, first.shapes)
+
+    def _teacher_site_names(self) -> list[str]:
+        """The LoRA sites of the model the teachers sit on; loads that model when it is not θ0."""
+        spec = self.teacher_backbone
+        if spec is None or spec.matches(self.backbone_spec.record()):
+            return self.model.site_names
+        if "teacher" not in self.frozen:
+            self.frozen["teacher"] = self._load_teacher_model(spec)
+        family = family_of(self.frozen["teacher"])
+        names = family.site_names()
+        shapes = [(site.in_features, site.out_features) for site in map(self.frozen["teacher"].get_submodule, names)]
+        if self.distillation.param_weight > 0 and (names != self.model.site_names or shapes != [
+                (site.in_features, site.out_features) for site in self.model.sites()]):
+            raise ConfigurationError(
+                f"model.init_args.teacher_backbone: {spec.name}'s LoRA sites differ from θ0's ({len(names)} sites, first "
+                f"{shapes[0]} against {len(self.model.site_names)}); the parameter loss compares LoRAs site by site, so "
+                "set distillation.param_weight: 0, or use teachers on a model of θ0's shape")
+        return names
+
+    def _load_teacher_model(self, spec: Backbone) -> nn.Module:
+        """The teachers' backbone: frozen, in eval mode (no dropout in a distillation target), same vocabulary."""
+        model = spec.load(len(self.tokenizer)).requires_grad_(False).eval()
+        theirs, ours = model.get_output_embeddings().weight.shape[0], self.model.backbone.get_output_embeddings().weight.shape[0]
+        if theirs != ours:
+            raise ConfigurationError(
+                f"model.init_args.teacher_backbone: {spec.name} predicts {theirs} tokens and θ0 {ours}; the KL compares "
+                "their distributions token by token, so the teachers' backbone must share θ0's tokenizer")
+        log.info("teacher forward on model.init_args.teacher_backbone %s (frozen, eval mode)", spec.name)
+        return model
 
     # -- training
 
@@ -146,10 +182,19 @@ class FinetuneModule(Stage):
         return bank
 
     def teacher_logits(self, batch: dict) -> Tensor:
-        """θ0 + the row's cluster LoRA on the instruction-concatenated input: (B, T, V), no gradient."""
+        """The teachers' backbone (θ0 or `teacher_backbone`) + the row's cluster LoRA on the instruction-concatenated
+        input: (B, T, V), no gradient."""
         rows = self._teacher_bank().select(batch["cluster_ids"])
-        with torch.no_grad(), apply_lora(self.model.sites(), rows):
-            return self.model.theta0_answer_logits(batch["concat_input_ids"], batch["concat_attention_mask"], batch["labels"]).logits
+        inputs = (batch["concat_input_ids"], batch["concat_attention_mask"], batch["labels"])
+        teacher = self.frozen.get("teacher")
+        if teacher is None:
+            with torch.no_grad(), apply_lora(self.model.sites(), rows):
+                return self.model.theta0_answer_logits(*inputs).logits
+        if teacher.device != self.device:
+            teacher.to(self.device)  # once: it is outside the module tree Lightning moves
+        family = family_of(teacher)
+        with torch.no_grad(), apply_lora([teacher.get_submodule(name) for name in family.site_names()], rows):
+            return family.answer_logits(teacher, *inputs).logits
 
     def _param_distance(self, task, batch: dict) -> Tensor:
         task_clusters = torch.empty(len(task), dtype=torch.long, device=self.device)
@@ -204,4 +249,5 @@ class FinetuneModule(Stage):
 
     def describe(self) -> dict:
         return {**super().describe(), "architecture": asdict(self.architecture), "distillation": asdict(self.distillation),
-                "init_from": self.init_from, "teachers": self.teachers}
+                "init_from": self.init_from, "teachers": self.teachers,
+                "teacher_backbone": self.teacher_backbone.record() if self.teacher_backbone is not None else None}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_linear_schedule_with_warmup
 from transformers.optimization import Adafactor
 
@@ -74,9 +77,23 @@ def parameter_groups(model: nn.Module, optimization: Optimization) -> Parameters
     return [{"params": decay, "weight_decay": optimization.weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def optimizer_and_schedule(parameters: Parameters, optimization: Optimization, total_steps: int) -> dict:
-    """What `configure_optimizers` returns: the optimizer, and linear warm-up then decay, stepped every optimizer step."""
+def optimizer_and_schedule(parameters: Parameters, optimization: Optimization, total_steps: int,
+                           restart_every: int | None = None) -> dict:
+    """What `configure_optimizers` returns: the optimizer, and linear warm-up then decay, stepped every optimizer step.
+    `restart_every`: the schedule is that many steps long and starts over after each (the teachers: one per cluster)."""
     optimizer = make_optimizer(parameters, optimization)
-    total = max(1, total_steps)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(optimization.warmup_ratio * total), total)
+    if restart_every:
+        warmup = int(optimization.warmup_ratio * restart_every)
+        scheduler = LambdaLR(optimizer, partial(_restarting_linear, warmup=warmup, length=restart_every))
+    else:
+        total = max(1, total_steps)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(optimization.warmup_ratio * total), total)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _restarting_linear(step: int, warmup: int, length: int) -> float:
+    """transformers' linear warm-up and decay, at the step within the current `length`-step cycle."""
+    step %= length
+    if step < warmup:
+        return step / max(1, warmup)
+    return max(0.0, (length - step) / max(1, length - warmup))

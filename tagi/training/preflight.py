@@ -176,7 +176,7 @@ def _projection_shape(backbone: dict) -> tuple[int, int] | None:
     return hidden, min(heads, config.get("num_key_value_heads") or heads) * head_dim
 
 
-COUNTS = {"batch_size": 1, "eval_batch_size": 1, "tasks_per_batch": 1, "clusters_per_batch": 1, "num_pos": 0,
+COUNTS = {"batch_size": 1, "eval_batch_size": 1, "tasks_per_batch": 1, "num_pos": 0,
           "num_workers": 0, "max_instruction_length": 1, "max_input_length": 1, "max_target_length": 1,
           "max_val_instances_per_task": 1, "max_test_instances_per_task": 1}  # least value (None: no cap)
 
