@@ -87,12 +87,14 @@ def data_overrides(stage: str, shared: Path | None, theta0: Path) -> list[str]:
     return [tokenizer, f"--data.init_args.data_dir={shared / 'data/ni-v1'}", splits]
 
 
-def hardware_overrides(device: str) -> list[str]:
-    """The one place CPU and CUDA differ: the rest of each command is the same code and config."""
+def hardware_overrides(device: str, stage: str = "pretrain") -> list[str]:
+    """The one place CPU and CUDA differ: the rest of each command is the same code and config. The teachers run
+    the config's DDP (gloo on CPU: no strategy to swap); the other stages its DeepSpeed, on CPU as
+    `CPUDeepSpeedStrategy`."""
     if device == "cpu":
-        return ["--trainer.accelerator=cpu", "--trainer.devices=2",
-                "--trainer.strategy.class_path=tagi.training.strategies.CPUDeepSpeedStrategy"]  # keeps the ZeRO stage
-    return ["--trainer.accelerator=gpu", "--trainer.devices=-1"]  # the config's own DeepSpeed strategy
+        swap = [] if stage == "teacher" else ["--trainer.strategy.class_path=tagi.training.strategies.CPUDeepSpeedStrategy"]
+        return ["--trainer.accelerator=cpu", "--trainer.devices=2", *swap]  # keeps the ZeRO stage
+    return ["--trainer.accelerator=gpu", "--trainer.devices=-1"]  # the config's own strategy
 
 
 def stage_command(stage: str, work: Path, device: str, shared: Path | None, steps: int) -> list[str]:
@@ -105,7 +107,7 @@ def stage_command(stage: str, work: Path, device: str, shared: Path | None, step
     }[stage]
     return [sys.executable, "-m", "tagi", "fit", "--config", str(SETTING / f"{stage}.yaml"),
             f"--model.init_args.backbone.name={theta0}", *data_overrides(stage, shared, theta0), *wiring,
-            f"--trainer.logger.init_args.save_dir={work / 'checkpoints'}", *hardware_overrides(device),
+            f"--trainer.logger.init_args.save_dir={work / 'checkpoints'}", *hardware_overrides(device, stage),
             f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps}", "--trainer.limit_val_batches=1",
             "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
             "--trainer.callbacks+=tagi.training.callbacks.StepStats", "--data.init_args.num_workers=1",

@@ -24,7 +24,7 @@ def test_the_gpu_check_runs_the_rehearsal_with_only_the_hardware_settings_change
     for stage in rehearsal.STAGES:
         cpu = rehearsal.stage_command(stage, tmp_path, "cpu", None, 3)
         cuda = rehearsal.stage_command(stage, tmp_path, "cuda", None, 3)
-        hardware = set(rehearsal.hardware_overrides("cpu")) | set(rehearsal.hardware_overrides("cuda"))
+        hardware = set(rehearsal.hardware_overrides("cpu", stage)) | set(rehearsal.hardware_overrides("cuda", stage))
         assert [arg for arg in cpu if arg not in hardware] == [arg for arg in cuda if arg not in hardware]
         assert cpu[3:6] == ["fit", "--config", str(ROOT / f"configs/sni-t5-base/{stage}.yaml")]  # the GPU user's config
     # the CUDA run keeps the config's own DeepSpeed strategy; the CPU one swaps only its class
@@ -50,7 +50,8 @@ def test_the_rehearsal_passes_every_hand_off_at_a_tiny_shape(tmp_path):
     for stage in rehearsal.STAGES:
         figures = report["stages"][stage]
         precision = "32-true" if stage == "pretrain" else "bf16-mixed"  # the config's own: Table 6 pretrains in float32
-        assert figures["processes"] == 2 and figures["strategy"] == "CPUDeepSpeedStrategy" and figures["precision"] == precision
+        strategy = "DDPStrategy" if stage == "teacher" else "CPUDeepSpeedStrategy"  # the teachers: DDP (ZeRO is refused)
+        assert figures["processes"] == 2 and figures["strategy"] == strategy and figures["precision"] == precision
         assert figures["seconds_per_step"] > 0 and figures["tokens_per_step"] > 0 and figures["trainable_weights"] > 0
         assert figures["peak_rss_gib_per_process"] > 0
     assert Path(tmp_path / "work/theta0/config.json").is_file()
