@@ -236,7 +236,7 @@ def test_a_checkpoint_that_cannot_be_written_names_it_and_keeps_the_old_one(work
     folder = workdir / "checkpoints/demo/no-room/checkpoints"
     before = (folder / "last.ckpt").read_bytes()
     resumed = tagi_process(["fit", "--config", config("pretrain"), TINY, *FAST, "--trainer.logger.init_args.name=no-room",
-                            "--ckpt_path=last"], file_size_limit=len(before) // 2)
+                            "--ckpt_path=last", "--overwrite=true"], file_size_limit=len(before) // 2)
     assert resumed.returncode == 2, resumed.stderr[-3000:]
     message = resumed.stderr.strip().splitlines()[-1]
     assert message == (f"error: {Path('checkpoints/demo/no-room/checkpoints/last.ckpt')}: cannot be written (File too large); "
@@ -252,7 +252,7 @@ def test_a_config_yaml_that_cannot_be_written_keeps_the_old_one(workdir):
     folder = workdir / "checkpoints/demo/no-room-config"
     before = {name: (folder / name).read_bytes() for name in ("config.yaml", "metrics.csv")}
     resumed = tagi_process(["fit", "--config", config("pretrain"), TINY, *FAST, "--trainer.logger.init_args.name=no-room-config",
-                            "--ckpt_path=last"], file_size_limit=3000)
+                            "--ckpt_path=last", "--overwrite=true"], file_size_limit=3000)
     assert resumed.returncode == 2, resumed.stderr[-3000:]
     assert resumed.stderr.strip().splitlines()[-1].startswith(
         f"error: {Path('checkpoints/demo/no-room-config/config.yaml')}: cannot be written (File too large)")
