@@ -12,8 +12,10 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -150,6 +152,29 @@ class AtomicFile:
         failure = None if isinstance(error, WriteError) else os_error_behind(error)
         if failure is not None:
             raise write_error(self.path, failure) from None
+
+
+@contextmanager
+def signals_deferred(numbers: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """Ctrl-C or SIGTERM received inside the block is delivered when it ends. A KeyboardInterrupt raised in the
+    middle of `torch.save` broke its zip writer, whose cleanup then raised a RuntimeError ("unexpected pos")
+    that hid the interrupt: the run exited 1 with a traceback instead of 130 and a resume hint. Only the main
+    thread can swap handlers; a handler not installed from Python (`getsignal` is None) is left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {number: signal.getsignal(number) for number in numbers}
+    previous = {number: handler for number, handler in previous.items() if handler is not None}
+    for number in previous:
+        signal.signal(number, lambda received_number, frame: received.append(received_number))
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(received):  # each once, in the order received
+            signal.raise_signal(number)
 
 
 # A failed write in the user's terms: errno → what to do.

@@ -5,6 +5,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 
 def test_a_backbone_folder_retrained_in_place_is_noticed(tmp_path):
     """Checkpoints, teachers and adapters record θ0's weight digest; a θ0 replaced since no longer matches."""
@@ -131,3 +133,29 @@ def test_a_damaged_theta0_record_is_a_warning_and_the_digest_is_computed(tmp_pat
         assert weights_digest(folder) == digest
         assert f"{folder / BACKBONE_META}: not readable as stage 0's record" in caplog.text
         caplog.clear()
+
+
+def test_ctrl_c_during_a_checkpoint_write_is_delivered_once_the_file_is_whole(tmp_path, monkeypatch):
+    """A KeyboardInterrupt inside `torch.save` broke its zip writer ("unexpected pos"), which hid the interrupt:
+    the fit exited 1 with a traceback instead of 130 and the resume hint (seen in CI)."""
+    import signal
+
+    import torch
+
+    from tagi.training.checkpoints import AtomicCheckpointIO
+
+    real_save, calls = torch.save, []
+
+    def save_interrupted(obj, handle):
+        signal.raise_signal(signal.SIGINT)  # as if Ctrl-C were pressed while the file is written
+        calls.append("after the signal")
+        real_save(obj, handle)
+
+    monkeypatch.setattr(torch, "save", save_interrupted)
+    target = tmp_path / "last.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        AtomicCheckpointIO().save_checkpoint({"weights": torch.arange(4.0)}, target)
+    assert calls == ["after the signal"]
+    assert torch.equal(torch.load(target)["weights"], torch.arange(4.0))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary file left
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored

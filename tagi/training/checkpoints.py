@@ -8,7 +8,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 
-from tagi.io import AtomicFile
+from tagi.io import AtomicFile, signals_deferred
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -16,13 +16,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     which across filesystems is a copy: a full disk left half a `last.ckpt` under its final name, and a
     small $TMPDIR failed with a traceback naming no file. This one writes beside the checkpoint and renames
     it (`tagi.io.AtomicFile`); a failure is one `WriteError` naming the checkpoint, the old one intact.
-    Remote paths (`s3://...`) keep Lightning's way."""
+    Ctrl-C or SIGTERM during the write waits for it to end (`signals_deferred`). Remote paths (`s3://...`)
+    keep Lightning's way."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         if storage_options is not None or "://" in str(path):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        with AtomicFile(path) as handle:
+        with signals_deferred(), AtomicFile(path) as handle:
             torch.save(checkpoint, handle)
 
 

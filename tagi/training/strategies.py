@@ -32,20 +32,22 @@ from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch import strategies
 from lightning.pytorch.strategies import StrategyRegistry
 
-from tagi.io import os_error_behind, writing
+from tagi.io import os_error_behind, signals_deferred, writing
 
 
 class DeepSpeedStrategy(strategies.DeepSpeedStrategy):
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
         target = Path(self.broadcast(str(filepath)))
         staging = target.with_name(f".tmp-{target.name}")
-        with writing(target):  # a full disk: one error naming the checkpoint (the old folder is intact)
-            self._stop_together(_make_staging(staging) if self.is_global_zero else None, target, staging)
-            self._stop_together(self._save_on_every_rank(checkpoint, staging, storage_options), target, staging)
-        # every rank's shard is in the staging folder (`_stop_together` is a collective)
-        if self.is_global_zero:
-            _replace_folder(target, staging)
-        self.barrier()
+        # Ctrl-C waits for the save: a rank interrupted between collectives would leave the others waiting
+        with signals_deferred():
+            with writing(target):  # a full disk: one error naming the checkpoint (the old folder is intact)
+                self._stop_together(_make_staging(staging) if self.is_global_zero else None, target, staging)
+                self._stop_together(self._save_on_every_rank(checkpoint, staging, storage_options), target, staging)
+            # every rank's shard is in the staging folder (`_stop_together` is a collective)
+            if self.is_global_zero:
+                _replace_folder(target, staging)
+            self.barrier()
 
     def _stop_together(self, failure: OSError | None, target: Path, staging: Path) -> None:
         """Stop every rank when a write failed on any: a rank that raises alone leaves the others waiting in the
