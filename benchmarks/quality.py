@@ -47,6 +47,7 @@ class Variant:
     needs: tuple[str, ...] = ()  # upstream stages: "teacher", "pretrain" (θ0 always)
     reads_instructions: bool = True
     pretrain_ablations: tuple[str, ...] | None = None  # its own stage 2 (another architecture), these applied to pretrain.yaml
+    pretrain_config: str = "pretrain.yaml"  # its stage 2's config, relative to configs/<setting>/ (HINT has its own)
     reference: str | None = None  # paired difference against this variant
     trains: bool = True  # False: the pretrained model as it is, tested without a checkpoint (one run for every seed)
 
@@ -56,7 +57,12 @@ VARIANTS: dict[str, Variant] = {
     "no-instruction": Variant("baselines/no-instruction.yaml", "θ0 finetuned on inputs alone", reads_instructions=False,
                               reference="concat"),
     "concat": Variant("baselines/concat.yaml", "θ0 finetuned, instruction concatenated (Tk-Instruct)"),
-    "hint": Variant("baselines/hint.yaml", "hypernetwork, CE only (HINT-like)", needs=("pretrain",), reference="concat"),
+    # Called `hint` until HINT itself was built: TAGI's network (fusion, FiD, frozen θ0) trained with CE alone.
+    "tagi-ce-only": Variant("baselines/tagi-ce-only.yaml", "TAGI's network, CE only (no KL, no parameter loss)",
+                            needs=("pretrain",), reference="tagi"),
+    # HINT: no encoder fusion, FiD, the underlying model trained with the hypernetwork, in its own stage 2 too.
+    "hint": Variant("baselines/hint.yaml", "HINT: hypernetwork + underlying model trained, FiD, CE", needs=("pretrain",),
+                    pretrain_config="baselines/hint-pretrain.yaml", reference="concat"),
     "tagi": Variant("finetune.yaml", "TAGI: CE + KL + parameter loss", needs=TAGI, reference="concat"),
     "tagi-no-kl": Variant("finetune.yaml", "TAGI without KL", ("no-kl",), TAGI, reference="tagi"),
     "tagi-no-param": Variant("finetune.yaml", "TAGI without parameter loss", ("no-param",), TAGI, reference="tagi"),
@@ -73,7 +79,12 @@ VARIANTS: dict[str, Variant] = {
     # Tuning candidates, compared on the validation tasks (`--out docs/results/tuning`).
     "tagi-lr3e-3": Variant("finetune.yaml", "TAGI, learning rate 3e-3", ("lr3e-3",), TAGI, reference="tagi"),
     "tagi-lr1e-2": Variant("finetune.yaml", "TAGI, learning rate 1e-2", ("lr1e-2",), TAGI, reference="tagi"),
-    "hint-lr1e-3": Variant("baselines/hint.yaml", "HINT-like, learning rate 1e-3", ("lr1e-3",), ("pretrain",), reference="hint"),
+    "tagi-ce-only-lr1e-3": Variant("baselines/tagi-ce-only.yaml", "TAGI CE only, learning rate 1e-3", ("lr1e-3",),
+                                   ("pretrain",), reference="tagi-ce-only"),
+    "hint-lr3e-4": Variant("baselines/hint.yaml", "HINT, learning rate 3e-4", ("lr3e-4",), ("pretrain",),
+                           pretrain_config="baselines/hint-pretrain.yaml", reference="hint"),
+    "hint-lr3e-3": Variant("baselines/hint.yaml", "HINT, learning rate 3e-3", ("lr3e-3",), ("pretrain",),
+                           pretrain_config="baselines/hint-pretrain.yaml", reference="hint"),
     "tagi-wd": Variant("finetune.yaml", "TAGI, weight decay 0.01", ("weight-decay",), TAGI, reference="tagi"),
     "tagi-h256": Variant("finetune.yaml", "TAGI, generator hidden 256", ("hidden256",), TAGI, pretrain_ablations=("hidden256",),
                          reference="tagi"),
@@ -88,8 +99,9 @@ VARIANTS: dict[str, Variant] = {
     "zero-shot": Variant("baselines/zero-shot.yaml", "zero-shot: the instruct model, instruction in its prompt, nothing trained",
                          trains=False),
 }
-BASELINES = ["no-instruction", "concat", "hint", "tagi"]
-EXTRA_PAIRS = [("hint", "no-instruction")]  # a hypernetwork should at least beat ignoring the instruction
+BASELINES = ["no-instruction", "concat", "hint", "tagi-ce-only", "tagi"]
+# a hypernetwork should at least beat ignoring the instruction; TAGI against the baseline it builds on
+EXTRA_PAIRS = [("hint", "no-instruction"), ("tagi", "hint")]
 
 
 RETRAIN = "delete the folder to retrain it with the current one"
@@ -202,10 +214,10 @@ class Chain:
             self.built["teacher"] = str(out)
         return self.built["teacher"]
 
-    def pretrain(self, ablations: tuple[str, ...] | None = None) -> str:
-        key = "pretrain" if ablations is None else "-".join(("pretrain", *ablations))
+    def pretrain(self, ablations: tuple[str, ...] | None = None, config: str = "pretrain.yaml") -> str:
+        key = "-".join((Path(config).stem, *(ablations or ())))  # pretrain, pretrain-hart, hint-pretrain
         if key not in self.built:
-            done = self.ledger.fit(self.folder, key, self.config("pretrain.yaml", ablations or ()), self.base_args())
+            done = self.ledger.fit(self.folder, key, self.config(config, ablations or ()), self.base_args())
             self.built[key] = done["last_checkpoint"]
         return self.built[key]
 
@@ -213,7 +225,7 @@ class Chain:
 def variant_args(chain: Chain, variant: Variant) -> list[str]:
     args = chain.base_args()
     if "pretrain" in variant.needs:
-        args.append(f"--model.init_args.init_from={chain.pretrain(variant.pretrain_ablations)}")
+        args.append(f"--model.init_args.init_from={chain.pretrain(variant.pretrain_ablations, variant.pretrain_config)}")
     if "teacher" in variant.needs:
         args.append(f"--model.init_args.teachers={chain.teachers()}")
     return args
@@ -337,11 +349,19 @@ def plot(data: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def unshipped(setting: str, name: str) -> list[str]:
+    """The config files variant `name` needs that configs/<setting>/ lacks."""
+    variant = VARIANTS[name]
+    needed = [variant.config, *([variant.pretrain_config] if "pretrain" in variant.needs else [])]
+    return [config for config in needed if not (ROOT / "configs" / setting / config).is_file()]
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", default="demo")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--variants", nargs="+", default=BASELINES, choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        help=f"default: those of {' '.join(BASELINES)} whose configs the setting ships")
     parser.add_argument("--controls", nargs="*", default=list(CONTROL_ROWS), choices=list(CONTROL_ROWS),
                         help="instruction controls to test every instruction-reading variant with (NI/SNI: no paraphrase)")
     parser.add_argument("--share-theta0", action="store_true",
@@ -349,6 +369,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--runs-dir", default="runs/quality")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
     args = parser.parse_args(argv)
+    args.variants = args.variants or [name for name in BASELINES if not unshipped(args.setting, name)]
+    for name in args.variants:
+        if unshipped(args.setting, name):
+            shipped = [other for other in VARIANTS if not unshipped(args.setting, other)]
+            parser.error(f"--variants {name}: configs/{args.setting}/ has no {', '.join(unshipped(args.setting, name))} "
+                         f"(this setting's variants: {' '.join(shipped) or 'none'})")
     raw = {name: {} for name in args.variants}
     commit = git_commit()  # what the runs of this invocation train with; runs reused from earlier ones are not re-checked
     ledger = Ledger(Path(args.runs_dir) / args.setting / "seconds.json")

@@ -58,9 +58,9 @@ def test_every_decoder_only_stage_and_baseline_runs_from_the_cli(workdir):
     fit(workdir, "finetune.yaml", "finetune", f"--model.init_args.init_from={pretrain}")
     metrics = (workdir / "checkpoints/smollm2-ni-v1/finetune/metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train/ce", "train/kl", "train/param", "val/rougeL"} <= set(metrics)  # distilled from the teachers
-    for baseline in ("concat", "no-instruction", "hint"):
+    for baseline in ("concat", "no-instruction", "tagi-ce-only"):
         fit(workdir, f"baselines/{baseline}.yaml", "finetune",
-            *([f"--model.init_args.init_from={pretrain}"] if baseline == "hint" else []))
+            *([f"--model.init_args.init_from={pretrain}"] if baseline == "tagi-ce-only" else []))
     run = workdir / "checkpoints/smollm2-ni-v1/baseline-concat/checkpoints/last.ckpt"
     concat = torch.load(run, map_location="cpu", weights_only=False)["state_dict"]
     assert concat["lora_A"].shape == (1, 4, 8, 64) and concat["lora_B"].shape == (1, 4, 64, 8)  # one LoRA, every q/v site

@@ -94,22 +94,29 @@ def test_every_yaml_under_configs_is_parsed_or_referenced():
 
 @pytest.mark.parametrize("files", [files for _, files in CASES], ids=[name for name, _ in CASES])
 def test_every_stage_config_takes_its_trainer_from_the_settings_part(files):
-    """One sharing rule: every stage and baseline file names its setting's parts/trainer.yaml (`config:`) and
-    sets only its own trainer values, as dotted keys; a nested `trainer:` block would silently replace the part."""
+    """One sharing rule: every stage and baseline file names its setting's parts/trainer.yaml (`config:`), itself or
+    through the stage file it builds on (HINT's baselines/hint.yaml names tagi-ce-only.yaml), and sets only its own
+    trainer values, as dotted keys; a nested `trainer:` block would silently replace the part."""
     import yaml
 
     stage_file = Path(files[-1])
-    keys = yaml.safe_load(stage_file.read_text(encoding="utf-8"))
-    part = (stage_file.parent / keys.get("config", "<missing>")).resolve()
+    chain = [(stage_file, yaml.safe_load(stage_file.read_text(encoding="utf-8")))]  # the file, then what it names, in turn
+    while chain[-1][0].parent.name != "parts":
+        named = (chain[-1][0].parent / chain[-1][1].get("config", "<missing>")).resolve()
+        chain.append((named, yaml.safe_load(named.read_text(encoding="utf-8"))))
+    part = chain[-1][0]
     assert part == (CONFIGS / stage_file.relative_to(CONFIGS).parts[0] / "parts" / "trainer.yaml").resolve()
-    assert "trainer" not in keys and list(keys).index("config") < min(i for i, k in enumerate(keys) if k.startswith("trainer."))
-    shared = yaml.safe_load(part.read_text(encoding="utf-8"))["trainer"]
+    for _, keys in chain[:-1]:
+        own = [i for i, k in enumerate(keys) if k.startswith("trainer.")]
+        assert "trainer" not in keys and list(keys).index("config") < min(own, default=len(keys))
+    shared = chain[-1][1]["trainer"]
     trainer = run_cli(["fit", "--config", str(stage_file)], cli_class=ParseOnly).config["fit"].trainer
     for key in ("accelerator", "log_every_n_steps", "num_sanity_val_steps"):
         assert trainer[key] == shared[key], key  # the part reached the run
     assert [c.class_path for c in trainer.callbacks] == [c["class_path"] for c in shared["callbacks"]]
     assert trainer.logger.init_args.save_dir == shared["logger"]["init_args"]["save_dir"]
-    assert trainer.max_steps == keys.get("trainer.max_steps", -1)  # a test-only baseline (zero-shot) trains no step
+    # the nearest file that sets it; a test-only baseline (zero-shot) trains no step
+    assert trainer.max_steps == next((keys["trainer.max_steps"] for _, keys in chain if "trainer.max_steps" in keys), -1)
 
 
 def test_a_nested_block_beside_a_named_part_is_refused(tmp_path):

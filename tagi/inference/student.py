@@ -120,7 +120,7 @@ class Student:
         Its adapter_config.json names the backbone by a path relative to the adapter folder, or
         by hub id: θ0's folder, or `backbone/` inside the adapter, a copy of the
         student's backbone and tokenizer written when θ0 was built in code ("tiny", "tiny-llama"), when the student
-        trained the layer norms, or when asked (`with_backbone`: a folder that stands alone). An
+        trained the layer norms or the whole backbone, or when asked (`with_backbone`: a folder that stands alone). An
         existing folder is replaced only if it holds nothing but an earlier export's files.
         """
         out = Path(out_dir)
@@ -151,8 +151,10 @@ class Student:
         return out
 
     def _needs_backbone_copy(self) -> bool:
-        """θ0 built in code has no folder to name; with trained layer norms the base is no longer θ0."""
-        return self.backbone["name"] in TINY or bool(self.model.theta0_norms)
+        """θ0 built in code has no folder to name; with trained layer norms, or a trained backbone (HINT), the base is no
+        longer θ0."""
+        trained = any(parameter.requires_grad for parameter in self.model.backbone.parameters())
+        return self.backbone["name"] in TINY or bool(self.model.theta0_norms) or trained
 
     def _named_backbone(self, out: Path) -> str:
         local = Path(self.backbone["name"])

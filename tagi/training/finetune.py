@@ -86,11 +86,7 @@ class FinetuneModule(Stage):
             ["pretrain"], self.backbone_spec,
             hint="Use the same model.init_args.backbone in both stages, or the stage-2 (pretrain) checkpoint trained "
                  "on this backbone.").record
-        if not described.get("architecture", {}).get("freeze_backbone", True):
-            raise ConfigurationError(
-                f"model.init_args.init_from: {path} trained the backbone; finetuning needs the frozen θ0 the teachers were trained on. "
-                "Pretrain with architecture.freeze_backbone: true"
-            )
+        self._check_backbone_training(path, described.get("architecture", {}).get("freeze_backbone", True))
         state = {key[len("model."):]: value for key, value in checkpoint["state_dict"].items() if key.startswith("model.")}
         try:
             self.model.load_trained_state(state)
@@ -98,6 +94,20 @@ class FinetuneModule(Stage):
             raise ConfigurationError(f"model.init_args.init_from: {path} does not fit this architecture ({error}); "
                                      "use the pretrain stage's model.init_args.architecture") from None
         log.info("warm-started from %s", path)
+
+    def _check_backbone_training(self, path: str, pretrained_frozen: bool) -> None:
+        """A stage 2 that trained the backbone (HINT's) warm-starts only a run that trains it on and reads no teachers:
+        the teachers were trained on θ0, and a frozen backbone would drop what stage 2 learned without a word."""
+        if pretrained_frozen:
+            return
+        frozen = not any(parameter.requires_grad for parameter in self.model.backbone.parameters())
+        if frozen or self.needs_teachers:
+            why = ("the teachers' KL and parameter loss need the frozen θ0 they were trained on" if self.needs_teachers else
+                   "this run freezes it (model.init_args.architecture.freeze_backbone: true), so what stage 2 learned would be lost")
+            raise ConfigurationError(
+                f"model.init_args.init_from: {path} trained the backbone (architecture.freeze_backbone: false), and {why}. "
+                "Pretrain with architecture.freeze_backbone: true, or train the backbone here too with no teachers "
+                "(distillation.kl_weight and param_weight 0, as configs/demo/baselines/hint.yaml)")
 
     def prepare(self, datamodule) -> None:
         """Warm start from stage 2 and load the teacher bank: every check of the previous stages'
