@@ -284,3 +284,33 @@ def test_paraphrase_control_needs_paraphrases(suite, tmp_path):
     task.with_suffix(".json").write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="no `Paraphrases` field"):
         FinetuneDataModule(data_dir=copy, instruction_control="paraphrase").setup("fit")
+
+
+def test_every_reference_is_a_training_target_when_asked(tmp_path):
+    """`training_targets: all` trains on each distinct reference of an instance (Tk-Instruct draws one at random per
+    use); "first" on the first; evaluation sets keep one example per instance, scored against every reference."""
+    from tagi.data.sni import Instance, Task
+    from tagi.data.sni_dataset import SNIDataset
+    from tagi.data.tokenization import load_tokenizer
+
+    tok = load_tokenizer("synthetic")
+    instances = [Instance("a", "two plus two", ["four", "4", "four"]), Instance("b", "one plus one", ["two"])]
+    task = Task("t", "Add the numbers.", [], instances, ["arithmetic"], tmp_path / "t.json")
+    answers = {}
+    for targets in ("first", "all"):
+        data = SNIDataset([task], tok, {"arithmetic": 0}, num_pos=0, targets=targets)
+        answers[targets] = [(data[i]["input"], tok.decode(data[i]["labels"], skip_special_tokens=True)) for i in range(len(data))]
+    first_input, second_input = answers["first"][0][0], answers["first"][1][0]
+    assert answers["first"] == [(first_input, "four"), (second_input, "two")]
+    assert answers["all"] == [(first_input, "four"), (first_input, "4"), (second_input, "two")]  # the repeat dropped
+    assert data.task_of == [0, 0, 0]
+    with pytest.raises(ValueError, match="targets='all' is for training sets"):
+        SNIDataset([task], tok, {"arithmetic": 0}, num_pos=0, targets="all", with_meta=True)
+    module = FinetuneDataModule(data_dir=str(write_suite(tmp_path / "suite", seed=0, num_instances=4)), tokenizer="synthetic",
+                                training_targets="all", max_test_instances_per_task=2)
+    module.setup()
+    assert {name: data.targets for name, data in module.datasets.items()} == {"train": "all", "val": "first", "test": "first"}
+    teachers = TeacherDataModule(data_dir=str(tmp_path / "suite"), tokenizer="synthetic", training_targets="all",
+                                 max_test_instances_per_task=2, val_instances_per_task=1)
+    teachers.setup()
+    assert {name: data.targets for name, data in teachers.datasets.items()} == {"train": "all", "val": "first", "test": "first"}

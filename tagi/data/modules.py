@@ -14,8 +14,9 @@ the test tasks are read by `test`/`predict` only. After `setup()` each exposes `
 the teacher bank), `eval_tasks` ((task, category) pairs of the test loader) and `val_tasks` (what
 its val loader covers); the teacher module also `cluster_tasks` (category → its train task
 names). `instruction_control` replaces the evaluation tasks' instructions (`controls.py`);
-`student_input` is what the student reads as its input (`sni_dataset.StudentInput`), and `prompt_format`
-how every prompt becomes model input (`prompts.py`: plain + EOS, or the tokenizer's chat template).
+`student_input` is what the student reads as its input (`sni_dataset.StudentInput`), `prompt_format`
+how every prompt becomes model input (`prompts.py`: plain + EOS, or the tokenizer's chat template), and
+`training_targets` which references of a training instance are targets (`sni_dataset.TrainingTargets`).
 Batch keys: see `collate.py`. `data_dir="synthetic"` (or None) generates the embedded task suite
 into `cache_dir` on first use.
 """
@@ -36,8 +37,8 @@ from .sampler import ClusterStepSampler, ShuffledBatchSampler, TaskBatchSampler
 from .controls import Control, apply_control
 from .synthetic import ensure_corpus
 from .sni import OnError, Task, split_dir
-from .sni_dataset import (SYNTHETIC, Lengths, SNIDataset, StudentInput, TaskSets, cap_instances, holdout_instances, load_tasks,
-                          prepare_data_dir, resolve_data_dir)
+from .sni_dataset import (SYNTHETIC, Lengths, SNIDataset, StudentInput, TaskSets, TrainingTargets, cap_instances,
+                          holdout_instances, load_tasks, prepare_data_dir, resolve_data_dir)
 from .prompts import PromptFormat, PromptKind
 from .tokenization import load_tokenizer
 
@@ -189,7 +190,7 @@ class TeacherDataModule(_TaskDataModule):
                  num_workers: int = 0, seed: int = 0,
                  on_error: OnError = "raise", synthetic_seed: int = 0, cache_dir: str = "runs/data",
                  splits_dir: str | None = None, instruction_control: Control = "real",
-                 prompt_format: PromptKind = "plain"):
+                 prompt_format: PromptKind = "plain", training_targets: TrainingTargets = "first"):
         super().__init__()
         self.save_hyperparameters()
         self._init_state()
@@ -215,7 +216,7 @@ class TeacherDataModule(_TaskDataModule):
         lengths = Lengths(target=h.max_target_length, concat=h.max_concat_length)
         make = partial(SNIDataset, tokenizer=self.tokenizer, clusters=self.clusters, num_pos=h.num_pos,
                        lengths=lengths, teacher=True, prompt_format=self.prompt_format)
-        self.datasets = {"train": make(train), "val": make(val, with_meta=True),
+        self.datasets = {"train": make(train, targets=h.training_targets), "val": make(val, with_meta=True),
                          "test": make(test, with_meta=True)}
 
     def train_dataloader(self) -> DataLoader:
@@ -244,7 +245,8 @@ class FinetuneDataModule(_TaskDataModule):
                  max_test_instances_per_task: int | None = 100, tasks_per_batch: int | None = None,
                  num_workers: int = 0, seed: int = 0, on_error: OnError = "raise", synthetic_seed: int = 0,
                  cache_dir: str = "runs/data", splits_dir: str | None = None, instruction_control: Control = "real",
-                 student_input: StudentInput = "template", prompt_format: PromptKind = "plain"):
+                 student_input: StudentInput = "template", prompt_format: PromptKind = "plain",
+                 training_targets: TrainingTargets = "first"):
         super().__init__()
         self.save_hyperparameters()
         self._init_state()
@@ -259,7 +261,7 @@ class FinetuneDataModule(_TaskDataModule):
         self.val_tasks = _pairs(val)
         lengths = Lengths(h.max_instruction_length, h.max_input_length, h.max_target_length, h.max_concat_length)
         self.datasets = _finetune_datasets(self.tokenizer, self.prompt_format, self.clusters, h.num_pos, lengths,
-                                           h.student_input, val, sets.test, sets.train)
+                                           h.student_input, val, sets.test, sets.train, h.training_targets)
 
     def train_dataloader(self) -> DataLoader:
         ds = self.datasets["train"]
@@ -267,13 +269,14 @@ class FinetuneDataModule(_TaskDataModule):
 
 
 def _finetune_datasets(tokenizer, prompt_format: PromptFormat, clusters: dict[str, int], num_pos: int, lengths: Lengths,
-                       student_input: StudentInput, val: list[Task], test: list[Task], train: list[Task] | None = None) -> dict:
+                       student_input: StudentInput, val: list[Task], test: list[Task], train: list[Task] | None = None,
+                       training_targets: TrainingTargets = "first") -> dict:
     """Finetune-format datasets; the evaluation ones carry metadata."""
     make = partial(SNIDataset, tokenizer=tokenizer, clusters=clusters, num_pos=num_pos, lengths=lengths,
                    student_input=student_input, prompt_format=prompt_format)
     out = {"val": make(val, with_meta=True), "test": make(test, with_meta=True)}
     if train is not None:
-        out["train"] = make(train)
+        out["train"] = make(train, targets=training_targets)
     return out
 
 

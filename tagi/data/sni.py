@@ -54,7 +54,7 @@ class SplitFileError(TagiError, FileNotFoundError):
 class Instance:
     id: str
     input: str
-    outputs: list[str]  # every acceptable reference; training uses outputs[0]
+    outputs: list[str]  # every acceptable reference; training uses outputs[0] (or each: `training_targets: all`)
     options: list[str] | None = None  # answer options of a multiple-choice instance (P3 style): rank classification
 
 

@@ -32,6 +32,10 @@ SYNTHETIC = "synthetic"
 # ("bare"); or the whole Tk-Instruct concatenation ("concat": the official TAGI code's setup, where
 # the student reads the definition too, so it is not instruction-free).
 StudentInput = Literal["template", "bare", "concat"]
+# Which references of a training instance are targets: its first one ("first"), or each distinct one as its own
+# example ("all"; an instance of k references then weighs k in sampling). Tk-Instruct's collator draws one at
+# random per use, so over training every reference is a target, as with "all". Evaluation scores against all.
+TrainingTargets = Literal["first", "all"]
 
 
 @dataclass(frozen=True)
@@ -62,10 +66,13 @@ class SNIDataset(Dataset):
 
     def __init__(self, tasks: list[Task], tokenizer, clusters: dict[str, int], num_pos: int = 2,
                  lengths: Lengths = Lengths(), teacher: bool = False, with_meta: bool = False,
-                 student_input: StudentInput = "template", prompt_format: PromptFormat | None = None):
+                 student_input: StudentInput = "template", prompt_format: PromptFormat | None = None,
+                 targets: TrainingTargets = "first"):
         if student_input not in ("template", "bare", "concat"):
             raise ValueError(f"student_input must be 'template', 'bare' or 'concat', got {student_input!r}")
-        self.tasks, self.clusters, self.teacher, self.with_meta = tasks, clusters, teacher, with_meta
+        if targets == "all" and with_meta:
+            raise ValueError("targets='all' is for training sets: an evaluation example is an instance, scored against all its references")
+        self.tasks, self.clusters, self.teacher, self.with_meta, self.targets = tasks, clusters, teacher, with_meta, targets
         self.student_input = student_input
         self.tokenizer = tokenizer
         eos, counts = tokenizer.eos_token_id, Counter()
@@ -73,14 +80,19 @@ class SNIDataset(Dataset):
         instructions = encode(tokenizer, [templates.instruction_text(t, num_pos) for t in tasks])
         self.instructions = [_fit(ids, lengths.instruction, eos, counts, "instruction") for ids in instructions]
         self.prefixes = encode(tokenizer, [templates.concat_prefix_text(t, num_pos) for t in tasks])
-        self.rows = [(ti, inst) for ti, t in enumerate(tasks) for inst in t.instances]  # task order
+        # (task index, instance) per example, in task order, and the reference each is trained on
+        self.rows, references = [], []
+        for ti, task in enumerate(tasks):
+            for inst in task.instances:
+                for reference in dict.fromkeys(inst.outputs) if targets == "all" else inst.outputs[:1]:
+                    self.rows.append((ti, inst))
+                    references.append(reference)
         self.prompts = encode(tokenizer, [templates.concat_prompt_text(inst.input) for _, inst in self.rows])
         self.max_concat, self.eos = lengths.concat, eos
         if student_input != "concat":  # "concat" reads `self.concat(i)`, truncated as the teachers' input
             bare = encode(tokenizer, [inst.input for _, inst in self.rows]) if student_input == "bare" else self.prompts
             self.inputs = [self.format.fit(ids, lengths.input, counts, "input") for ids in bare]
-        targets = encode(tokenizer, [inst.outputs[0] for _, inst in self.rows])
-        self.labels = [_fit(ids, lengths.target, eos, counts, "target") for ids in targets]
+        self.labels = [_fit(ids, lengths.target, eos, counts, "target") for ids in encode(tokenizer, references)]
         counts["concat"] = sum(len(self.prefixes[ti]) + len(p) + self.format.overhead > lengths.concat
                                for (ti, _), p in zip(self.rows, self.prompts))
         _log_truncation(counts, len(tasks), len(self.rows), lengths)
