@@ -175,7 +175,12 @@ def signal_when_saved(process: subprocess.Popen, checkpoints: Path, step: int, s
     while _saved_step(checkpoints) < step and process.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     process.send_signal(signum)
-    return process.communicate()
+    try:
+        return process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:  # the signal was lost: fail, not hang the suite until its 4000 steps are done
+        process.kill()
+        _, err = process.communicate()
+        raise AssertionError(f"the run went on for 300 s after {signal.Signals(signum).name}:\n{err[-2000:]}") from None
 
 
 def _saved_step(folder: Path) -> int:
