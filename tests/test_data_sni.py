@@ -207,3 +207,37 @@ def test_carve_moves_one_train_task_per_category_to_validation(tmp_path):
     assert sorted(lists["train"] + lists["val"]) == sorted(t.name for t in train)
     main(["--data", str(root), "--out", str(tmp_path / "splits")])
     assert task_names(root, subset="val", splits_dir=tmp_path / "splits") == lists["val"]  # same seed: same lists
+
+
+def test_the_tk_instruct_template_writes_what_its_collator_writes(tmp_path):
+    """`template: tk-instruct`: the words of Tk-Instruct's `ni_collator.py` (a "." after a field that does not end in
+    punctuation, a space before " Positive Example i -" and " Output:"), written out here by hand from it."""
+    from tagi.data.sni import Demonstration, Instance, Task
+
+    task = Task("t", "Definition: Reverse the words ", [Demonstration("a b", "b a"), Demonstration("x y.", "y x!")],
+                [Instance("0", " c d ", ["d c"])], ["Word Order"], tmp_path / "t.json")
+    collator = ("Definition: Reverse the words.\n\n"
+                " Positive Example 1 -\nInput: a b.\n Output: b a.\n\n"
+                " Positive Example 2 -\nInput: x y.\n Output: y x!\n\n"
+                "Now complete the following example -\nInput: c d.\nOutput: ")
+    assert templates.concat_input_text(task, " c d ", 2, "tk-instruct") == collator
+    assert templates.instruction_text(task, 2, "tk-instruct") == collator.split("\n\nNow complete")[0]
+    assert templates.student_input_text("c d", "template", kind="tk-instruct") == "Now complete the following example -\nInput: c d.\nOutput: "
+    # ours: the same words without the periods and spaces
+    assert templates.concat_input_text(task, "c d", 2) == (
+        "Definition: Reverse the words \n\nPositive Example 1 -\nInput: a b\nOutput: b a\n\n"
+        "Positive Example 2 -\nInput: x y.\nOutput: y x!\n\nNow complete the following example -\nInput: c d\nOutput: ")
+
+
+def test_the_data_modules_write_the_configured_template(tmp_path):
+    from tagi.data.modules import FinetuneDataModule, TeacherDataModule
+    from tagi.data.synthetic import write_suite
+
+    suite = str(write_suite(tmp_path / "suite", seed=0, num_instances=4))
+    for module in (FinetuneDataModule(data_dir=suite, tokenizer="synthetic", template="tk-instruct", max_test_instances_per_task=2),
+                   TeacherDataModule(data_dir=suite, tokenizer="synthetic", template="tk-instruct", val_instances_per_task=1,
+                                     max_test_instances_per_task=2)):
+        module.setup()
+        for name, data in module.datasets.items():
+            text = module.tokenizer.decode(data[0]["input"] if module.__class__ is TeacherDataModule else data[0]["concat"])
+            assert " Positive Example 1 -" in text and "\n Output: " in text, (type(module).__name__, name)

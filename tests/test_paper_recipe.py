@@ -91,6 +91,7 @@ PAPER = [
     Value("teacher", "max_target_length", 128, "Table 6, LoRA Tuning: max output", "data.init_args.max_target_length"),
     Value("teacher", "lora_rank", 32, "Table 6: LoRA rank", "model.init_args.lora_rank"),
     Value("teacher", "max_train_instances_per_task", 100, "§A.2", "data.init_args.max_train_instances_per_task"),
+    Value("teacher", "template", "tk-instruct", "§3.2.4: Tk-Instruct's input", "data.init_args.template"),
 
     *common("pretrain", "Pretraining", "adafactor", 1e-3, 50000, 0.0, 1, "float32"),
     Value("pretrain", "sequence_length", 1024, "Table 6, Pretraining: max input; §A.2, §A.4", read=document_tokens),
@@ -102,6 +103,7 @@ PAPER = [
     Value("finetune", "max_new_tokens", 128, "Table 6, Finetuning SNI Base: max output", "model.init_args.generation.max_new_tokens"),
     Value("finetune", "lora_rank", 32, "Table 6: LoRA rank", "model.init_args.architecture.lora_rank"),
     Value("finetune", "max_train_instances_per_task", 100, "§A.2", "data.init_args.max_train_instances_per_task"),
+    Value("finetune", "template", "tk-instruct", "§3.2.4: Tk-Instruct's input", "data.init_args.template"),
 ]
 
 

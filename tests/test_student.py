@@ -266,3 +266,24 @@ tiny_student().export_adapter(INSTRUCTION, {str(tmp_path / "adapter")!r})
         tiny_student().export_adapter(INSTRUCTION, tmp_path / "adapter")
     assert first.wait() == 0, first.stderr.read()[-2000:]
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_student_trained_on_tk_instructs_words_reads_and_exports_them(tmp_path, monkeypatch):
+    """`data.init_args.template: tk-instruct` in training: `tagi adapter` writes the instruction, and the student reads
+    its input, in those words (the checkpoint's data module record says which)."""
+    from tagi.__main__ import main as tagi_main
+
+    monkeypatch.chdir(tmp_path)
+    checkpoint, _ = write_student_checkpoint(tmp_path, student_input="template", template="tk-instruct")
+    student = Student.from_checkpoint(checkpoint)
+    assert student.template == "tk-instruct"
+    Path("pos.jsonl").write_text('{"input": "cow ape", "output": "ape cow"}\n')
+    tagi_main(["adapter", "--ckpt", str(checkpoint), "--instruction", "Sort the words", "--positive-examples", "pos.jsonl",
+               "--out", "adapter"])
+    meta = json.loads(Path("adapter/meta.json").read_text())
+    assert meta["instruction"] == "Definition: Sort the words.\n\n Positive Example 1 -\nInput: cow ape.\n Output: ape cow."
+    assert meta["template"] == "tk-instruct"
+    assert meta["input_template"] == "Now complete the following example -\nInput: {input}\nOutput: "
+    # a checkpoint from before the option: our words
+    older, _ = write_student_checkpoint(tmp_path / "older", student_input="template")
+    assert Student.from_checkpoint(older).template == "tagi"

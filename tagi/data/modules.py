@@ -15,7 +15,8 @@ the teacher bank), `eval_tasks` ((task, category) pairs of the test loader) and 
 its val loader covers); the teacher module also `cluster_tasks` (category → its train task
 names). `instruction_control` replaces the evaluation tasks' instructions (`controls.py`);
 `student_input` is what the student reads as its input (`sni_dataset.StudentInput`), `prompt_format`
-how every prompt becomes model input (`prompts.py`: plain + EOS, or the tokenizer's chat template), and
+how every prompt becomes model input (`prompts.py`: plain + EOS, or the tokenizer's chat template),
+`template` the words around a task's fields (`templates.py`: ours, or Tk-Instruct's collator's exactly), and
 `training_targets` which references of a training instance are targets (`sni_dataset.TrainingTargets`).
 Batch keys: see `collate.py`. `data_dir="synthetic"` (or None) generates the embedded task suite
 into `cache_dir` on first use.
@@ -40,6 +41,7 @@ from .sni import OnError, Task, split_dir
 from .sni_dataset import (SYNTHETIC, Lengths, SNIDataset, StudentInput, TaskSets, TrainingTargets, cap_instances,
                           holdout_instances, load_tasks, prepare_data_dir, resolve_data_dir)
 from .prompts import PromptFormat, PromptKind
+from .templates import TemplateKind
 from .tokenization import load_tokenizer
 
 
@@ -190,7 +192,8 @@ class TeacherDataModule(_TaskDataModule):
                  num_workers: int = 0, seed: int = 0,
                  on_error: OnError = "raise", synthetic_seed: int = 0, cache_dir: str = "runs/data",
                  splits_dir: str | None = None, instruction_control: Control = "real",
-                 prompt_format: PromptKind = "plain", training_targets: TrainingTargets = "first"):
+                 prompt_format: PromptKind = "plain", training_targets: TrainingTargets = "first",
+                 template: TemplateKind = "tagi"):
         super().__init__()
         self.save_hyperparameters()
         self._init_state()
@@ -215,7 +218,7 @@ class TeacherDataModule(_TaskDataModule):
         self.val_tasks = _pairs(val)
         lengths = Lengths(target=h.max_target_length, concat=h.max_concat_length)
         make = partial(SNIDataset, tokenizer=self.tokenizer, clusters=self.clusters, num_pos=h.num_pos,
-                       lengths=lengths, teacher=True, prompt_format=self.prompt_format)
+                       lengths=lengths, teacher=True, prompt_format=self.prompt_format, template=h.template)
         self.datasets = {"train": make(train, targets=h.training_targets), "val": make(val, with_meta=True),
                          "test": make(test, with_meta=True)}
 
@@ -246,7 +249,7 @@ class FinetuneDataModule(_TaskDataModule):
                  num_workers: int = 0, seed: int = 0, on_error: OnError = "raise", synthetic_seed: int = 0,
                  cache_dir: str = "runs/data", splits_dir: str | None = None, instruction_control: Control = "real",
                  student_input: StudentInput = "template", prompt_format: PromptKind = "plain",
-                 training_targets: TrainingTargets = "first"):
+                 training_targets: TrainingTargets = "first", template: TemplateKind = "tagi"):
         super().__init__()
         self.save_hyperparameters()
         self._init_state()
@@ -261,7 +264,7 @@ class FinetuneDataModule(_TaskDataModule):
         self.val_tasks = _pairs(val)
         lengths = Lengths(h.max_instruction_length, h.max_input_length, h.max_target_length, h.max_concat_length)
         self.datasets = _finetune_datasets(self.tokenizer, self.prompt_format, self.clusters, h.num_pos, lengths,
-                                           h.student_input, val, sets.test, sets.train, h.training_targets)
+                                           h.student_input, val, sets.test, sets.train, h.training_targets, h.template)
 
     def train_dataloader(self) -> DataLoader:
         ds = self.datasets["train"]
@@ -270,10 +273,10 @@ class FinetuneDataModule(_TaskDataModule):
 
 def _finetune_datasets(tokenizer, prompt_format: PromptFormat, clusters: dict[str, int], num_pos: int, lengths: Lengths,
                        student_input: StudentInput, val: list[Task], test: list[Task], train: list[Task] | None = None,
-                       training_targets: TrainingTargets = "first") -> dict:
+                       training_targets: TrainingTargets = "first", template: TemplateKind = "tagi") -> dict:
     """Finetune-format datasets; the evaluation ones carry metadata."""
     make = partial(SNIDataset, tokenizer=tokenizer, clusters=clusters, num_pos=num_pos, lengths=lengths,
-                   student_input=student_input, prompt_format=prompt_format)
+                   student_input=student_input, prompt_format=prompt_format, template=template)
     out = {"val": make(val, with_meta=True), "test": make(test, with_meta=True)}
     if train is not None:
         out["train"] = make(train, targets=training_targets)
@@ -296,7 +299,8 @@ class PretrainDataModule(_TaskDataModule):
                  on_error: OnError = "raise", synthetic_seed: int = 0, cache_dir: str = "runs/data",
                  splits_dir: str | None = None, instruction_control: Control = "real",
                  student_input: StudentInput = "template", four_way_input_length: int | None = None,
-                 max_sequence_length: int | None = None, prompt_format: PromptKind = "plain"):
+                 max_sequence_length: int | None = None, prompt_format: PromptKind = "plain",
+                 template: TemplateKind = "tagi"):
         super().__init__()
         self.save_hyperparameters()
         self._init_state()
@@ -334,7 +338,7 @@ class PretrainDataModule(_TaskDataModule):
             lengths = Lengths(h.max_instruction_length, h.max_input_length, h.max_target_length,
                               h.max_concat_length)
             self.datasets = _finetune_datasets(self.tokenizer, self.prompt_format, self.clusters, h.num_pos, lengths,
-                                               h.student_input, val, sets.test)
+                                               h.student_input, val, sets.test, template=h.template)
             skip = 0
         self.datasets["train"] = self._segments(num_segments=h.num_train_segments, max_documents=h.max_documents,
                                                 skip_documents=skip)

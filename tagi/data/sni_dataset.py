@@ -67,7 +67,7 @@ class SNIDataset(Dataset):
     def __init__(self, tasks: list[Task], tokenizer, clusters: dict[str, int], num_pos: int = 2,
                  lengths: Lengths = Lengths(), teacher: bool = False, with_meta: bool = False,
                  student_input: StudentInput = "template", prompt_format: PromptFormat | None = None,
-                 targets: TrainingTargets = "first"):
+                 targets: TrainingTargets = "first", template: templates.TemplateKind = "tagi"):
         if student_input not in ("template", "bare", "concat"):
             raise ValueError(f"student_input must be 'template', 'bare' or 'concat', got {student_input!r}")
         if targets == "all" and with_meta:
@@ -77,9 +77,9 @@ class SNIDataset(Dataset):
         self.tokenizer = tokenizer
         eos, counts = tokenizer.eos_token_id, Counter()
         self.format = prompt_format or PromptFormat.of(tokenizer)
-        instructions = encode(tokenizer, [templates.instruction_text(t, num_pos) for t in tasks])
+        instructions = encode(tokenizer, [templates.instruction_text(t, num_pos, template) for t in tasks])
         self.instructions = [_fit(ids, lengths.instruction, eos, counts, "instruction") for ids in instructions]
-        self.prefixes = encode(tokenizer, [templates.concat_prefix_text(t, num_pos) for t in tasks])
+        self.prefixes = encode(tokenizer, [templates.concat_prefix_text(t, num_pos, template) for t in tasks])
         # (task index, instance) per example, in task order, and the reference each is trained on
         self.rows, references = [], []
         for ti, task in enumerate(tasks):
@@ -87,7 +87,7 @@ class SNIDataset(Dataset):
                 for reference in dict.fromkeys(inst.outputs) if targets == "all" else inst.outputs[:1]:
                     self.rows.append((ti, inst))
                     references.append(reference)
-        self.prompts = encode(tokenizer, [templates.concat_prompt_text(inst.input) for _, inst in self.rows])
+        self.prompts = encode(tokenizer, [templates.concat_prompt_text(inst.input, template) for _, inst in self.rows])
         self.max_concat, self.eos = lengths.concat, eos
         if student_input != "concat":  # "concat" reads `self.concat(i)`, truncated as the teachers' input
             bare = encode(tokenizer, [inst.input for _, inst in self.rows]) if student_input == "bare" else self.prompts

@@ -15,52 +15,73 @@
     Now complete the following example -
     Input: <x>
     Output:
+
+`kind` "tk-instruct" writes the same words as Tk-Instruct's collator (`src/ni_collator.py`) does: a "." after the
+definition, each example's input and output and the instance's input where they do not end in punctuation, and
+" Positive Example i -" and " Output:" of the examples with a leading space. "tagi" (the default) writes neither.
 """
 
 from __future__ import annotations
 
 import re
+import string
+from typing import Literal
 
-from .sni import Task
+from .sni import Demonstration, Task
+
+TemplateKind = Literal["tagi", "tk-instruct"]
 
 _DEF_PREFIX = re.compile(r"^\s*definition\s*:\s*", re.IGNORECASE)  # NI v1 already starts with it
 
 
-def definition_text(task: Task) -> str:
-    return "Definition: " + _DEF_PREFIX.sub("", task.definition)
+def _sentence(field: str, kind: TemplateKind) -> str:
+    """Tk-Instruct's collator ends a field with "." unless its last character is punctuation."""
+    return field if kind == "tagi" or field[-1] in string.punctuation else field + "."
 
 
-def instruction_text(task: Task, num_pos: int = 2) -> str:
+def definition_text(task: Task, kind: TemplateKind = "tagi") -> str:
+    definition = _DEF_PREFIX.sub("", task.definition)
+    return _sentence("Definition: " + (definition if kind == "tagi" else definition.strip()), kind)
+
+
+def _example_text(i: int, example: Demonstration, kind: TemplateKind) -> str:
+    if kind == "tagi":
+        return f"Positive Example {i} -\nInput: {example.input}\nOutput: {example.output}"
+    return (f" Positive Example {i} -\n{_sentence(f'Input: {example.input.strip()}', kind)}\n"
+            f"{_sentence(f' Output: {example.output.strip()}', kind)}")
+
+
+def instruction_text(task: Task, num_pos: int = 2, kind: TemplateKind = "tagi") -> str:
     """`Def` when num_pos == 0, else `Def + kPos` with the task's first k positive examples; an
     instruction control's text verbatim when one is set (`tagi.data.controls`)."""
     if task.instruction is not None:
         return task.instruction
-    parts = [definition_text(task)]
-    for i, ex in enumerate(task.positive_examples[:num_pos], start=1):
-        parts.append(f"Positive Example {i} -\nInput: {ex.input}\nOutput: {ex.output}")
+    parts = [definition_text(task, kind)]
+    parts += [_example_text(i, example, kind) for i, example in enumerate(task.positive_examples[:num_pos], start=1)]
     return "\n\n".join(parts)
 
 
-def concat_prompt_text(instance_input: str) -> str:
+def concat_prompt_text(instance_input: str, kind: TemplateKind = "tagi") -> str:
     """The instance part of the Tk-Instruct input (kept whole when the concatenation is truncated)."""
-    return f"Now complete the following example -\nInput: {instance_input}\nOutput: "
+    line = f"Input: {instance_input}" if kind == "tagi" else _sentence(f"Input: {instance_input.strip()}", kind)
+    return f"Now complete the following example -\n{line}\nOutput: "
 
 
-def concat_prefix_text(task: Task, num_pos: int = 2) -> str:
-    text = instruction_text(task, num_pos)
+def concat_prefix_text(task: Task, num_pos: int = 2, kind: TemplateKind = "tagi") -> str:
+    text = instruction_text(task, num_pos, kind)
     return text + "\n\n" if text else ""  # an empty instruction leaves the instance prompt alone
 
 
-def student_input_text(instance_input: str, form: str = "template", instruction: str = "") -> str:
+def student_input_text(instance_input: str, form: str = "template", instruction: str = "", kind: TemplateKind = "tagi") -> str:
     """What the student reads (`sni_dataset.StudentInput`), for serving one input: the instance prompt
     ("template"), the input alone ("bare"), or `instruction` + the prompt ("concat"), token for token
     what `SNIDataset` builds in training."""
     if form == "bare":
         return instance_input
     prefix = instruction + "\n\n" if form == "concat" and instruction else ""
-    return prefix + concat_prompt_text(instance_input)
+    return prefix + concat_prompt_text(instance_input, kind)
 
 
-def concat_input_text(task: Task, instance_input: str, num_pos: int = 2) -> str:
+def concat_input_text(task: Task, instance_input: str, num_pos: int = 2, kind: TemplateKind = "tagi") -> str:
     """Tk-Instruct-style: definition + k positive examples + the input."""
-    return concat_prefix_text(task, num_pos) + concat_prompt_text(instance_input)
+    return concat_prefix_text(task, num_pos, kind) + concat_prompt_text(instance_input, kind)

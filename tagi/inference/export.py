@@ -91,8 +91,10 @@ def main(argv: list[str]) -> Path:
             raise InputError(f"--ckpt {args.ckpt}: no such checkpoint file")
         if not args.out.strip():
             raise InputError("--out is empty; give the adapter folder to write")
-        instruction = format_instruction(read_instruction(args.instruction), read_examples(args.positive_examples))
-        out = Student.from_checkpoint(args.ckpt).export_adapter(instruction, args.out, with_backbone=args.with_backbone)
+        definition, examples = read_instruction(args.instruction), read_examples(args.positive_examples)
+        student = Student.from_checkpoint(args.ckpt)
+        instruction = format_instruction(definition, examples, student.template)  # in the words it was trained on
+        out = student.export_adapter(instruction, args.out, with_backbone=args.with_backbone)
     except (InputError, CheckpointError) as error:
         parser.exit(2, f"error: {error}\n")
     base = json.loads((out / CONFIG_NAME).read_text())["base_model_name_or_path"]

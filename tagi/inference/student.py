@@ -23,7 +23,7 @@ from tagi.inference.runner import StudentRunner
 from tagi.data.sni import Demonstration, Task
 from tagi.data.collate import pad
 from tagi.data.prompts import PromptFormat
-from tagi.data.templates import instruction_text, student_input_text
+from tagi.data.templates import TemplateKind, instruction_text, student_input_text
 from tagi.data.tokenization import encode, load_tokenizer
 from tagi.errors import InputError
 from tagi.io import atomic_directory, folder_lock, read_checkpoint
@@ -37,19 +37,20 @@ BACKBONE_FOLDER = "backbone"  # inside an exported adapter that carries its own 
 EXPORT_MARK = "tagi adapter"  # meta.json's "written_by": a folder this export may replace
 
 
-def format_instruction(definition: str, positive_examples: Sequence[tuple[str, str]] = ()) -> str:
-    """The hypernetwork's input for a definition and k positive examples (the training template)."""
+def format_instruction(definition: str, positive_examples: Sequence[tuple[str, str]] = (), template: TemplateKind = "tagi") -> str:
+    """The hypernetwork's input for a definition and k positive examples, in the training template's words."""
     task = Task("instruction", definition, [Demonstration(x, y) for x, y in positive_examples], [], ["user"], Path("."))
-    return instruction_text(task, num_pos=len(positive_examples))
+    return instruction_text(task, len(positive_examples), template)
 
 
 class Student:
     def __init__(self, model: TAGIModel, tokenizer, backbone: dict, max_instruction_length: int = 1024, cache_size: int = 1024,
-                 student_input: str = "template", prompt_format: str = "plain"):
+                 student_input: str = "template", prompt_format: str = "plain", template: TemplateKind = "tagi"):
         self.model = model.eval()
         self.student_input = student_input  # the input format it was trained on (`sni_dataset.StudentInput`)
         self.prompt_kind = prompt_format
         self.prompt_format = PromptFormat.of(tokenizer, prompt_format)  # how its prompts were wrapped (`prompts.py`)
+        self.template = template  # the words around the input it was trained on (`templates.py`)
         self.tokenizer = tokenizer
         self.backbone = backbone  # the Backbone spec the model was trained on (name, tiny_config, seed)
         self.max_instruction_length = max_instruction_length
@@ -75,6 +76,7 @@ class Student:
         kwargs.setdefault("student_input", trained.get("student_input", "bare"))
         kwargs.setdefault("max_instruction_length", trained.get("max_instruction_length", 1024))
         kwargs.setdefault("prompt_format", trained.get("prompt_format", "plain"))
+        kwargs.setdefault("template", trained.get("template", "tagi"))
         student = cls(model, tokenizer, spec, **kwargs)
         student.source = {"checkpoint": str(Path(path).resolve()), "stage": described["stage"], "global_step": checkpoint.get("global_step")}
         if described["stage"] != "finetune":  # accepted (it is a student), but not what a user of its adapters expects
@@ -104,7 +106,7 @@ class Student:
         task = self.encode(instruction)
         outputs = []
         for start in range(0, len(inputs), batch_size):
-            texts = [student_input_text(x, self.student_input, instruction) for x in inputs[start : start + batch_size]]
+            texts = [student_input_text(x, self.student_input, instruction, self.template) for x in inputs[start : start + batch_size]]
             # The prompt format's tokens, as in training (`tokenizer(texts)` adds EOS for T5's tokenizer, not for every one)
             ids, mask = pad([self.prompt_format.wrap(prompt) for prompt in encode(self.tokenizer, texts)], self.tokenizer.pad_token_id)
             outputs += self.runner.generate_task(task, ids, mask, lora_only,
@@ -126,7 +128,8 @@ class Student:
         out = Path(out_dir)
         copy = with_backbone or self._needs_backbone_copy()
         meta = {"written_by": EXPORT_MARK, "instruction": instruction, "backbone": self.backbone,
-                "input_template": student_input_text("{input}", self.student_input, instruction),  # what the student reads
+                "input_template": student_input_text("{input}", self.student_input, instruction, self.template),  # what it reads
+                "template": self.template,  # tk-instruct: a "." follows the input unless it ends in punctuation
                 # plain: the template's tokens + EOS; chat: the template is a user turn of the tokenizer's chat template
                 "prompt_format": self.prompt_kind,
                 "note": "backbone + this LoRA only; the student's instruction fusion and FiD are not part of a PEFT adapter"}
