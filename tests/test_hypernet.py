@@ -6,7 +6,6 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 from tagi.modeling.families import T5Family
 from tagi.modeling.hypernet import LoRAGenerator
-from tagi.modeling.lora import lora_site_names
 from tagi.modeling.model import TAGIModel
 from tagi.modeling.backbone import load_backbone
 
@@ -25,7 +24,7 @@ def instruction(rows=3, length=7, seed=0):
 
 def test_site_layout_reads_t5_module_names():
     model = tiny(2)
-    layout = T5Family(model).site_layout(lora_site_names(model))
+    layout = T5Family(model).site_layout(T5Family(model).site_names())
     # encoder: 2 blocks × (q, v); decoder: 2 blocks × (self q, v, cross q, v)
     assert layout.stack == (0, 0, 0, 0, 1, 1, 2, 2, 1, 1, 2, 2)
     assert layout.layer == (0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1)
@@ -40,7 +39,7 @@ def test_generator_size_does_not_grow_with_the_site_count(kind):
     """Only the (layer) embedding rows, and HART's step positions, depend on depth: no per-site heads."""
     def count(layers):
         model = tiny(layers)
-        names = lora_site_names(model)
+        names = T5Family(model).site_names()
         generator = LoRAGenerator(T5Family(model).site_layout(names), 32, [(32, 32)] * len(names), rank=4, kind=kind, width=32,
                                   hidden_dim=16, site_embed_dim=8)
         return sum(p.numel() for p in generator.parameters())

@@ -7,7 +7,8 @@ import torch
 from peft import PeftModel
 
 from tagi.modeling.adapters import load_adapter, save_adapter
-from tagi.modeling.lora import LoRAWeights, apply_lora, lora_site_names, lora_sites, merged_lora
+from tagi.modeling.families import T5Family
+from tagi.modeling.lora import LoRAWeights, apply_lora, merged_lora
 from tagi.modeling.backbone import load_backbone
 
 KINDS = {
@@ -17,10 +18,15 @@ KINDS = {
 }
 
 
+def t5_sites(model) -> list:
+    """The q/v linears a T5's generated LoRA writes, in model order."""
+    return [model.get_submodule(name) for name in T5Family(model).site_names()]
+
+
 def random_lora(backbone, rows=1, rank=4, alpha=8.0, seed=0, keep=lambda name: True) -> LoRAWeights:
     generator = torch.Generator().manual_seed(seed)
-    names = lora_site_names(backbone)
-    site = lora_sites(backbone)[0]
+    names = T5Family(backbone).site_names()
+    site = t5_sites(backbone)[0]
     A = torch.randn(rows, len(names), rank, site.in_features, generator=generator) * 0.3
     B = torch.randn(rows, len(names), site.out_features, rank, generator=generator) * 0.3
     mask = torch.tensor([keep(name) for name in names], dtype=A.dtype)[None, :, None, None]
@@ -47,7 +53,7 @@ def batch():
 
 
 def test_sites_are_the_peft_q_v_modules(backbone):
-    names = lora_site_names(backbone)
+    names = T5Family(backbone).site_names()
     layers = backbone.config.num_layers
     assert len(names) == 2 * (layers + 2 * layers)  # q and v of enc-self, dec-self, dec-cross
     assert names[0] == "encoder.block.0.layer.0.SelfAttention.q"
@@ -59,11 +65,11 @@ def test_sites_are_the_peft_q_v_modules(backbone):
 def test_matches_peft_on_each_attention_kind(backbone, batch, kind, tmp_path):
     keep = KINDS.get(kind, lambda name: True)
     lora = random_lora(backbone, keep=keep)
-    save_adapter(tmp_path / "adapter", lora, lora_site_names(backbone), alpha=8.0)
+    save_adapter(tmp_path / "adapter", lora, T5Family(backbone).site_names(), alpha=8.0)
     peft_model = PeftModel.from_pretrained(copy.deepcopy(backbone), str(tmp_path / "adapter")).eval()
     with torch.no_grad():
         expected = logits(peft_model, batch)
-        with apply_lora(lora_sites(backbone), lora):
+        with apply_lora(t5_sites(backbone), lora):
             ours = logits(backbone, batch)
         bare = logits(backbone, batch)
     assert (ours - expected).abs().max() <= 1e-5
@@ -74,7 +80,7 @@ def test_rows_with_different_loras_match_rows_run_alone(backbone, batch):
     backbone = copy.deepcopy(backbone).double()  # float64: reassociation noise far below the tolerance
     lora = random_lora(backbone, rows=3, seed=3)
     lora = LoRAWeights(lora.A.double(), lora.B.double(), lora.scale)
-    sites = lora_sites(backbone)
+    sites = t5_sites(backbone)
     with torch.no_grad(), apply_lora(sites, lora):
         together = logits(backbone, batch)
     for row in range(3):
@@ -86,7 +92,7 @@ def test_rows_with_different_loras_match_rows_run_alone(backbone, batch):
 
 
 def test_hooks_are_removed_after_an_exception(backbone, batch):
-    sites = lora_sites(backbone)
+    sites = t5_sites(backbone)
     lora = random_lora(backbone)
     with torch.no_grad():
         bare = logits(backbone, batch)
@@ -99,7 +105,7 @@ def test_hooks_are_removed_after_an_exception(backbone, batch):
 
 def test_merge_matches_hooks_and_unmerges_bit_exactly(backbone, batch):
     backbone = copy.deepcopy(backbone).double()
-    sites = lora_sites(backbone)
+    sites = t5_sites(backbone)
     before = [site.weight.detach().clone() for site in sites]
     lora = random_lora(backbone, seed=5)
     lora = LoRAWeights(lora.A.double(), lora.B.double(), lora.scale)
@@ -115,7 +121,7 @@ def test_merge_matches_hooks_and_unmerges_bit_exactly(backbone, batch):
 
 
 def test_merge_refuses_mixed_batches_and_training(backbone):
-    sites = lora_sites(backbone)
+    sites = t5_sites(backbone)
     with pytest.raises(ValueError, match="one task"):
         with torch.no_grad(), merged_lora(sites, random_lora(backbone, rows=2)):
             pass
@@ -127,7 +133,7 @@ def test_merge_refuses_mixed_batches_and_training(backbone):
 
 
 def test_adapter_round_trip(backbone, tmp_path):
-    names = lora_site_names(backbone)
+    names = T5Family(backbone).site_names()
     lora = random_lora(backbone, seed=7)
     save_adapter(tmp_path / "a", lora, names, alpha=8.0, meta={"task": "x"})
     assert sorted(path.name for path in (tmp_path / "a").iterdir()) == [

@@ -33,9 +33,6 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-LORA_TARGETS = ("q", "v")
-
-
 @dataclass
 class LoRAWeights:
     """Stacked LoRA factors for every site, one set per row (task or example)."""
@@ -111,17 +108,13 @@ def site_masks(shapes: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor]:
     return mask_A.float(), mask_B.float()
 
 
-def lora_site_names(model: nn.Module, targets: Sequence[str] = LORA_TARGETS) -> list[str]:
+def lora_site_names(model: nn.Module, targets: Sequence[str]) -> list[str]:
     """Names of the `nn.Linear` modules peft's `LoraConfig(target_modules=targets)` matches, in model order."""
     return [
         name
         for name, module in model.named_modules()
         if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in targets
     ]
-
-
-def lora_sites(model: nn.Module, targets: Sequence[str] = LORA_TARGETS) -> list[nn.Linear]:
-    return [model.get_submodule(name) for name in lora_site_names(model, targets)]
 
 
 def _check_sites(sites: Sequence[nn.Linear], lora: LoRAWeights) -> None:
