@@ -4,20 +4,20 @@ import signal
 
 import pytest
 
-# How the test process handles Ctrl-C and SIGTERM when it starts (Python's KeyboardInterrupt, and the default).
-SIGNALS_AT_START = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+# Python's own handling of Ctrl-C and SIGTERM (KeyboardInterrupt, and the default), whatever the suite inherited.
+PYTHON_SIGNALS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
 
 @pytest.fixture(autouse=True)
-def signal_handlers_as_at_start():
-    """Every test starts and ends with the process's first signal handlers, none of them blocked. In the whole suite
-    something left SIGINT ignored or blocked in the test process (Lightning ignores it while it tears down a process
-    group, `_destroy_dist_connection`, and after a KeyboardInterrupt), and every later process a test started
-    inherited that: a Ctrl-C test's fit ignored the Ctrl-C and ran on to its last step (CI)."""
+def python_signal_handlers():
+    """Every test starts and ends with Python's own signal handlers, none of them blocked. A suite started as a
+    background job of a non-interactive shell (`bash scripts/test.sh &`, as a CI runner may) inherits SIGINT
+    ignored, and so did every fit a test started: the Ctrl-C test's fit ignored its Ctrl-C and ran on."""
+
     def restore():
-        for number, handler in SIGNALS_AT_START.items():
+        for number, handler in PYTHON_SIGNALS.items():
             signal.signal(number, handler)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS_AT_START)  # a blocked signal is inherited too
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, PYTHON_SIGNALS)  # a blocked signal is inherited too
 
     restore()
     yield

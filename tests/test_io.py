@@ -152,7 +152,7 @@ def test_ctrl_c_during_a_checkpoint_write_is_delivered_once_the_file_is_whole(tm
         real_save(obj, handle)
 
     monkeypatch.setattr(torch, "save", save_interrupted)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # as a terminal's Python has it (conftest.py)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own (conftest.py)
     target = tmp_path / "last.ckpt"
     with pytest.raises(KeyboardInterrupt):
         AtomicCheckpointIO().save_checkpoint({"weights": torch.arange(4.0)}, target)
