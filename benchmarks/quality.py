@@ -83,6 +83,8 @@ VARIANTS: dict[str, Variant] = {
                                    ("pretrain",), reference="tagi-ce-only"),
     "hint-lr3e-4": Variant("baselines/hint.yaml", "HINT, learning rate 3e-4", ("lr3e-4",), ("pretrain",),
                            pretrain_config="baselines/hint-pretrain.yaml", reference="hint"),
+    "hint-lr1e-4": Variant("baselines/hint.yaml", "HINT, learning rate 1e-4", ("lr1e-4",), ("pretrain",),
+                           pretrain_config="baselines/hint-pretrain.yaml", reference="hint"),
     "hint-lr3e-3": Variant("baselines/hint.yaml", "HINT, learning rate 3e-3", ("lr3e-3",), ("pretrain",),
                            pretrain_config="baselines/hint-pretrain.yaml", reference="hint"),
     "tagi-wd": Variant("finetune.yaml", "TAGI, weight decay 0.01", ("weight-decay",), TAGI, reference="tagi"),
