@@ -53,6 +53,7 @@ class Variant:
 
 
 TAGI = ("teacher", "pretrain")
+HINT = dict(config="baselines/hint.yaml", needs=("pretrain",), pretrain_config="baselines/hint-pretrain.yaml")  # its own stage 2
 VARIANTS: dict[str, Variant] = {
     "no-instruction": Variant("baselines/no-instruction.yaml", "θ0 finetuned on inputs alone", reads_instructions=False,
                               reference="concat"),
@@ -61,8 +62,7 @@ VARIANTS: dict[str, Variant] = {
     "tagi-ce-only": Variant("baselines/tagi-ce-only.yaml", "TAGI's network, CE only (no KL, no parameter loss)",
                             needs=("pretrain",), reference="tagi"),
     # HINT: no encoder fusion, FiD, the underlying model trained with the hypernetwork, in its own stage 2 too.
-    "hint": Variant("baselines/hint.yaml", "HINT: hypernetwork + underlying model trained, FiD, CE", needs=("pretrain",),
-                    pretrain_config="baselines/hint-pretrain.yaml", reference="concat"),
+    "hint": Variant(label="HINT: hypernetwork + underlying model trained, FiD, CE", reference="concat", **HINT),
     "tagi": Variant("finetune.yaml", "TAGI: CE + KL + parameter loss", needs=TAGI, reference="concat"),
     "tagi-no-kl": Variant("finetune.yaml", "TAGI without KL", ("no-kl",), TAGI, reference="tagi"),
     "tagi-no-param": Variant("finetune.yaml", "TAGI without parameter loss", ("no-param",), TAGI, reference="tagi"),
@@ -81,12 +81,8 @@ VARIANTS: dict[str, Variant] = {
     "tagi-lr1e-2": Variant("finetune.yaml", "TAGI, learning rate 1e-2", ("lr1e-2",), TAGI, reference="tagi"),
     "tagi-ce-only-lr1e-3": Variant("baselines/tagi-ce-only.yaml", "TAGI CE only, learning rate 1e-3", ("lr1e-3",),
                                    ("pretrain",), reference="tagi-ce-only"),
-    "hint-lr3e-4": Variant("baselines/hint.yaml", "HINT, learning rate 3e-4", ("lr3e-4",), ("pretrain",),
-                           pretrain_config="baselines/hint-pretrain.yaml", reference="hint"),
-    "hint-lr1e-4": Variant("baselines/hint.yaml", "HINT, learning rate 1e-4", ("lr1e-4",), ("pretrain",),
-                           pretrain_config="baselines/hint-pretrain.yaml", reference="hint"),
-    "hint-lr3e-3": Variant("baselines/hint.yaml", "HINT, learning rate 3e-3", ("lr3e-3",), ("pretrain",),
-                           pretrain_config="baselines/hint-pretrain.yaml", reference="hint"),
+    **{f"hint-lr{rate}": Variant(label=f"HINT, learning rate {rate}", ablations=(f"lr{rate}",), reference="hint", **HINT)
+       for rate in ("1e-4", "3e-4", "3e-3")},
     "tagi-wd": Variant("finetune.yaml", "TAGI, weight decay 0.01", ("weight-decay",), TAGI, reference="tagi"),
     "tagi-h256": Variant("finetune.yaml", "TAGI, generator hidden 256", ("hidden256",), TAGI, pretrain_ablations=("hidden256",),
                          reference="tagi"),
