@@ -43,7 +43,7 @@ def test_summary_has_the_issue_schema_and_paired_intervals(tmp_path):
     assert "controls" not in data["variants"]["no-instruction"]  # it reads no instruction
     assert data["variants"]["concat"]["controls"] == {"real": 50.0, "empty": 5.0}
     assert data["validation"]["tagi"]["mean"]["exact_match"] == 26.25
-    assert set(data["paired"]) == {"no-instruction - concat", "tagi - concat"}
+    assert set(data["paired"]) == {"no-instruction - concat", "tagi - concat", "tagi - no-instruction"}
     no_instruction = data["paired"]["no-instruction - concat"]
     assert no_instruction["mean"] == -40.0 and no_instruction["ci95"][1] < 0  # clearly below concatenation
     tagi = data["paired"]["tagi - concat"]
@@ -193,3 +193,26 @@ def test_an_untrained_variant_is_tested_once_for_every_seed_and_again_when_its_r
     config.write_text("model: {init_args: {input: plain}}\n")
     quality.test_once(chain, [str(config)], None, [], "zero-shot-test", tmp_path)
     assert tested == [None, None]
+
+
+def test_an_untrained_variant_is_summarised_without_a_validation_run(tmp_path, monkeypatch):
+    """zero-shot trains nothing, so it has no metrics.csv: its row has test scores and controls, no validation,
+    and the setting's headline (ROUGE-L on SmolLM2's free-text answers) leads the table and the intervals."""
+    def score(config_files, folder, checkpoint, args, name):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        overall = {"exact_match": 10.0, "rougeL": 40.0 if name == "zero-shot-test" else 20.0}
+        (folder / name / quality.RESULTS_JSON).write_text(json.dumps({"checkpoint": None, "overall": overall}))
+        predictions(folder / name / "predictions.jsonl", [True, False] if name == "zero-shot-test" else [False, False])
+
+    monkeypatch.setattr(quality, "score_checkpoint", score)
+    ledger = quality.Ledger(tmp_path / "seconds.json")
+    chain = quality.Chain("smollm2-ni-v1", 0, tmp_path / "seed0", tmp_path / "theta0", ledger)
+    zero_shot = quality.run_variant(chain, "zero-shot", ["empty"])
+    assert zero_shot["validation"] is None and zero_shot["controls"] == {"real": 40.0, "empty": 20.0}
+    assert Path(zero_shot["predictions"]).parent == tmp_path / "zero-shot-test"  # beside the seeds' folders
+    tagi = run(tmp_path, "t", 0, [False, False])
+    data = quality.summary({"zero-shot": {0: zero_shot}, "tagi": {0: tagi}}, "smollm2-ni-v1", 1.0)
+    assert data["metric"] == "rougeL" and "zero-shot" not in data["validation"] and "tagi" in data["validation"]
+    assert data["paired"]["tagi - zero-shot"]["mean"] == -50.0  # one of two answers lost, on ROUGE-L
+    text = render_block("quality-smollm2-ni-v1", data)
+    assert "test ROUGE-L" in text and "-50.00" in text
