@@ -47,6 +47,7 @@ class Variant:
     needs: tuple[str, ...] = ()  # upstream stages: "teacher", "pretrain" (θ0 always)
     reads_instructions: bool = True
     pretrain_ablations: tuple[str, ...] | None = None  # its own stage 2 (another architecture), these applied to pretrain.yaml
+    teacher_ablations: tuple[str, ...] = ()  # its own teachers, these applied to teacher.yaml
     pretrain_config: str = "pretrain.yaml"  # its stage 2's config, relative to configs/<setting>/ (HINT has its own)
     reference: str | None = None  # paired difference against this variant
     trains: bool = True  # False: the pretrained model as it is, tested without a checkpoint (one run for every seed)
@@ -84,6 +85,20 @@ VARIANTS: dict[str, Variant] = {
     **{f"hint-lr{rate}": Variant(label=f"HINT, learning rate {rate}", ablations=(f"lr{rate}",), reference="hint", **HINT)
        for rate in ("1e-4", "3e-4", "3e-3")},
     "tagi-wd": Variant("finetune.yaml", "TAGI, weight decay 0.01", ("weight-decay",), TAGI, reference="tagi"),
+    # The paper's choices that are options here (README, "Differences from the paper"), compared with the
+    # default on the validation tasks: all references as targets, weight decay on weight matrices only (against
+    # `tagi-wd`, which decays everything), HyperTuning's 4-way split with b drawn or fixed at 32 tokens,
+    # Tk-Instruct's template in every stage (teachers included).
+    "tagi-all-targets": Variant("finetune.yaml", "TAGI, every reference a training target", ("all-targets",), TAGI,
+                                reference="tagi"),
+    "tagi-wd-matrices": Variant("finetune.yaml", "TAGI, weight decay 0.01 on weight matrices only",
+                                ("weight-decay", "decay-matrices"), TAGI, reference="tagi-wd"),
+    "tagi-4way": Variant("finetune.yaml", "TAGI, stage 2 on the 4-way split", (), TAGI, pretrain_ablations=("four-way",),
+                         reference="tagi"),
+    "tagi-4way-b32": Variant("finetune.yaml", "TAGI, stage 2 on the 4-way split, b fixed at 32 tokens", (), TAGI,
+                             pretrain_ablations=("four-way", "b32"), reference="tagi-4way"),
+    "tagi-tk-template": Variant("finetune.yaml", "TAGI, Tk-Instruct's template in every stage", ("tk-template",), TAGI,
+                                pretrain_ablations=("tk-template",), teacher_ablations=("tk-template",), reference="tagi"),
     "tagi-h256": Variant("finetune.yaml", "TAGI, generator hidden 256", ("hidden256",), TAGI, pretrain_ablations=("hidden256",),
                          reference="tagi"),
     "tagi-ln": Variant("finetune.yaml", "TAGI, backbone layer norms trained (official code)", ("layer-norms",), TAGI,
@@ -214,13 +229,14 @@ class Chain:
             self.built["theta0"] = str(self.theta0)
         return self.theta0
 
-    def teachers(self) -> str:
-        if "teacher" not in self.built:
-            out = self.folder / "teachers"
-            self.ledger.fit(self.folder, "teacher", self.config("teacher.yaml"),
+    def teachers(self, ablations: tuple[str, ...] = ()) -> str:
+        key = "-".join(("teacher", *ablations))  # teacher, teacher-tk-template
+        if key not in self.built:
+            out = self.folder / key.replace("teacher", "teachers", 1)
+            self.ledger.fit(self.folder, key, self.config("teacher.yaml", ablations),
                             [*self.base_args(), f"--model.init_args.output_dir={out}"])
-            self.built["teacher"] = str(out)
-        return self.built["teacher"]
+            self.built[key] = str(out)
+        return self.built[key]
 
     def pretrain(self, ablations: tuple[str, ...] | None = None, config: str = "pretrain.yaml") -> str:
         key = "-".join((Path(config).stem, *(ablations or ())))  # pretrain, pretrain-hart, hint-pretrain
@@ -235,7 +251,7 @@ def variant_args(chain: Chain, variant: Variant) -> list[str]:
     if "pretrain" in variant.needs:
         args.append(f"--model.init_args.init_from={chain.pretrain(variant.pretrain_ablations, variant.pretrain_config)}")
     if "teacher" in variant.needs:
-        args.append(f"--model.init_args.teachers={chain.teachers()}")
+        args.append(f"--model.init_args.teachers={chain.teachers(variant.teacher_ablations)}")
     return args
 
 

@@ -59,7 +59,8 @@ def ablation_cases() -> list[tuple[str, list[str]]]:
     cases = []
     for setting in SETTINGS:
         for name, variant in quality.VARIANTS.items():
-            for stage, ablations in ((variant.config, variant.ablations), ("pretrain.yaml", variant.pretrain_ablations or ())):
+            for stage, ablations in ((variant.config, variant.ablations), ("pretrain.yaml", variant.pretrain_ablations or ()),
+                                     ("teacher.yaml", variant.teacher_ablations)):
                 if ablations and (CONFIGS / setting / stage).is_file():  # sni-t5-base ships no baselines
                     files = [str(CONFIGS / setting / stage), *(str(quality.ABLATIONS / f"{a}.yaml") for a in ablations)]
                     if all(files != known for _, known in cases):  # variants that share an ablation: parsed once
