@@ -277,3 +277,17 @@ print(json.dumps(answers))
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == ours
     assert json.loads((out / "meta.json").read_text())["prompt_format"] == "chat"
+
+
+def test_a_model_and_tokenizer_without_a_pad_token_generate_and_pad(tmp_path):
+    """Llama 3 / Mistral: no pad token, and (Llama 3) several end-of-sequence ids. Padding uses the first EOS
+    (masks say what is padding) instead of failing on None or on a list."""
+    from tagi.data.tokenization import pad_id
+
+    backbone = tiny_llama()
+    backbone.generation_config.pad_token_id, backbone.generation_config.eos_token_id = None, [1, 2]
+    ids, mask = torch.tensor([[0, 5, 6, 7]]), torch.tensor([[0, 1, 1, 1]])
+    assert family_of(backbone).generate(ids, mask, max_new_tokens=3, do_sample=False).shape[0] == 1
+    tokenizer = chat_tokenizer(tmp_path / "tok")
+    tokenizer.pad_token = None
+    assert tokenizer.pad_token_id is None and pad_id(tokenizer) == tokenizer.eos_token_id

@@ -71,6 +71,18 @@ def ablation_cases() -> list[tuple[str, list[str]]]:
 ABLATION_CASES = ablation_cases()
 
 
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_every_stage_reads_the_instance_within_the_students_budget(setting):
+    """The input's budget (`max_input_length`) is the instance prompt's share of every concatenation too: the
+    teachers, θ0 and the baselines must give it the student's value, or they train on another cut of the input."""
+    def budget(files: list[str]) -> int:
+        return resolved(tuple(files))["data"]["init_args"]["max_input_length"]
+
+    student = budget(pipeline_stages(setting)["finetune"])
+    stages = {name: files for name, files in CASES if name.startswith(f"{setting}/") and not name.endswith("pretrain")}
+    assert {name: budget(files) for name, files in stages.items()} == {name: student for name in stages}
+
+
 def test_every_ablation_parses_and_changes_what_it_says():
     """Each ablation parses on every stage a variant applies it to; one that changed nothing in any setting
     would report the base run under another name."""

@@ -314,3 +314,65 @@ def test_every_reference_is_a_training_target_when_asked(tmp_path):
                                  max_test_instances_per_task=2, val_instances_per_task=1)
     teachers.setup()
     assert {name: data.targets for name, data in teachers.datasets.items()} == {"train": "all", "val": "first", "test": "first"}
+
+
+def long_input_task(words: int) -> "Task":
+    from tagi.data.sni import Demonstration, Instance, Task
+
+    x = " ".join(f"word{i}" for i in range(words))
+    return Task("t", "Answer yes or no.", [Demonstration("a b", "yes")], [Instance("1", x, ["yes"])], ["QA"], Path("."))
+
+
+def test_an_input_too_long_is_cut_the_same_for_student_and_teacher_with_the_cue_kept(tmp_path):
+    """The student's prompt and the teacher's concatenation hold the same instance prompt, cut at the input's end
+    so "Output: " (and the chat turn's end) stays; the teacher's instruction takes what is left. Before, the student
+    lost the cue and the end of its input while the teacher (and the concatenation baseline) read both."""
+    from tests.test_causal import chat_tokenizer
+    from tagi.data.prompts import PromptFormat
+    from tagi.data.sni_dataset import Lengths, SNIDataset
+
+    tokenizer = chat_tokenizer(tmp_path / "tok")
+    form = PromptFormat.of(tokenizer, "chat")
+    dataset = SNIDataset([long_input_task(80)], tokenizer, {"QA": 0}, lengths=Lengths(256, 160, 16, 320),
+                         prompt_format=form)
+    example = dataset[0]
+    student, teacher = example["input"], example["concat"]
+    assert len(student) <= 160 and len(teacher) <= 320
+    assert student[-len(form.tail):] == list(form.tail) and teacher[-len(form.tail):] == list(form.tail)
+    content = student[len(form.head):-len(form.tail)]
+    assert tokenizer.decode(content).startswith("Now complete the following example -\nInput: word0 word1")
+    assert tokenizer.decode(content).endswith("\nOutput: ")  # the cue, after the cut input
+    assert teacher[-len(form.tail) - len(content):] == student[len(form.head):]  # the same instance, after the instruction
+    assert tokenizer.decode(teacher[len(form.head):]).startswith("Definition: Answer yes or no.")
+
+
+def test_a_concatenation_is_its_texts_own_tokenisation():
+    """The instruction and the instance prompt are tokenised as one text, as `tokenizer(text)` does for a user
+    serving the concatenation baseline; tokenised apart and joined, the demo vocabulary starts the instance
+    with "▁Now" where the whole text has "Now"."""
+    from tagi.data.sni_dataset import Lengths, SNIDataset
+    from tagi.data.tokenization import encode, load_tokenizer
+
+    tokenizer = load_tokenizer("synthetic")
+    task = long_input_task(3)
+    dataset = SNIDataset([task], tokenizer, {"QA": 0}, lengths=Lengths(64, 24, 16, 64))
+    whole = templates.concat_input_text(task, task.instances[0].input)
+    assert dataset[0]["concat"] == encode(tokenizer, [whole])[0] + [tokenizer.eos_token_id]
+
+
+def test_the_student_is_served_the_input_it_was_trained_and_tested_on(tmp_path):
+    """Student.generate cuts a long input as SNIDataset does (its max_input_length, the cue kept)."""
+    from tests.test_causal import SPEC, chat_tokenizer, tiny_model
+    from tagi.data.prompts import PromptFormat
+    from tagi.data.sni_dataset import Lengths, SNIDataset
+    from tagi.inference.student import Student, format_instruction
+
+    tokenizer = chat_tokenizer(tmp_path / "tok")
+    task = long_input_task(80)
+    dataset = SNIDataset([task], tokenizer, {"QA": 0}, lengths=Lengths(256, 160, 16, 320),
+                         prompt_format=PromptFormat.of(tokenizer, "chat"))
+    student = Student(tiny_model(), tokenizer, SPEC, prompt_format="chat", max_input_length=160, max_concat_length=320)
+    served = []
+    student.runner.generate_task = lambda task, ids, mask, *args, **kwargs: served.append(ids[0][mask[0].bool()].tolist()) or [""]
+    student.generate(format_instruction(task.definition, [("a b", "yes")]), [task.instances[0].input])
+    assert served == [dataset[0]["input"]]

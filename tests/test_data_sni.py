@@ -85,6 +85,23 @@ def test_caps_first_n_or_seeded_sample(tmp_path):
     assert sampled != ["0", "1", "2", "3", "4"] and sampled == sorted(sampled, key=int)
 
 
+def test_the_teachers_train_on_the_students_capped_sample(tmp_path):
+    """TAGI §A.2: 100 instances per training task, for teachers and student alike. The teachers read the cap
+    plus the instances they hold out for validation; what they train on is the student's sample, whatever
+    the cap and the task's size (random.sample's prefixes would not promise that)."""
+    from tagi.data.sni_dataset import holdout_instances
+
+    body = good_task(Instances=[{"id": f"id-{i}", "input": str(i), "output": ["x"]} for i in range(300)])
+    root = make_root(tmp_path, {"a": body}, ["a"])
+    for cap, held in ((100, 5), (7, 2), (295, 5)):
+        student = load_split(root, max_instances=cap, sample_seed=3)[0]
+        teacher_train, teacher_val = holdout_instances(load_split(root, max_instances=cap + held, sample_seed=3), held, 3)
+        assert [i.id for i in teacher_train[0].instances] == [i.id for i in student.instances]
+        assert len(teacher_val[0].instances) == held and not {i.id for i in teacher_val[0].instances} & {i.id for i in student.instances}
+    unsampled_train, unsampled_val = holdout_instances(load_split(root), 5)  # no cap: the file's last ones, as before
+    assert [i.id for i in unsampled_val[0].instances] == [f"id-{i}" for i in range(295, 300)]
+
+
 def test_excluded_tasks_are_dropped(tmp_path, caplog):
     root = make_root(tmp_path, {"a": good_task(), "b": good_task()}, ["a", "b"], excluded=["b"])
     with caplog.at_level(logging.WARNING):

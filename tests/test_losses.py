@@ -192,3 +192,18 @@ def test_consistency_previous_is_constant():
     loss, _ = consistency_loss(hidden, previous)
     loss.backward()
     assert hidden.grad.abs().sum() > 0 and previous.grad is None
+
+
+def test_the_ab_distance_averages_over_each_sites_real_entries():
+    """Grouped-query attention: v_proj's B (out 2) is padded to q_proj's (out 4); the padding is zero in
+    both LoRAs and must not dilute the MSE."""
+    shapes = [(3, 4), (3, 2)]
+    g = torch.Generator().manual_seed(0)
+    A_s, A_t = torch.randn(1, 2, 2, 3, generator=g), torch.randn(1, 2, 2, 3, generator=g)
+    B_s, B_t = torch.zeros(1, 2, 4, 2), torch.zeros(1, 2, 4, 2)
+    B_s[0, 0], B_s[0, 1, :2] = torch.randn(4, 2, generator=g), torch.randn(2, 2, generator=g)
+    B_t[0, 0], B_t[0, 1, :2] = torch.randn(4, 2, generator=g), torch.randn(2, 2, generator=g)
+    real_B = torch.cat([(B_s[0, 0] - B_t[0, 0]).flatten(), (B_s[0, 1, :2] - B_t[0, 1, :2]).flatten()])
+    expected = ((A_s - A_t) ** 2).mean() + (real_B ** 2).mean()
+    assert torch.allclose(lora_param_distance("ab", A_s, B_s, 1.0, A_t, B_t, 1.0, shapes), expected)
+    assert lora_param_distance("ab", A_s, B_s, 1.0, A_t, B_t, 1.0) < expected  # the padded mean: diluted

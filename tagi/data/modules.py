@@ -42,7 +42,7 @@ from .sni_dataset import (SYNTHETIC, Lengths, SNIDataset, StudentInput, TaskSets
                           holdout_instances, load_tasks, prepare_data_dir, resolve_data_dir)
 from .prompts import PromptFormat, PromptKind
 from .templates import TemplateKind
-from .tokenization import load_tokenizer
+from .tokenization import load_tokenizer, pad_id
 
 
 
@@ -116,7 +116,7 @@ class _TaskDataModule(LightningDataModule):
 
     @property
     def collator(self) -> Collator:
-        return Collator(self.tokenizer.pad_token_id)
+        return Collator(pad_id(self.tokenizer))
 
     def _train_loader(self, dataset: Dataset, group_of: list[int] | None, per_batch: int | None) -> DataLoader:
         h = self.hparams
@@ -182,11 +182,13 @@ class _TaskDataModule(LightningDataModule):
 
 class TeacherDataModule(_TaskDataModule):
     """Stage 1: batches {input_ids, attention_mask (the concatenation), labels, cluster_ids}. Training batches hold
-    one cluster each, cluster after cluster (`ClusterStepSampler`, seeded by `seed`); `only_clusters` trains a subset."""
+    one cluster each, cluster after cluster (`ClusterStepSampler`, seeded by `seed`); `only_clusters` trains a subset.
+    `max_input_length`: the instance prompt's budget inside the concatenation, the student's (finetuning's) own,
+    so a teacher is trained on the instance text the student and the KL's teacher forward read."""
 
     def __init__(self, data_dir: str | None = "synthetic", split: str = "default", tokenizer: str = "byt5",
                  num_pos: int = 2, batch_size: int = 8, eval_batch_size: int | None = None,
-                 max_concat_length: int = 1024, max_target_length: int = 128,
+                 max_concat_length: int = 1024, max_target_length: int = 128, max_input_length: int = 512,
                  max_train_instances_per_task: int | None = None, val_instances_per_task: int = 10,
                  max_test_instances_per_task: int | None = 100, only_clusters: list[str] | None = None,
                  num_workers: int = 0, seed: int = 0,
@@ -210,13 +212,14 @@ class TeacherDataModule(_TaskDataModule):
         train, test = sets.train, sets.test
         if h.only_clusters is not None:
             train = [t for t in train if t.category in set(h.only_clusters)]
-        train, val = holdout_instances(train, h.val_instances_per_task)
+        # held out from the sample's end: the teachers train on the very instances the student's cap draws
+        train, val = holdout_instances(train, h.val_instances_per_task, None if max_train is None else h.seed)
         self.cluster_tasks = {}
         for t in train:
             self.cluster_tasks.setdefault(t.category, []).append(t.name)
         self.train_clusters = sorted(self.cluster_tasks)
         self.val_tasks = _pairs(val)
-        lengths = Lengths(target=h.max_target_length, concat=h.max_concat_length)
+        lengths = Lengths(input=h.max_input_length, target=h.max_target_length, concat=h.max_concat_length)
         make = partial(SNIDataset, tokenizer=self.tokenizer, clusters=self.clusters, num_pos=h.num_pos,
                        lengths=lengths, teacher=True, prompt_format=self.prompt_format, template=h.template)
         self.datasets = {"train": make(train, targets=h.training_targets), "val": make(val, with_meta=True),

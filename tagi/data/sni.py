@@ -16,10 +16,10 @@ through here. A task's cluster is its first category; `build_clusters` maps cate
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import posixpath
-import random
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -167,14 +167,21 @@ def _categories(raw: dict, path: Path) -> list[str]:
     return cats
 
 
+def sample_rank(sample_seed: int, task: str, instance_id: str) -> bytes:
+    """An instance's place in its task's seeded sampling order (lowest first). A rank per id rather than
+    `random.sample` over indices: the first k of the order are a subset of the first k + n, so the teachers,
+    which read n more instances to hold out for validation, train on exactly the student's sample."""
+    return hashlib.blake2b(f"{sample_seed}:{task}:{instance_id}".encode(), digest_size=8).digest()
+
+
 def _cap(instances: list, max_instances: int | None, sample_seed: int | None, name: str) -> list:
     """First `max_instances` (SNI test convention) or a seeded sample in file order (train convention)."""
     if max_instances is None or len(instances) <= max_instances:
         return instances
     if sample_seed is None:
         return instances[:max_instances]
-    keep = sorted(random.Random(f"{sample_seed}:{name}").sample(range(len(instances)), max_instances))
-    return [instances[i] for i in keep]
+    keep = set(sorted(range(len(instances)), key=lambda i: sample_rank(sample_seed, name, instances[i].id))[:max_instances])
+    return [instance for i, instance in enumerate(instances) if i in keep]
 
 
 # ------------------------------------------------------------------------------------------ tasks

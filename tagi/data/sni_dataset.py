@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from . import templates
 from .prompts import PromptFormat
-from .sni import Task, build_clusters, load_split, split_names
+from .sni import Task, build_clusters, load_split, sample_rank, split_names
 from .synthetic import VERSION as SUITE_VERSION, ensure_suite
-from .tokenization import encode
+from .tokenization import encode, fit_text
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,6 @@ class SNIDataset(Dataset):
         self.format = prompt_format or PromptFormat.of(tokenizer)
         instructions = encode(tokenizer, [templates.instruction_text(t, num_pos, template) for t in tasks])
         self.instructions = [_fit(ids, lengths.instruction, eos, counts, "instruction") for ids in instructions]
-        self.prefixes = encode(tokenizer, [templates.concat_prefix_text(t, num_pos, template) for t in tasks])
         # (task index, instance) per example, in task order, and the reference each is trained on
         self.rows, references = [], []
         for ti, task in enumerate(tasks):
@@ -87,14 +87,14 @@ class SNIDataset(Dataset):
                 for reference in dict.fromkeys(inst.outputs) if targets == "all" else inst.outputs[:1]:
                     self.rows.append((ti, inst))
                     references.append(reference)
-        self.prompts = encode(tokenizer, [templates.concat_prompt_text(inst.input, template) for _, inst in self.rows])
-        self.max_concat, self.eos = lengths.concat, eos
-        if student_input != "concat":  # "concat" reads `self.concat(i)`, truncated as the teachers' input
-            bare = encode(tokenizer, [inst.input for _, inst in self.rows]) if student_input == "bare" else self.prompts
-            self.inputs = [self.format.fit(ids, lengths.input, counts, "input") for ids in bare]
+        prefixes = [templates.concat_prefix_text(t, num_pos, template) for t in tasks]
+        inputs, concat = student_prompts(tokenizer, self.format, [inst.input for _, inst in self.rows],
+                                         [prefixes[ti] for ti, _ in self.rows], lengths, template, student_input, counts)
+        self.eos = eos
+        # int32 arrays: at SNI's scale a concatenation per row as a list of ints would take gigabytes
+        self.concats = [np.asarray(ids, dtype=np.int32) for ids in concat]
+        self.inputs = None if student_input == "concat" else [np.asarray(ids, dtype=np.int32) for ids in inputs]
         self.labels = [_fit(ids, lengths.target, eos, counts, "target") for ids in encode(tokenizer, references)]
-        counts["concat"] = sum(len(self.prefixes[ti]) + len(p) + self.format.overhead > lengths.concat
-                               for (ti, _), p in zip(self.rows, self.prompts))
         _log_truncation(counts, len(tasks), len(self.rows), lengths)
 
     @property
@@ -103,9 +103,8 @@ class SNIDataset(Dataset):
         return [ti for ti, _ in self.rows]
 
     def concat(self, i: int) -> list[int]:
-        ti, budget = self.rows[i][0], self.format.content_budget(self.max_concat)
-        prompt = self.prompts[i][:budget]
-        return self.format.wrap(self.prefixes[ti][:budget - len(prompt)] + prompt)
+        """The teacher's (and the concatenation baseline's) input: the instruction, then the student's instance."""
+        return self.concats[i].tolist()
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -125,11 +124,37 @@ class SNIDataset(Dataset):
         else:
             concat = self.concat(i)
             ex.update(instruction=self.instructions[ti], concat=concat,
-                      input=concat if self.student_input == "concat" else self.inputs[i])
+                      input=concat if self.inputs is None else self.inputs[i].tolist())
         if self.with_meta:
             ex.update(task_name=task.name, category=task.category, instance_id=inst.id,
                       input_text=inst.input, references=list(inst.outputs), options=self._options(inst))
         return ex
+
+
+def student_prompts(tokenizer, prompt_format: PromptFormat, inputs: list[str], prefixes: list[str], lengths: Lengths,
+                    template: templates.TemplateKind = "tagi", student_input: StudentInput = "template",
+                    counts: Counter | None = None) -> tuple[list[list[int]], list[list[int]]]:
+    """The student's input and the teacher's (the concatenation's) ids for instances `inputs`, each after its
+    instruction prefix (`templates.concat_prefix_text`), in the prompt format. One rule for training, testing
+    and `Student.generate`, so a student is served what it trained on.
+
+    The instance's input is cut at its end so its prompt fits `lengths.input` with the template's "Output:"
+    cue kept, and the teacher reads that same instance prompt after the instruction, whose end is cut to fit
+    `lengths.concat`: the two differ by the instruction alone, which the KL between them relies on (and the
+    concatenation baseline reads no more of an input than the student). Cuts are counted in `counts`
+    ("input", "concat"). `student_input` "bare": the input alone, cut at its end; "concat": the teacher's."""
+    counts = Counter() if counts is None else counts
+    render = lambda _, text: templates.concat_prompt_text(text, template)  # noqa: E731
+    kept, prompt_ids, cut = fit_text(tokenizer, render, inputs, prompt_format.content_budget(lengths.input))
+    prompts = [render(None, text) for text in kept]
+    _, concat_ids, concat_cut = fit_text(tokenizer, lambda i, prefix: prefix + prompts[i], prefixes,
+                                         prompt_format.content_budget(lengths.concat))
+    counts["concat"] += sum(concat_cut)
+    concat = [prompt_format.wrap(ids) for ids in concat_ids]
+    if student_input == "bare":
+        return [prompt_format.fit(ids, lengths.input, counts, "input") for ids in encode(tokenizer, inputs)], concat
+    counts["input"] += sum(cut)
+    return (concat if student_input == "concat" else [prompt_format.wrap(ids) for ids in prompt_ids]), concat
 
 
 def _log_truncation(counts: Counter, num_tasks: int, num_rows: int, lengths: Lengths) -> None:
@@ -189,13 +214,18 @@ def cap_instances(tasks: list[Task], max_instances: int | None) -> list[Task]:
     return [dataclasses.replace(t, instances=t.instances[:max_instances]) for t in tasks]
 
 
-def holdout_instances(tasks: list[Task], n: int) -> tuple[list[Task], list[Task]]:
-    """Split each task's instances: the last `n` (at most all but one) are held out for validation."""
+def holdout_instances(tasks: list[Task], n: int, sample_seed: int | None = None) -> tuple[list[Task], list[Task]]:
+    """Split each task's instances: `n` (at most all but one) are held out for validation: the last in file
+    order, or, for tasks read as a seeded sample, the last in its order (`sni.sample_rank`), so that what is
+    left is the sample a run capped `n` lower reads."""
     train, val = [], []
     for t in tasks:
         k = min(n, len(t.instances) - 1)
-        cut = len(t.instances) - k
-        train.append(dataclasses.replace(t, instances=t.instances[:cut]))
+        order = list(range(len(t.instances)))
+        if sample_seed is not None:
+            order.sort(key=lambda i: sample_rank(sample_seed, t.name, t.instances[i].id))
+        held = set(order[len(order) - k:])
+        train.append(dataclasses.replace(t, instances=[x for i, x in enumerate(t.instances) if i not in held]))
         if k > 0:
-            val.append(dataclasses.replace(t, instances=t.instances[cut:]))
+            val.append(dataclasses.replace(t, instances=[x for i, x in enumerate(t.instances) if i in held]))
     return train, val

@@ -67,19 +67,23 @@ def concat_prompt_text(instance_input: str, kind: TemplateKind = "tagi") -> str:
     return f"Now complete the following example -\n{line}\nOutput: "
 
 
+def prefix_text(instruction: str) -> str:
+    """What precedes the instance prompt in a concatenation: the instruction and a blank line; nothing for
+    an empty instruction (it leaves the instance prompt alone)."""
+    return instruction + "\n\n" if instruction else ""
+
+
 def concat_prefix_text(task: Task, num_pos: int = 2, kind: TemplateKind = "tagi") -> str:
-    text = instruction_text(task, num_pos, kind)
-    return text + "\n\n" if text else ""  # an empty instruction leaves the instance prompt alone
+    return prefix_text(instruction_text(task, num_pos, kind))
 
 
 def student_input_text(instance_input: str, form: str = "template", instruction: str = "", kind: TemplateKind = "tagi") -> str:
     """What the student reads (`sni_dataset.StudentInput`), for serving one input: the instance prompt
-    ("template"), the input alone ("bare"), or `instruction` + the prompt ("concat"), token for token
-    what `SNIDataset` builds in training."""
+    ("template"), the input alone ("bare"), or `instruction` + the prompt ("concat"): the text `SNIDataset`
+    tokenises whole in training, before an input too long is cut (`sni_dataset.student_prompts`)."""
     if form == "bare":
         return instance_input
-    prefix = instruction + "\n\n" if form == "concat" and instruction else ""
-    return prefix + concat_prompt_text(instance_input, kind)
+    return (prefix_text(instruction) if form == "concat" else "") + concat_prompt_text(instance_input, kind)
 
 
 def concat_input_text(task: Task, instance_input: str, num_pos: int = 2, kind: TemplateKind = "tagi") -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import string
 from functools import lru_cache
+from typing import Callable
 
 from transformers import AutoTokenizer, ByT5Tokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -64,3 +65,45 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[in
         return []
     # verbose=False: long documents are expected here, truncation happens later and is counted.
     return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+
+
+def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id padding is written with; masks, not ids, say what is padding, so a tokenizer without a pad token
+    (Llama 3's, Mistral's) pads with its end of sequence."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    eos = tokenizer.eos_token_id
+    return eos[0] if isinstance(eos, list) else eos
+
+
+FIT_ROUNDS = 4  # a cut can change how a join tokenises by a token or two; more rounds than that never happen
+
+
+def fit_text(tokenizer: PreTrainedTokenizerBase, render: Callable[[int, str], str], pieces: list[str],
+             budget: int) -> tuple[list[str], list[list[int]], list[bool]]:
+    """Each `render(i, pieces[i])` tokenised whole in at most `budget` tokens: (the pieces as used, the ids,
+    which were cut). Where a text is too long, its piece is cut at its end, in whole tokens, and the text is
+    tokenised again whole. So what `render` puts around a piece (a template's "Output:" cue, the instance
+    after an instruction) is kept, and the ids are the text's own tokenisation, the same a server gets from
+    `tokenizer(text)`; joining separately tokenised parts is not (SmolLM2 merges "\\n\\n" one way across a
+    join and another way inside a text). A text still too long when nothing of its piece is left is cut at
+    its end."""
+    ids = encode(tokenizer, [render(i, piece) for i, piece in enumerate(pieces)])
+    cut = [len(tokens) > budget for tokens in ids]
+    over = [i for i, long in enumerate(cut) if long]
+    pieces = list(pieces)
+    distinct = list(dict.fromkeys(pieces[i] for i in over))  # an instruction prefix recurs in every row of its task
+    piece_ids = dict(zip(distinct, encode(tokenizer, distinct)))
+    original = {i: piece_ids[pieces[i]] for i in over}
+    keep = {i: len(original[i]) - (len(ids[i]) - budget) for i in over}
+    for _ in range(FIT_ROUNDS):
+        if not over:
+            break
+        for i in over:
+            pieces[i] = tokenizer.decode(original[i][:max(keep[i], 0)])
+        for i, tokens in zip(over, encode(tokenizer, [render(i, pieces[i]) for i in over])):
+            ids[i] = tokens
+            keep[i] -= max(len(tokens) - budget, 0)
+        over = [i for i in over if len(ids[i]) > budget and keep[i] > 0]
+    ids = [tokens[:budget] for tokens in ids]
+    return pieces, ids, cut

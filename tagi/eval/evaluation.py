@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from tagi.data.tokenization import pad_id
 from tagi.eval.metrics import InstructionMetrics
 from tagi.eval.rank import RankAccuracy, RankedCount, rank_classify
 
@@ -56,7 +57,7 @@ class Evaluation(nn.Module):
         """The best-scoring option of each row, right when it is one its references contain."""
         index = torch.tensor(rows)
         chosen = rank_classify(lambda option_rows, labels: option_logits(index[option_rows], labels),
-                               [batch["options"][i] for i in rows], self.tokenizer.pad_token_id)
+                               [batch["options"][i] for i in rows], pad_id(self.tokenizer))
         correct = [[k for k, text in enumerate(self.tokenizer.batch_decode(batch["options"][i], skip_special_tokens=True))
                     if text in batch["references"][i]] for i in rows]
         self.rank_accuracy.update(chosen, correct)

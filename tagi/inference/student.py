@@ -23,8 +23,9 @@ from tagi.inference.runner import StudentRunner
 from tagi.data.sni import Demonstration, Task
 from tagi.data.collate import pad
 from tagi.data.prompts import PromptFormat
-from tagi.data.templates import TemplateKind, instruction_text, student_input_text
-from tagi.data.tokenization import encode, load_tokenizer
+from tagi.data.sni_dataset import Lengths, student_prompts
+from tagi.data.templates import TemplateKind, instruction_text, prefix_text, student_input_text
+from tagi.data.tokenization import encode, load_tokenizer, pad_id
 from tagi.errors import InputError
 from tagi.io import atomic_directory, folder_lock, read_checkpoint
 from tagi.provenance import STUDENT_STAGES, Provenance
@@ -45,7 +46,8 @@ def format_instruction(definition: str, positive_examples: Sequence[tuple[str, s
 
 class Student:
     def __init__(self, model: TAGIModel, tokenizer, backbone: dict, max_instruction_length: int = 1024, cache_size: int = 1024,
-                 student_input: str = "template", prompt_format: str = "plain", template: TemplateKind = "tagi"):
+                 student_input: str = "template", prompt_format: str = "plain", template: TemplateKind = "tagi",
+                 max_input_length: int = 512, max_concat_length: int = 1024):
         self.model = model.eval()
         self.student_input = student_input  # the input format it was trained on (`sni_dataset.StudentInput`)
         self.prompt_kind = prompt_format
@@ -54,6 +56,8 @@ class Student:
         self.tokenizer = tokenizer
         self.backbone = backbone  # the Backbone spec the model was trained on (name, tiny_config, seed)
         self.max_instruction_length = max_instruction_length
+        # the input's budget (its end cut, the template's cue kept) and the concatenation's, as in training
+        self.lengths = Lengths(max_instruction_length, max_input_length, concat=max_concat_length)
         self.runner = StudentRunner(model, tokenizer, cache_size)  # what the stages' evaluation generates with too
         self.cache = self.runner.cache
         self.truncated_instructions = 0
@@ -77,6 +81,9 @@ class Student:
         kwargs.setdefault("max_instruction_length", trained.get("max_instruction_length", 1024))
         kwargs.setdefault("prompt_format", trained.get("prompt_format", "plain"))
         kwargs.setdefault("template", trained.get("template", "tagi"))
+        for key in ("max_input_length", "max_concat_length"):
+            if key in trained:
+                kwargs.setdefault(key, trained[key])
         student = cls(model, tokenizer, spec, **kwargs)
         student.source = {"checkpoint": str(Path(path).resolve()), "stage": described["stage"], "global_step": checkpoint.get("global_step")}
         if described["stage"] != "finetune":  # accepted (it is a student), but not what a user of its adapters expects
@@ -106,9 +113,12 @@ class Student:
         task = self.encode(instruction)
         outputs = []
         for start in range(0, len(inputs), batch_size):
-            texts = [student_input_text(x, self.student_input, instruction, self.template) for x in inputs[start : start + batch_size]]
-            # The prompt format's tokens, as in training (`tokenizer(texts)` adds EOS for T5's tokenizer, not for every one)
-            ids, mask = pad([self.prompt_format.wrap(prompt) for prompt in encode(self.tokenizer, texts)], self.tokenizer.pad_token_id)
+            # What training read: the same cut and the prompt format's tokens (`tokenizer(texts)` adds EOS for
+            # T5's tokenizer, not for every one)
+            batch = list(inputs[start : start + batch_size])
+            prompts, _ = student_prompts(self.tokenizer, self.prompt_format, batch, [prefix_text(instruction)] * len(batch), self.lengths,
+                                         self.template, self.student_input)
+            ids, mask = pad(prompts, pad_id(self.tokenizer))
             outputs += self.runner.generate_task(task, ids, mask, lora_only,
                                                  max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
         return outputs

@@ -183,7 +183,8 @@ class CausalLMFamily(BackboneFamily):
     def generate(self, input_ids: Tensor, attention_mask: Tensor, **kwargs: Any) -> Tensor:
         prompt, prompt_mask = left_aligned(input_ids, attention_mask)  # (B, P)
         config = self.model.generation_config
-        kwargs.setdefault("pad_token_id", config.pad_token_id if config.pad_token_id is not None else config.eos_token_id)
+        eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id  # Llama 3: several
+        kwargs.setdefault("pad_token_id", config.pad_token_id if config.pad_token_id is not None else eos)
         sequences = self.model.generate(input_ids=prompt, attention_mask=prompt_mask, **kwargs)  # (B, P + new)
         return sequences[:, prompt.shape[1]:]
 

@@ -9,6 +9,7 @@ LoRA tensors use peft's layout stacked over rows (examples/tasks) and sites:
     A: (N, S, r, in)      B: (N, S, out, r)      ΔW = s · B @ A   with s = alpha / r
 """
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -60,15 +61,23 @@ def _check_same_shape(name: str, student: Tensor, teacher: Tensor) -> None:
         )
 
 
-def lora_ab_distance(A_s: Tensor, B_s: Tensor, A_t: Tensor, B_t: Tensor) -> Tensor:
+def lora_ab_distance(A_s: Tensor, B_s: Tensor, A_t: Tensor, B_t: Tensor,
+                     shapes: Sequence[tuple[int, int]] | None = None) -> Tensor:
     """MSE(A_s, A_t) + MSE(B_s, B_t): the TAGI paper's literal eq. 4. Teacher tensors are constants.
 
-    Not invariant to LoRA's factorisation symmetry (A → RA, B → BR⁻¹): two adapters with the same
-    ΔW can be far apart here.
+    A: (N, S, r, in), B: (N, S, out, r), zero-padded to the widest site; `shapes`, each site's (in, out),
+    makes each mean one over the sites' real entries (grouped-query attention: v_proj's B is narrower than
+    q_proj's), not over the padding too. Not invariant to LoRA's factorisation symmetry (A → RA, B → BR⁻¹):
+    two adapters with the same ΔW can be far apart here.
     """
     _check_same_shape("A", A_s, A_t)
     _check_same_shape("B", B_s, B_t)
-    return F.mse_loss(A_s, A_t.detach()) + F.mse_loss(B_s, B_t.detach())
+    if shapes is None:
+        return F.mse_loss(A_s, A_t.detach()) + F.mse_loss(B_s, B_t.detach())
+    rows, rank = A_s.shape[0], A_s.shape[-2]
+    real_A, real_B = (rows * rank * sum(size for size in sizes) for sizes in zip(*shapes))  # in-, out-features
+    # padding is zero in both (masked generator, zero-padded teachers), so it adds nothing to the sums
+    return ((A_s - A_t.detach()) ** 2).sum() / real_A + ((B_s - B_t.detach()) ** 2).sum() / real_B
 
 
 def _frobenius_inner(B1: Tensor, A1: Tensor, B2: Tensor, A2: Tensor) -> Tensor:
@@ -114,10 +123,11 @@ def lora_param_distance(
     A_t: Tensor,
     B_t: Tensor,
     s_t: Scaling,
+    shapes: Sequence[tuple[int, int]] | None = None,
 ) -> Tensor:
     """Dispatch to `lora_ab_distance` ("ab", scalings unused) or `lora_delta_distance` ("delta")."""
     if form == "ab":
-        return lora_ab_distance(A_s, B_s, A_t, B_t)
+        return lora_ab_distance(A_s, B_s, A_t, B_t, shapes)
     if form == "delta":
         return lora_delta_distance(A_s, B_s, s_s, A_t, B_t, s_t)
     raise ValueError(f"unknown LoRA distance form {form!r}; expected 'ab' or 'delta'")

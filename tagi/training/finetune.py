@@ -212,7 +212,8 @@ class FinetuneModule(Stage):
         bank = self._teacher_bank()
         A_t, B_t = bank.A[task_clusters], bank.B[task_clusters]
         lora = task.lora
-        return lora_param_distance(self.distillation.param_form, lora.A, lora.B, lora.scale, A_t, B_t, bank.scale)
+        return lora_param_distance(self.distillation.param_form, lora.A, lora.B, lora.scale, A_t, B_t, bank.scale,
+                                   lora.shapes)
 
     def _consistency(self, task) -> Tensor:
         # A copy: the loss keeps its target for backward, and the buffer is overwritten just below.
