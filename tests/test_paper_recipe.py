@@ -95,6 +95,7 @@ PAPER = [
 
     *common("pretrain", "Pretraining", "adafactor", 1e-3, 50000, 0.0, 1, "float32"),
     Value("pretrain", "sequence_length", 1024, "Table 6, Pretraining: max input; §A.2, §A.4", read=document_tokens),
+    Value("pretrain", "max_input_length", 1024, "Table 6, Pretraining: max input", "data.init_args.max_input_length"),
     Value("pretrain", "lora_rank", 32, "Table 6: LoRA rank", "model.init_args.architecture.lora_rank"),
 
     *common("finetune", "Finetuning SNI Base", "adamw", 1e-4, 20000, 0.02, 2, "bf16"),
