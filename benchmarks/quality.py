@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tagi.errors import Terminated  # noqa: E402
 from tagi.io import atomic_write_text  # noqa: E402
 from tagi.pipeline import (CONTROL_ROWS, HEADLINE, RECIPE, THETA0, control_args, fit_stage, recipe,  # noqa: E402
                            score_checkpoint)
@@ -424,5 +425,17 @@ def main(argv: list[str] | None = None) -> dict:
     return data
 
 
+def run(argv: list[str] | None = None) -> int:
+    """`main`, with a run stopped by SIGTERM or Ctrl-C said as this script's own: how to resume it, and the
+    exit status a shell expects (143, 130), not a traceback that names `tagi pipeline`."""
+    try:
+        main(argv)
+    except Terminated as stopped:
+        print(f"stopped: {stopped.stopped}; rerun the same quality.py command: finished runs and tests are reused "
+              "and a stopped run resumes from its last checkpoint", file=sys.stderr)
+        return stopped.exit_status
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run())

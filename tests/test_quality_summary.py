@@ -216,3 +216,16 @@ def test_an_untrained_variant_is_summarised_without_a_validation_run(tmp_path, m
     assert data["paired"]["tagi - zero-shot"]["mean"] == -50.0  # one of two answers lost, on ROUGE-L
     text = render_block("quality-smollm2-ni-v1", data)
     assert "test ROUGE-L" in text and "-50.00" in text
+
+
+def test_a_stopped_run_says_how_to_resume_this_script(monkeypatch, capsys):
+    """SIGTERM (or Ctrl-C) inside a stage ends quality.py with one line naming this script and the shell's status."""
+    from tagi.errors import Terminated
+
+    def stopped(argv):
+        raise Terminated("`test` was stopped by SIGTERM before it finished", "rerun the same `tagi pipeline` command")
+
+    monkeypatch.setattr(quality, "main", stopped)
+    assert quality.run([]) == 143
+    err = capsys.readouterr().err
+    assert "rerun the same quality.py command" in err and "tagi pipeline" not in err
