@@ -360,8 +360,9 @@ def test_a_concatenation_is_its_texts_own_tokenisation():
     assert dataset[0]["concat"] == encode(tokenizer, [whole])[0] + [tokenizer.eos_token_id]
 
 
-def test_the_student_is_served_the_input_it_was_trained_and_tested_on(tmp_path):
-    """Student.generate cuts a long input as SNIDataset does (its max_input_length, the cue kept)."""
+@pytest.mark.parametrize("form", ["template", "bare", "concat"])
+def test_the_student_is_served_the_input_it_was_trained_and_tested_on(tmp_path, form):
+    """Student.generate cuts a long input as SNIDataset does (its max_input_length, the cue kept), whatever it reads."""
     from tests.test_causal import SPEC, chat_tokenizer, tiny_model
     from tagi.data.prompts import PromptFormat
     from tagi.data.sni_dataset import Lengths, SNIDataset
@@ -370,8 +371,9 @@ def test_the_student_is_served_the_input_it_was_trained_and_tested_on(tmp_path):
     tokenizer = chat_tokenizer(tmp_path / "tok")
     task = long_input_task(80)
     dataset = SNIDataset([task], tokenizer, {"QA": 0}, lengths=Lengths(256, 160, 16, 320),
-                         prompt_format=PromptFormat.of(tokenizer, "chat"))
-    student = Student(tiny_model(), tokenizer, SPEC, prompt_format="chat", max_input_length=160, max_concat_length=320)
+                         prompt_format=PromptFormat.of(tokenizer, "chat"), student_input=form)
+    student = Student(tiny_model(), tokenizer, SPEC, prompt_format="chat", max_input_length=160, max_concat_length=320,
+                      student_input=form)
     served = []
     student.runner.generate_task = lambda task, ids, mask, *args, **kwargs: served.append(ids[0][mask[0].bool()].tolist()) or [""]
     student.generate(format_instruction(task.definition, [("a b", "yes")]), [task.instances[0].input])

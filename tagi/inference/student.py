@@ -116,7 +116,8 @@ class Student:
             # What training read: the same cut and the prompt format's tokens (`tokenizer(texts)` adds EOS for
             # T5's tokenizer, not for every one)
             batch = list(inputs[start : start + batch_size])
-            prompts, _ = student_prompts(self.tokenizer, self.prompt_format, batch, [prefix_text(instruction)] * len(batch), self.lengths,
+            prefix = prefix_text(instruction) if self.student_input == "concat" else ""  # only "concat" reads it
+            prompts, _ = student_prompts(self.tokenizer, self.prompt_format, batch, [prefix] * len(batch), self.lengths,
                                          self.template, self.student_input)
             ids, mask = pad(prompts, pad_id(self.tokenizer))
             outputs += self.runner.generate_task(task, ids, mask, lora_only,
