@@ -378,3 +378,47 @@ def test_the_student_is_served_the_input_it_was_trained_and_tested_on(tmp_path, 
     student.runner.generate_task = lambda task, ids, mask, *args, **kwargs: served.append(ids[0][mask[0].bool()].tolist()) or [""]
     student.generate(format_instruction(task.definition, [("a b", "yes")]), [task.instances[0].input])
     assert served == [dataset[0]["input"]]
+
+
+def byte_level_tokenizer():
+    """A byte-level BPE (GPT-2 / SmolLM2's kind) built in memory: a CJK character spans several tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    model = Tokenizer(models.BPE())
+    model.pre_tokenizer, model.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<eos>"], show_progress=False)
+    model.train_from_iterator(["Now complete the following example -\nInput: x\nOutput: ", "Definition: say it"] * 10, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=model, eos_token="<eos>")
+
+
+def test_a_cut_keeps_the_cue_the_separator_and_whole_characters():
+    """Three edges of cutting (a review's reproductions): a budget that only the template with an empty input fits
+    still ends with the cue; a cut instruction keeps the blank line before the instance; a cut inside a character
+    of a byte-level vocabulary leaves no U+FFFD in the text either prompt reads."""
+    from tagi.data.sni_dataset import Lengths, student_prompts
+    from tagi.data.tokenization import encode, load_tokenizer
+
+    tokenizer = load_tokenizer("synthetic")
+    form = PromptFormat_plain(tokenizer)
+    template_only = len(encode(tokenizer, [templates.concat_prompt_text("", "tk-instruct")])[0]) + form.overhead
+    inputs = ["cow fox ape emu", "The quick brown fox jumps"] * 3
+    student, concat = student_prompts(tokenizer, form, inputs, ["Definition: say the words twice, in order."] * 6,
+                                      Lengths(64, template_only, 16, template_only + 6), "tk-instruct")
+    for ids in student:
+        assert tokenizer.decode(ids, skip_special_tokens=True).rstrip().endswith("Output:") and len(ids) <= template_only
+    for ids in concat:
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        assert "\n\nNow complete" in text or text.startswith("Now complete")  # never "...twiceNow complete"
+    byte_level = byte_level_tokenizer()
+    student, concat = student_prompts(byte_level, PromptFormat_plain(byte_level), ["日本語のテキストです。" * 4],
+                                      ["Definition: say it"], Lengths(64, 40, 16, 60))
+    for ids in student + concat:
+        assert "\ufffd" not in byte_level.decode(ids) and byte_level.decode(ids).endswith("Output: <eos>")
+
+
+def PromptFormat_plain(tokenizer):
+    from tagi.data.prompts import PromptFormat
+
+    return PromptFormat.of(tokenizer, "plain")

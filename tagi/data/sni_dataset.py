@@ -87,9 +87,9 @@ class SNIDataset(Dataset):
                 for reference in dict.fromkeys(inst.outputs) if targets == "all" else inst.outputs[:1]:
                     self.rows.append((ti, inst))
                     references.append(reference)
-        prefixes = [templates.concat_prefix_text(t, num_pos, template) for t in tasks]
+        instructions = [templates.instruction_text(t, num_pos, template) for t in tasks]
         inputs, concat = student_prompts(tokenizer, self.format, [inst.input for _, inst in self.rows],
-                                         [prefixes[ti] for ti, _ in self.rows], lengths, template, student_input, counts)
+                                         [instructions[ti] for ti, _ in self.rows], lengths, template, student_input, counts)
         self.eos = eos
         # int32 arrays: at SNI's scale a concatenation per row as a list of ints would take gigabytes
         self.concats = [np.asarray(ids, dtype=np.int32) for ids in concat]
@@ -131,11 +131,11 @@ class SNIDataset(Dataset):
         return ex
 
 
-def student_prompts(tokenizer, prompt_format: PromptFormat, inputs: list[str], prefixes: list[str], lengths: Lengths,
+def student_prompts(tokenizer, prompt_format: PromptFormat, inputs: list[str], instructions: list[str], lengths: Lengths,
                     template: templates.TemplateKind = "tagi", student_input: StudentInput = "template",
                     counts: Counter | None = None) -> tuple[list[list[int]], list[list[int]]]:
     """The student's input and the teacher's (the concatenation's) ids for instances `inputs`, each after its
-    instruction prefix (`templates.concat_prefix_text`), in the prompt format. One rule for training, testing
+    instruction (`templates.instruction_text`; "" for none), in the prompt format. One rule for training, testing
     and `Student.generate`, so a student is served what it trained on.
 
     The instance's input is cut at its end so its prompt fits `lengths.input` with the template's "Output:"
@@ -147,8 +147,9 @@ def student_prompts(tokenizer, prompt_format: PromptFormat, inputs: list[str], p
     render = lambda _, text: templates.concat_prompt_text(text, template)  # noqa: E731
     kept, prompt_ids, cut = fit_text(tokenizer, render, inputs, prompt_format.content_budget(lengths.input))
     prompts = [render(None, text) for text in kept]
-    _, concat_ids, concat_cut = fit_text(tokenizer, lambda i, prefix: prefix + prompts[i], prefixes,
-                                         prompt_format.content_budget(lengths.concat))
+    # the instruction's end is cut, never the blank line between it and the instance
+    _, concat_ids, concat_cut = fit_text(tokenizer, lambda i, instruction: templates.prefix_text(instruction) + prompts[i],
+                                         instructions, prompt_format.content_budget(lengths.concat))
     counts["concat"] += sum(concat_cut)
     concat = [prompt_format.wrap(ids) for ids in concat_ids]
     if student_input == "bare":

@@ -76,9 +76,6 @@ def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return eos[0] if isinstance(eos, list) else eos
 
 
-FIT_ROUNDS = 4  # a cut can change how a join tokenises by a token or two; more rounds than that never happen
-
-
 def fit_text(tokenizer: PreTrainedTokenizerBase, render: Callable[[int, str], str], pieces: list[str],
              budget: int) -> tuple[list[str], list[list[int]], list[bool]]:
     """Each `render(i, pieces[i])` tokenised whole in at most `budget` tokens: (the pieces as used, the ids,
@@ -92,18 +89,23 @@ def fit_text(tokenizer: PreTrainedTokenizerBase, render: Callable[[int, str], st
     cut = [len(tokens) > budget for tokens in ids]
     over = [i for i, long in enumerate(cut) if long]
     pieces = list(pieces)
-    distinct = list(dict.fromkeys(pieces[i] for i in over))  # an instruction prefix recurs in every row of its task
+    distinct = list(dict.fromkeys(pieces[i] for i in over))  # an instruction recurs in every row of its task
     piece_ids = dict(zip(distinct, encode(tokenizer, distinct)))
     original = {i: piece_ids[pieces[i]] for i in over}
-    keep = {i: len(original[i]) - (len(ids[i]) - budget) for i in over}
-    for _ in range(FIT_ROUNDS):
-        if not over:
-            break
+    keep = {i: max(len(original[i]) - (len(ids[i]) - budget), 0) for i in over}
+    while over:  # each round a row fits, or keeps fewer tokens than before, down to an empty piece
         for i in over:
-            pieces[i] = tokenizer.decode(original[i][:max(keep[i], 0)])
+            pieces[i] = _decoded_prefix(tokenizer, original[i][:keep[i]])
         for i, tokens in zip(over, encode(tokenizer, [render(i, pieces[i]) for i in over])):
             ids[i] = tokens
-            keep[i] -= max(len(tokens) - budget, 0)
         over = [i for i in over if len(ids[i]) > budget and keep[i] > 0]
-    ids = [tokens[:budget] for tokens in ids]
+        for i in over:  # a cut can change how the joins tokenise: shrink by what is still over
+            keep[i] = max(keep[i] - (len(ids[i]) - budget), 0)
+    ids = [tokens[:budget] for tokens in ids]  # the text around an empty piece is itself too long
     return pieces, ids, cut
+
+
+def _decoded_prefix(tokenizer: PreTrainedTokenizerBase, tokens: list[int]) -> str:
+    """The text of a piece's first tokens. A byte-level vocabulary can cut a character in two, which decodes as
+    U+FFFD: dropped, so neither prompt reads a character the input never had."""
+    return tokenizer.decode(tokens, clean_up_tokenization_spaces=False).rstrip("\ufffd")

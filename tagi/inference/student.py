@@ -24,7 +24,7 @@ from tagi.data.sni import Demonstration, Task
 from tagi.data.collate import pad
 from tagi.data.prompts import PromptFormat
 from tagi.data.sni_dataset import Lengths, student_prompts
-from tagi.data.templates import TemplateKind, instruction_text, prefix_text, student_input_text
+from tagi.data.templates import TemplateKind, instruction_text, student_input_text
 from tagi.data.tokenization import encode, load_tokenizer, pad_id
 from tagi.errors import InputError
 from tagi.io import atomic_directory, folder_lock, read_checkpoint
@@ -116,8 +116,8 @@ class Student:
             # What training read: the same cut and the prompt format's tokens (`tokenizer(texts)` adds EOS for
             # T5's tokenizer, not for every one)
             batch = list(inputs[start : start + batch_size])
-            prefix = prefix_text(instruction) if self.student_input == "concat" else ""  # only "concat" reads it
-            prompts, _ = student_prompts(self.tokenizer, self.prompt_format, batch, [prefix] * len(batch), self.lengths,
+            read = instruction if self.student_input == "concat" else ""  # only "concat" reads it
+            prompts, _ = student_prompts(self.tokenizer, self.prompt_format, batch, [read] * len(batch), self.lengths,
                                          self.template, self.student_input)
             ids, mask = pad(prompts, pad_id(self.tokenizer))
             outputs += self.runner.generate_task(task, ids, mask, lora_only,
