@@ -24,6 +24,7 @@ import json
 import statistics
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,12 +165,14 @@ def read_recipe(path: Path) -> dict:
 
 
 class Ledger:
-    """Seconds spent per run and test folder, kept beside the runs: a run resumed over several
-    sessions adds its parts, and a reused one keeps the time it took (the total CPU time reported)."""
+    """Seconds spent per run and test folder, and the commits that made it, kept beside the runs: a run resumed
+    over several sessions adds its parts (the total CPU time reported), and a reused one keeps the time it took
+    and the commit it was made at (a table made of runs from several commits says so)."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, commit: str = "unknown"):
+        self.path, self.commits_path, self.commit = path, path.with_name("commits.json"), commit
         self.seconds: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+        self.commits: dict[str, list[str]] = json.loads(self.commits_path.read_text()) if self.commits_path.is_file() else {}
         self.used: set[str] = set()  # the runs and tests this table is made of (the file holds every run of the setting)
 
     def add(self, key: str, seconds: float | None) -> None:
@@ -178,6 +181,10 @@ class Ledger:
             return
         self.seconds[key] = round(self.seconds.get(key, 0.0) + seconds, 1)
         atomic_write_text(self.path, json.dumps(self.seconds, indent=1, sort_keys=True) + "\n")
+        made_at = self.commits.setdefault(key, [])  # a run resumed at a later commit has both
+        if self.commit not in made_at:
+            made_at.append(self.commit)
+            atomic_write_text(self.commits_path, json.dumps(self.commits, indent=1, sort_keys=True) + "\n")
 
     def fit(self, folder: Path, stage: str, configs: list[str], extra: list[str]) -> dict:
         wanted = recipe(configs, extra)
@@ -188,6 +195,30 @@ class Ledger:
 
     def total(self) -> float:
         return round(sum(self.seconds.get(key, 0.0) for key in self.used), 1)
+
+    def made_at(self) -> dict[str, int]:
+        """How many of this table's runs and tests each commit made ("+"-joined for a run resumed across
+        commits; "not recorded" for one made before this ledger kept commits)."""
+        def short(commit: str) -> str:
+            return commit[:10] + ("-dirty" if commit.endswith("-dirty") else "")
+
+        counts = Counter("+".join(map(short, self.commits.get(key, []))) or "not recorded" for key in self.used)
+        return dict(sorted(counts.items()))
+
+
+def changed_since(commits: list[str], root: Path = ROOT,
+                  paths: tuple[str, ...] = ("tagi", "configs", "benchmarks/quality.py")) -> dict[str, int]:
+    """For each earlier commit a table's runs were made at: how many files under `paths` differ from the
+    checkout now (0: the runs are what the current code would make, up to nondeterminism)."""
+    import subprocess
+
+    out = {}
+    for commit in commits:
+        sha = commit.removesuffix("-dirty")
+        diff = subprocess.run(["git", "diff", "--name-only", sha, "--", *paths], cwd=root, capture_output=True, text=True)
+        if diff.returncode == 0:
+            out[commit] = len(diff.stdout.split())
+    return out
 
 
 @dataclass
@@ -405,14 +436,20 @@ def main(argv: list[str] | None = None) -> dict:
                          f"(this setting's variants: {' '.join(shipped) or 'none'})")
     raw = {name: {} for name in args.variants}
     commit = git_commit()  # what the runs of this invocation train with; runs reused from earlier ones are not re-checked
-    ledger = Ledger(Path(args.runs_dir) / args.setting / "seconds.json")
+    ledger = Ledger(Path(args.runs_dir) / args.setting / "seconds.json", commit)
     for seed in args.seeds:
         folder = Path(args.runs_dir) / args.setting / f"seed{seed}"
         theta0 = Path("checkpoints") / args.setting / THETA0 if args.share_theta0 else folder / THETA0
         chain = Chain(args.setting, seed, folder, theta0, ledger, args.share_theta0)
         for name in args.variants:
             raw[name][seed] = run_variant(chain, name, args.controls)
-    data = summary(raw, args.setting, ledger.total(), commit)
+    data = {**summary(raw, args.setting, ledger.total(), commit), "made_at": ledger.made_at()}
+    stale = {c: n for c, n in changed_since([c for key in ledger.used for c in ledger.commits.get(key, [])
+                                            if c != commit]).items() if n}
+    for old, count in stale.items():
+        print(f"warning: some runs of this table were made at {old[:10]}; {count} file(s) of tagi/, configs/ or this "
+              f"script differ since (`git diff --stat {old.removesuffix('-dirty')[:10]} -- tagi configs`); delete a run's "
+              "folder to remake it with the current code", file=sys.stderr)
     if git_commit() != commit:
         print(f"warning: the checkout changed during the run ({commit} → {git_commit()}); the results name {commit}",
               file=sys.stderr)

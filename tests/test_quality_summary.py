@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import quality  # noqa: E402
+from tagi.eval import results  # noqa: E402
 from tagi.eval.results import render_block  # noqa: E402
 
 
@@ -229,3 +231,41 @@ def test_a_stopped_run_says_how_to_resume_this_script(monkeypatch, capsys):
     assert quality.run([]) == 143
     err = capsys.readouterr().err
     assert "rerun the same quality.py command" in err and "tagi pipeline" not in err
+
+
+def test_a_table_made_of_runs_from_several_commits_says_so(tmp_path):
+    """Runs are reused across invocations whatever the code: the ledger keeps the commit that made each, and the
+    footer names every commit when they are not all the table's own."""
+    first = quality.Ledger(tmp_path / "seconds.json", "a" * 40)
+    first.add("seed0/tagi", 100.0)
+    first.add("seed0/concat", 80.0)
+    later = quality.Ledger(tmp_path / "seconds.json", "b" * 40 + "-dirty")
+    later.add("seed0/tagi", None)  # reused: still made at the first commit
+    later.add("seed0/concat", 5.0)  # resumed at the later one: made at both
+    later.add("seed0/hint", 40.0)
+    later.add("seed0/old", None)  # made before the ledger kept commits
+    assert later.made_at() == {"aaaaaaaaaa": 1, "aaaaaaaaaa+bbbbbbbbbb-dirty": 1, "bbbbbbbbbb-dirty": 1, "not recorded": 1}
+    data = {"commit": "b" * 40, "seconds": 1.0, "made_at": later.made_at()}
+    assert results._footer(data).endswith("; runs and tests made at aaaaaaaaaa (1), aaaaaaaaaa+bbbbbbbbbb-dirty (1), "
+                                          "bbbbbbbbbb-dirty (1), not recorded (1)")
+    assert results._footer({**data, "made_at": {"bbbbbbbbbb": 4}}) == "commit bbbbbbbbbb; 1.00 s of runs"
+
+
+def test_runs_from_an_earlier_commit_count_the_code_files_changed_since(tmp_path):
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    for path in ("tagi/model.py", "configs/demo/finetune.yaml", "README.md"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("one\n")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    first = git("rev-parse", "HEAD")
+    for path in ("tagi/model.py", "configs/demo/finetune.yaml", "README.md"):
+        (tmp_path / path).write_text("two\n")
+    git("commit", "-qam", "second")
+    assert quality.changed_since([first, git("rev-parse", "HEAD")], tmp_path) == {first: 2, git("rev-parse", "HEAD"): 0}
+    assert quality.changed_since([first + "-dirty"], tmp_path) == {first + "-dirty": 2}
+    assert quality.changed_since(["0" * 40], tmp_path) == {}  # a commit this clone lacks: nothing claimed

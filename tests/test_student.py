@@ -274,7 +274,8 @@ def test_a_student_trained_on_tk_instructs_words_reads_and_exports_them(tmp_path
     from tagi.__main__ import main as tagi_main
 
     monkeypatch.chdir(tmp_path)
-    checkpoint, _ = write_student_checkpoint(tmp_path, student_input="template", template="tk-instruct")
+    checkpoint, _ = write_student_checkpoint(tmp_path, student_input="template", template="tk-instruct",
+                                             max_input_length=48, max_concat_length=96)
     student = Student.from_checkpoint(checkpoint)
     assert student.template == "tk-instruct"
     Path("pos.jsonl").write_text('{"input": "cow ape", "output": "ape cow"}\n')
@@ -284,6 +285,7 @@ def test_a_student_trained_on_tk_instructs_words_reads_and_exports_them(tmp_path
     assert meta["instruction"] == "Definition: Sort the words.\n\n Positive Example 1 -\nInput: cow ape.\n Output: ape cow."
     assert meta["template"] == "tk-instruct"
     assert meta["input_template"] == "Now complete the following example -\nInput: {input}\nOutput: "
+    assert meta["max_prompt_tokens"] == 48  # the student's budget (not the concatenation's), as trained
     # a checkpoint from before the option: our words
     older, _ = write_student_checkpoint(tmp_path / "older", student_input="template")
     assert Student.from_checkpoint(older).template == "tagi"

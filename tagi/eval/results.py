@@ -240,7 +240,11 @@ def _millions(count: int) -> str:
 
 
 def _footer(data: Mapping) -> str:
-    return f"commit {str(data.get('commit', DASH))[:10]}; {_num(data.get('seconds'))} s of runs"
+    commit = str(data.get("commit", DASH))[:10]
+    made_at = data.get("made_at") or {}  # quality tables: how many runs and tests each commit made
+    runs = "" if set(made_at) <= {commit} else \
+        "; runs and tests made at " + ", ".join(f"{c} ({n})" for c, n in made_at.items())
+    return f"commit {commit}; {_num(data.get('seconds'))} s of runs{runs}"
 
 
 def _short(metric: str) -> str:

@@ -143,6 +143,8 @@ class Student:
                 "template": self.template,  # tk-instruct: a "." follows the input unless it ends in punctuation
                 # plain: the template's tokens + EOS; chat: the template is a user turn of the tokenizer's chat template
                 "prompt_format": self.prompt_kind,
+                # the prompt's length in training and in `Student.generate`: a longer input's end was cut, the cue kept
+                "max_prompt_tokens": self.lengths.concat if self.student_input == "concat" else self.lengths.input,
                 "note": "backbone + this LoRA only; the student's instruction fusion and FiD are not part of a PEFT adapter"}
         if self.source is not None:
             meta["student"] = self.source
