@@ -77,15 +77,17 @@ class Provenance:
                                   f"{backbone.record()}.", hint)
         return self
 
-    def verify_weights(self, saved: Mapping, model: Mapping, architecture: Mapping, hint: str = "") -> "Provenance":
+    def verify_weights(self, saved: Mapping, model: Mapping, architecture: Mapping, hint: str = "",
+                       reloaded: Collection[str] = ()) -> "Provenance":
         """Raise `CheckpointError` unless the checkpoint's state dict `saved` loads into a model whose state dict
         is `model`, as Lightning loads it (strictly). Lightning finds out only after the run folder was written
         to, with a traceback. A tensor under a name the model does not have yet counts only within a module it
-        has (the teacher stage builds its bank later, at setup). `architecture`: the model's, to say what differs."""
+        has (the teacher stage builds its bank later, at setup). `architecture`: the model's, to say what differs.
+        `reloaded`: the keys a checkpoint leaves out because the model loads them itself (θ0's frozen weights)."""
         modules = {key.split(".")[0] for key in model}
         problems = {
             "of another shape": [key for key in model if key in saved and tuple(saved[key].shape) != tuple(model[key].shape)],
-            "missing": [key for key in model if key not in saved],
+            "missing": [key for key in model if key not in saved and key not in reloaded],
             "this model does not have": [key for key in saved if key not in model and key.split(".")[0] in modules],
         }
         if not any(problems.values()):

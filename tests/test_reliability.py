@@ -99,6 +99,7 @@ def assert_resumed_as_uninterrupted(workdir: Path, run: str) -> None:
     """Weights tensor for tensor, the final metrics, and metrics.csv's logged values equal the uninterrupted run's."""
     expected, resumed = (torch.load(workdir / f"{name}/checkpoints/last.ckpt", weights_only=False) for name in ("uninterrupted", run))
     assert resumed["global_step"] == expected["global_step"] == 40
+    assert not any(key.startswith("model.backbone.") for key in expected["state_dict"])  # θ0 is not saved again
     for key, value in expected["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
     metrics = [json.loads((workdir / f"{name}/complete.json").read_text())["metrics"] for name in ("uninterrupted", run)]

@@ -208,7 +208,8 @@ class TAGICLI(LightningCLI):
         if "state_dict" in record:  # a DeepSpeed folder's module states are laid out its own way
             provenance.verify_weights(record["state_dict"], self.model.state_dict(), self.model.describe().get("architecture", {}),
                                       hint="Give the settings it was trained with (the config.yaml saved in its run "
-                                           "folder), or a checkpoint of this architecture (nothing was written).")
+                                           "folder), or a checkpoint of this architecture (nothing was written).",
+                                      reloaded=self.model.theta0_weights())
 
     def _resume_checkpoint(self) -> Path | None:
         """The file `--ckpt_path` resumes from (`last`: where ModelCheckpoint(save_last=True) writes it)."""

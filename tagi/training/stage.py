@@ -66,11 +66,35 @@ class Stage(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[PROVENANCE_KEY] = self.describe()
         save_rng_states(checkpoint)
+        state = checkpoint.get("state_dict")  # none in a DeepSpeed save: its engine writes the module states
+        for key in self.theta0_weights() if state is not None else ():
+            state.pop(key, None)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # test/predict do not restore the loop counters: keep it for results.json
         self.checkpoint_step = checkpoint.get("global_step")
         restore_rng_states(checkpoint)
+        # θ0's frozen weights, left out of the file, are the ones this stage loaded (Lightning then loads strictly,
+        # so any other missing tensor is still an error); a checkpoint from before holds them, loaded as they are
+        state, current = checkpoint.get("state_dict"), None
+        for key in self.theta0_weights() if state is not None else ():
+            if key not in state:
+                current = self.state_dict() if current is None else current
+                state[key] = current[key]
+
+    def backbone_module(self) -> torch.nn.Module:
+        """θ0, as this stage loaded it from `backbone_spec`: the student stages' `model.backbone`, the others' `backbone`."""
+        model = getattr(self, "model", None)
+        return self.backbone if model is None else model.backbone
+
+    def theta0_weights(self) -> set[str]:
+        """The state-dict keys of θ0's frozen weights. A stage checkpoint leaves them out: every stage loads θ0 itself
+        from `backbone_spec` (a tiny one seeded, a folder checked by its weights' digest on every load), and a copy
+        in each checkpoint was θ0's size again (SmolLM2: 538 MB per file, where its LoRA and optimizer hold a few)."""
+        backbone = self.backbone_module()
+        prefix = next(name for name, module in self.named_modules() if module is backbone)
+        return {f"{prefix}.{name}" for name, parameter in backbone.named_parameters(remove_duplicate=False)
+                if not parameter.requires_grad}
 
     def prepare(self, datamodule) -> None:
         """Load and check what this stage reads from earlier stages; raise `TagiError` on a mismatch.

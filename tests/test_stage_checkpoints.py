@@ -1,0 +1,54 @@
+"""A stage checkpoint holds what the stage trained, not θ0 again: the frozen backbone weights are left out on save
+and put back from the stage's own θ0 on load, so Lightning's strict load still catches any other missing tensor."""
+
+import pytest
+import torch
+
+from tagi.provenance import CheckpointError, Provenance
+from tagi.training.config import Backbone
+from tagi.training.theta0 import Theta0Module
+
+SPEC = {"name": "tiny-llama", "tiny_config": {"hidden_size": 32, "num_hidden_layers": 2}, "seed": 0}
+
+
+def saved(module) -> dict:
+    checkpoint = {"state_dict": module.state_dict(), "global_step": 3}
+    module.on_save_checkpoint(checkpoint)
+    return checkpoint
+
+
+def test_a_lora_baselines_checkpoint_holds_its_lora_and_loads_strictly_into_a_fresh_module():
+    module = Theta0Module(backbone=Backbone(**SPEC), tokenizer="byt5", input="plain", lora_rank=2)
+    with torch.no_grad():
+        module.lora_B.normal_()  # trained: B is no longer peft's zeros
+    checkpoint = saved(module)
+    assert set(checkpoint["state_dict"]) == {"lora_A", "lora_B"}
+    assert module.theta0_weights() and all(key.startswith("backbone.") for key in module.theta0_weights())
+    fresh = Theta0Module(backbone=Backbone(**SPEC), tokenizer="byt5", input="plain", lora_rank=2)
+    fresh.on_load_checkpoint(checkpoint)
+    fresh.load_state_dict(checkpoint["state_dict"], strict=True)  # what Lightning does after the hook
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, fresh.state_dict()[key]), key
+    # a tensor the stage trained is still required: the hook fills θ0's frozen weights only
+    checkpoint = saved(module)
+    del checkpoint["state_dict"]["lora_B"]
+    fresh.on_load_checkpoint(checkpoint)
+    with pytest.raises(RuntimeError, match="lora_B"):
+        fresh.load_state_dict(checkpoint["state_dict"], strict=True)
+    # the CLI's check before a run says the same, and lets θ0's absence pass
+    record = Provenance.of({"tagi": fresh.describe()}, "last.ckpt", "--ckpt_path")
+    with pytest.raises(CheckpointError, match=r"1 tensors missing \(e.g. lora_B\)"):
+        record.verify_weights(checkpoint["state_dict"], fresh.state_dict(), {}, reloaded=fresh.theta0_weights())
+    record.verify_weights(saved(module)["state_dict"], fresh.state_dict(), {}, reloaded=fresh.theta0_weights())
+
+
+def test_a_trained_theta0_and_a_checkpoint_from_before_keep_every_weight():
+    """Stage 0 trains the whole backbone: nothing is left out. A checkpoint written with θ0's weights in it loads
+    them as they are (the hook adds nothing)."""
+    whole = Theta0Module(backbone=Backbone(**SPEC), tokenizer="byt5", input="plain")
+    assert whole.theta0_weights() == set()
+    assert saved(whole)["state_dict"].keys() == whole.state_dict().keys()
+    module = Theta0Module(backbone=Backbone(**SPEC), tokenizer="byt5", input="plain", lora_rank=2)
+    before = {"state_dict": {key: torch.zeros_like(value) for key, value in module.state_dict().items()}}
+    module.on_load_checkpoint(before)
+    assert all(not value.any() for value in before["state_dict"].values())
