@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tagi.provenance import CheckpointError, Provenance
-from tagi.training.config import Backbone
+from tagi.training.config import Architecture, Backbone
 from tagi.training.theta0 import Theta0Module
 
 SPEC = {"name": "tiny-llama", "tiny_config": {"hidden_size": 32, "num_hidden_layers": 2}, "seed": 0}
@@ -52,3 +52,45 @@ def test_a_trained_theta0_and_a_checkpoint_from_before_keep_every_weight():
     before = {"state_dict": {key: torch.zeros_like(value) for key, value in module.state_dict().items()}}
     module.on_load_checkpoint(before)
     assert all(not value.any() for value in before["state_dict"].values())
+
+
+T5 = {"name": "tiny", "tiny_config": {"d_model": 32, "num_layers": 2, "num_heads": 2}, "seed": 0}
+SMALL = dict(lora_rank=2, generator_width=16, generator_hidden_dim=16, site_embed_dim=8)
+
+
+def pretrain_checkpoint(tmp_path, **architecture):
+    """A stage-2 checkpoint file as the stage saves it (θ0's frozen weights left out), its hypernetwork trained."""
+    from tagi.training.pretrain import PretrainModule
+
+    module = PretrainModule(backbone=Backbone(**T5), architecture=Architecture(**SMALL, **architecture))
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.5)
+    path = tmp_path / "pretrain.ckpt"
+    torch.save(saved(module), path)
+    return module, path
+
+
+@pytest.mark.parametrize("trains", [{"train_layer_norms": True}, {"freeze_backbone": False, "fusion": False}])
+def test_a_finetune_that_trains_more_of_the_backbone_warm_starts_from_a_checkpoint_without_theta0(tmp_path, trains):
+    """The finetune run trains backbone weights stage 2 froze (and so left out of its file): they start at θ0."""
+    from tagi.training.finetune import FinetuneModule
+
+    pretrain, path = pretrain_checkpoint(tmp_path, **{k: v for k, v in trains.items() if k == "fusion"})
+    finetune = FinetuneModule(backbone=Backbone(**T5), architecture=Architecture(**SMALL, **trains))
+    theta0 = {key: value.clone() for key, value in finetune.model.backbone.state_dict().items()}
+    finetune._warm_start(str(path))
+    for key, value in finetune.model.state_dict().items():
+        expected = theta0[key.removeprefix("backbone.")] if key.startswith("backbone.") else pretrain.model.state_dict()[key]
+        assert torch.equal(value, expected), key
+
+
+def test_a_finetune_that_freezes_the_layer_norms_stage_two_trained_is_refused(tmp_path):
+    from tagi.errors import ConfigurationError
+    from tagi.training.finetune import FinetuneModule
+
+    _, path = pretrain_checkpoint(tmp_path, train_layer_norms=True)
+    finetune = FinetuneModule(backbone=Backbone(**T5), architecture=Architecture(**SMALL))
+    with pytest.raises(ConfigurationError, match="trained the backbone's layer norms .* this run freezes them"):
+        finetune._warm_start(str(path))

@@ -86,7 +86,9 @@ class FinetuneModule(Stage):
             ["pretrain"], self.backbone_spec,
             hint="Use the same model.init_args.backbone in both stages, or the stage-2 (pretrain) checkpoint trained "
                  "on this backbone.").record
-        self._check_backbone_training(path, described.get("architecture", {}).get("freeze_backbone", True))
+        trained = described.get("architecture", {})
+        self._check_backbone_training(path, trained.get("freeze_backbone", True))
+        self._check_norms_training(path, trained.get("train_layer_norms", False))
         state = {key[len("model."):]: value for key, value in checkpoint["state_dict"].items() if key.startswith("model.")}
         try:
             self.model.load_trained_state(state)
@@ -108,6 +110,16 @@ class FinetuneModule(Stage):
                 f"model.init_args.init_from: {path} trained the backbone (architecture.freeze_backbone: false), and {why}. "
                 "Pretrain with architecture.freeze_backbone: true, or train the backbone here too with no teachers "
                 "(distillation.kl_weight and param_weight 0, as configs/demo/baselines/hint.yaml)")
+
+    def _check_norms_training(self, path: str, pretrained_norms: bool) -> None:
+        """A stage 2 that trained the layer norms warm-starts only a run that trains them on: a frozen norm is
+        θ0's, so the warm start would drop what stage 2 learned without a word."""
+        if pretrained_norms and not self.model.theta0_norms and any(
+                not parameter.requires_grad for parameter in self.model.backbone.parameters()):
+            raise ConfigurationError(
+                f"model.init_args.init_from: {path} trained the backbone's layer norms (architecture.train_layer_norms: "
+                "true), and this run freezes them, so what stage 2 learned would be lost. Train them here too "
+                "(--model.init_args.architecture.train_layer_norms=true), or warm-start from a stage 2 that did not")
 
     def prepare(self, datamodule) -> None:
         """Warm start from stage 2 and load the teacher bank: every check of the previous stages'

@@ -66,7 +66,7 @@ class Stage(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[PROVENANCE_KEY] = self.describe()
         save_rng_states(checkpoint)
-        state = checkpoint.get("state_dict")  # none in a DeepSpeed save: its engine writes the module states
+        state = checkpoint.get("state_dict")  # a DeepSpeed save drops it afterwards: its engine writes the module states
         for key in self.theta0_weights() if state is not None else ():
             state.pop(key, None)
 
