@@ -86,7 +86,7 @@ def prefix_cached(model: TAGIModel, instruction: torch.Tensor, inputs: torch.Ten
             mask = torch.ones(ids.shape[0], instruction.shape[1] + ids.shape[1], dtype=torch.long)
             backbone(input_ids=ids, attention_mask=mask, past_key_values=cache, logits_to_keep=labels.shape[1])
 
-    return measure(serve, repeats, backbone)
+    return measure(serve, repeats)
 
 
 def one_task(model: TAGIModel, instruction_tokens: int, examples: int, repeats: int, batched: bool = False):

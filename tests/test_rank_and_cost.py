@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import ByT5Tokenizer
 
-from tagi.eval.cost import task_cost
+from tagi.eval.cost import measure, task_cost
 from tagi.eval.evaluation import Evaluation
 from tagi.modeling.model import TAGIModel
 from tagi.modeling.backbone import load_backbone
@@ -87,3 +87,29 @@ def test_tagi_cost_grows_less_with_the_instruction_than_the_baseline():
     assert set(short.as_dict()["ratio_tagi_over_baseline"]) == {"flops", "seconds"}
     # The batched path (per-row LoRA on every input token) costs more than merged weights, less than concatenation.
     assert long.ratios()["flops"] < long.ratios()["flops_batched"] < 1.0
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-llama"])
+def test_attention_flops_are_counted_as_the_same_matmuls_written_out(name):
+    # torch's counter skips the CPU attention kernel that transformers' models and our fusion layers call;
+    # `measure` counts it: the model's own attention costs what its eager (written-out) attention counts.
+    torch.manual_seed(0)
+    backbone = load_backbone(name, dict(num_heads=2)).eval()
+    ids = torch.randint(3, 300, (2, 16))
+
+    def call():
+        if name == "tiny":
+            return backbone(input_ids=ids, labels=ids[:, :4].clone())
+        return backbone(input_ids=ids)
+
+    backbone.set_attn_implementation("sdpa")
+    counted = measure(call).flops
+    backbone.set_attn_implementation("eager")
+    assert counted == measure(call).flops
+
+
+def test_the_fusion_layers_attention_is_counted():
+    from torch.nn.functional import scaled_dot_product_attention
+
+    q, k = torch.randn(2, 4, 10, 16), torch.randn(2, 4, 7, 16)  # (B, h, T, d), (B, h, S, d)
+    assert measure(lambda: scaled_dot_product_attention(q, k, k)).flops == 2 * (2 * 2 * 4 * 10 * 7 * 16)  # QKᵀ, AV

@@ -13,13 +13,12 @@ Lightning-free.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from tagi.data.collate import group_rows
 from tagi.modeling.model import TAGIModel
@@ -57,29 +56,23 @@ class TaskCost:
         return {**asdict(self), "tagi": asdict(self.tagi), "ratio_tagi_over_baseline": self.ratios()}
 
 
-@contextmanager
-def countable_attention(model: torch.nn.Module) -> Iterator[None]:
-    """`model` with eager attention inside the block. FlopCounterMode does not count the CPU kernels behind
-    `scaled_dot_product_attention` (transformers' default for T5 and Llama), so attention's FLOPs, the part that
-    grows with the instruction's length, went uncounted: measured on a tiny model, 1.0e8 counted against 2.3e8
-    with eager attention. The same matmuls, written out, are counted; time is measured with the model's own."""
-    implementation = getattr(model.config, "_attn_implementation", None)
-    if implementation in (None, "eager") or not hasattr(model, "set_attn_implementation"):
-        yield
-        return
-    model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(implementation)
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-def measure(fn: Callable[[], object], repeats: int = 1, model: torch.nn.Module | None = None) -> Cost:
-    """FLOPs of one call (with `model`'s attention written out, `countable_attention`), and its best wall time
-    over `repeats` timed calls (after a warm-up call)."""
+# torch counts its CUDA attention kernels but not the CPU one behind `scaled_dot_product_attention`, which
+# transformers' T5 and Llama and our fusion layers call: attention's FLOPs, the part that grows with the
+# instruction, went uncounted (on a tiny T5, 1.0e8 counted against 2.3e8 with attention written out). This
+# gives the CPU kernel torch's own formula for the others, the same count as the two matmuls written out.
+CPU_ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
+
+
+def measure(fn: Callable[[], object], repeats: int = 1) -> Cost:
+    """FLOPs of one call (attention included, `CPU_ATTENTION_FLOPS`), and its best wall time over `repeats`
+    timed calls (after the counted call, which warms up)."""
     with torch.no_grad():
-        counter = FlopCounterMode(display=False)
-        with counter, (countable_attention(model) if model is not None else nullcontext()):
+        counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
+        with counter:
             fn()
         best = float("inf")
         for _ in range(repeats):
@@ -113,13 +106,12 @@ def task_cost(
         for rows in _batches(labels.shape[0], batch_size):
             model.family.answer_logits(model.backbone, concat[0][rows], concat[1][rows], labels[rows])
 
-    backbone = model.backbone
     return TaskCost(
         examples=labels.shape[0],
-        tagi_instruction=measure(lambda: model.encode_task(*instruction), repeats, backbone),
-        tagi_inputs=measure(tagi_inputs, repeats, backbone),
-        baseline=measure(baseline, repeats, backbone),
-        tagi_inputs_batched=measure(lambda: tagi_inputs(merge=False), repeats, backbone) if batched else None,
+        tagi_instruction=measure(lambda: model.encode_task(*instruction), repeats),
+        tagi_inputs=measure(tagi_inputs, repeats),
+        baseline=measure(baseline, repeats),
+        tagi_inputs_batched=measure(lambda: tagi_inputs(merge=False), repeats) if batched else None,
     )
 
 
