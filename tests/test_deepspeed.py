@@ -175,6 +175,10 @@ def test_a_killed_zero2_run_resumes_from_its_folder_to_the_uninterrupted_weights
     assert resumed["global_step"] == 24 and got.keys() == expected.keys()
     for key, value in expected.items():
         assert torch.equal(value, got[key]), key
+    # the folder holds what the run trained: θ0's frozen weights are left out, neither in the module's states nor
+    # as DeepSpeed's "frozen parameter fragments" (a resume loads them from θ0)
+    states = torch.load(next(Path(resumed["last_checkpoint"]).rglob("mp_rank_00_model_states.pt")), weights_only=False)
+    assert not any(".backbone." in key for key in states["module"]) and not states.get("frozen_param_fragments")
 
 
 ONE_RANK_DISK_FULL = """
@@ -237,6 +241,8 @@ def test_a_zero2_student_is_tested_in_float32_and_exports_a_peft_adapter(workdir
 @pytest.mark.parametrize("strategy, expected", [
     ("--trainer.strategy=deepspeed_cpu_stage_3", "ZeRO stage 3 is not supported"),
     ("--trainer.strategy=deepspeed_stage_3", "ZeRO stage 3 is not supported"),
+    ("--trainer.strategy=fsdp", "fsdp shards the weights and is not supported"),
+    ("--trainer.strategy.class_path=lightning.pytorch.strategies.FSDPStrategy", "shards the weights and is not supported"),
     ("--trainer.strategy=tagi.training.strategies.CPUDeepSpeedStrategy",  # Lightning would lowercase it as a name
      "--trainer.strategy.class_path=tagi.training.strategies.CPUDeepSpeedStrategy"),
 ])

@@ -94,3 +94,27 @@ def test_a_finetune_that_freezes_the_layer_norms_stage_two_trained_is_refused(tm
     finetune = FinetuneModule(backbone=Backbone(**T5), architecture=Architecture(**SMALL))
     with pytest.raises(ConfigurationError, match="trained the backbone's layer norms .* this run freezes them"):
         finetune._warm_start(str(path))
+
+
+def test_a_deepspeed_folder_without_frozen_weights_loads_and_a_missing_trained_weight_is_refused():
+    # DeepSpeed's `custom_load_fn` for our strategy: θ0's frozen weights may be absent (excluded on save), nothing else.
+    from tagi.training.strategies import _load_module_states
+
+    module = Theta0Module(backbone=Backbone(**SPEC), tokenizer="byt5", input="plain", lora_rank=2)
+    trained = {key: value for key, value in module.state_dict().items() if key in ("lora_A", "lora_B")}
+    _load_module_states(trained, module)
+    with pytest.raises(RuntimeError, match=r"missing \['lora_B'\]"):
+        _load_module_states({"lora_A": trained["lora_A"]}, module)
+    with pytest.raises(RuntimeError, match="unexpected"):
+        _load_module_states({**trained, "extra": torch.zeros(1)}, module)
+
+
+@pytest.mark.parametrize("name, stage", [("deepspeed", 2), ("deepspeed_stage_2", 2), ("deepspeed_stage_1", 1)])
+def test_lightnings_deepspeed_names_give_the_strategy_that_saves_atomically_without_theta0(name, stage):
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    from tagi.training.strategies import DeepSpeedStrategy
+
+    strategy = StrategyRegistry.get(name)
+    assert type(strategy) is DeepSpeedStrategy and strategy.config["zero_optimization"]["stage"] == stage
+    assert strategy.exclude_frozen_parameters

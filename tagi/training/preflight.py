@@ -188,6 +188,10 @@ def check_counts(data: dict) -> None:
             raise InputError(f"data.init_args.{key}: {value}; it must be at least {least}")
 
 
+# Why strategies that shard the weights themselves (ZeRO-3, FSDP) are refused
+SHARDED_WEIGHTS = ("each rank keeps only a shard of each weight outside the module's own forward, and this model reads "
+                   "and changes the q/v weights outside it (a task's LoRA merged for inference, the instruction's per-task "
+                   "values, the gradient-share diagnostic's extra backward).")
 CPU_DEEPSPEED = "CPUDeepSpeedStrategy"  # tagi.training.strategies: DeepSpeed without CUDA, for tests and CPU users
 
 
@@ -199,11 +203,14 @@ def check_strategy(trainer: dict) -> None:
             "(auto, ddp, deepspeed_stage_2, deepspeed_cpu, ...) or the class as "
             f"--trainer.strategy.class_path={strategy}")
     if zero_stage(trainer.get("strategy")) == 3:
-        raise ConfigurationError(
-            "trainer.strategy: DeepSpeed ZeRO stage 3 is not supported: it keeps only a shard of each weight outside "
-            "the module's own forward, and this model reads and changes the q/v weights outside it (a task's LoRA "
-            "merged for inference, the instruction's per-task values, the gradient-share diagnostic's extra "
-            "backward, which fails). Use stage 2 (sharded optimizer state and gradients): --trainer.strategy.stage=2")
+        raise ConfigurationError(f"trainer.strategy: DeepSpeed ZeRO stage 3 is not supported: {SHARDED_WEIGHTS} Use stage 2 "
+                                 "(sharded optimizer state and gradients): --trainer.strategy.stage=2")
+    chosen = trainer.get("strategy")
+    label = str(chosen.get("class_path")) if isinstance(chosen, dict) else strategy
+    if "fsdp" in label.lower() or "ModelParallelStrategy" in label:
+        raise ConfigurationError(f"trainer.strategy: {label} shards the weights and is not supported: {SHARDED_WEIGHTS} "
+                                 "Use --trainer.strategy=ddp (a whole model per process), or DeepSpeed ZeRO stage 2 for "
+                                 "sharded optimizer state and gradients (--trainer.strategy=deepspeed_stage_2 on GPUs).")
     if torch.cuda.is_available():
         return
     if "deepspeed" in strategy.lower() and CPU_DEEPSPEED not in strategy and not strategy.startswith("deepspeed_cpu"):

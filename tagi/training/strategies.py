@@ -17,14 +17,21 @@ are tested, on a machine without a GPU:
 (or `class_path: tagi.training.strategies.CPUDeepSpeedStrategy` with `init_args: {stage: 2}` in YAML;
 `deepspeed_cpu_stage_1` for ZeRO-1).
 
-On GPUs the same settings name `tagi.training.strategies.DeepSpeedStrategy`; everything else (configs,
+Both leave θ0's frozen weights out of a checkpoint folder (`exclude_frozen_parameters`, on by default here),
+as a stage's single-file checkpoint does: the stage loads θ0 itself.
+
+On GPUs the same settings name `tagi.training.strategies.DeepSpeedStrategy`, which Lightning's names
+(`deepspeed_stage_2`, ...) give too once this module is imported (the CLI does); everything else (configs,
 checkpoints, the ZeRO folder given to `init_from`) is the same.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -36,6 +43,21 @@ from tagi.io import os_error_behind, signals_deferred, writing
 
 
 class DeepSpeedStrategy(strategies.DeepSpeedStrategy):
+    def __init__(self, *args, exclude_frozen_parameters: bool = True, **kwargs):
+        # True: a checkpoint folder leaves out θ0's frozen weights, as a stage's single-file checkpoint does
+        # (the stage loads θ0 itself). DeepSpeed's default, False, saved them in the module's states and, under
+        # ZeRO-2, again as "frozen parameter fragments" (copied to the CPU: a second copy of a GPU's weights).
+        super().__init__(*args, exclude_frozen_parameters=exclude_frozen_parameters, **kwargs)
+
+    def load_checkpoint(self, checkpoint_path, weights_only=None) -> dict:
+        """Lightning's, with the module's states loaded by `_load_module_states`: strict, except for frozen weights."""
+        engine = self.deepspeed_engine
+        engine.load_checkpoint = functools.partial(engine.load_checkpoint, custom_load_fn=_load_module_states)
+        try:
+            return super().load_checkpoint(checkpoint_path, weights_only)
+        finally:
+            del engine.load_checkpoint  # the engine's own method again
+
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
         target = Path(self.broadcast(str(filepath)))
         staging = target.with_name(f".tmp-{target.name}")
@@ -83,13 +105,49 @@ class DeepSpeedStrategy(strategies.DeepSpeedStrategy):
 
         engine.save = save_or_hold
         try:
-            super().save_checkpoint(checkpoint, staging, storage_options)
+            with _frozen_aliases_left_out(self.deepspeed_engine, self.exclude_frozen_parameters):
+                super().save_checkpoint(checkpoint, staging, storage_options)
         except OSError as error:
             held.append(error)
             torch.distributed.barrier()  # the one DeepSpeed's save ends with, which this rank did not reach
         finally:
             engine.save = save
         return held[0] if held else None
+
+
+@contextmanager
+def _frozen_aliases_left_out(engine, exclude: bool) -> Iterator[None]:
+    """DeepSpeed's `exclude_frozen_parameters` drops each frozen weight under one name only: a tied weight's other
+    names (T5's encoder and decoder embeddings and LM head, all `shared`) stayed, θ0's embedding with them. Every
+    name of a frozen weight is left out here."""
+    if not exclude:
+        yield
+        return
+    frozen = [name for name, parameter in engine.module.named_parameters(remove_duplicate=False) if not parameter.requires_grad]
+
+    def module_state_dict(*args, **kwargs):
+        states = type(engine).module_state_dict(engine, *args, **kwargs)
+        for name in frozen if states is not None and kwargs.get("exclude_frozen_parameters") else ():
+            states.pop(name, None)
+        return states
+
+    engine.module_state_dict = module_state_dict
+    try:
+        yield
+    finally:
+        del engine.module_state_dict  # the engine's own method again
+
+
+def _load_module_states(src: dict, dst: torch.nn.Module) -> None:
+    """The engine's module states into `dst` (DeepSpeed's `custom_load_fn`), strictly, except that a frozen weight may
+    be absent: `exclude_frozen_parameters` left it out, and it is θ0, which the stage loaded itself. Any other missing
+    or unexpected tensor is an error, as with a strict load."""
+    result = dst.load_state_dict(src, strict=False)
+    frozen = {name for name, parameter in dst.named_parameters(remove_duplicate=False) if not parameter.requires_grad}
+    missing = sorted(set(result.missing_keys) - frozen)
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"the checkpoint's module states do not fit the model: missing {missing[:5]} "
+                           f"({len(missing)}), unexpected {sorted(result.unexpected_keys)[:5]} ({len(result.unexpected_keys)})")
 
 
 def _make_staging(staging: Path) -> OSError | None:
@@ -143,7 +201,13 @@ CPU_NAMES = {"deepspeed_cpu": 2, "deepspeed_cpu_stage_1": 1, "deepspeed_cpu_stag
 
 def register(registry=StrategyRegistry) -> None:
     """`--trainer.strategy=deepspeed_cpu` (ZeRO-2) and `deepspeed_cpu_stage_{1,2}`, as Lightning names its own
-    `deepspeed_stage_2`: a bare class path as a string is taken for a name and refused by Lightning."""
+    `deepspeed_stage_2`: a bare class path as a string is taken for a name and refused by Lightning. Lightning's
+    own names (`deepspeed`, `deepspeed_stage_2`, ...) give this module's `DeepSpeedStrategy`, with their settings:
+    they gave Lightning's, whose saves are not atomic and carry θ0."""
+    for name, entry in list(registry.items()):
+        if entry["strategy"] is strategies.DeepSpeedStrategy:
+            registry.register(name, DeepSpeedStrategy, description=entry["description"], override=True,
+                              **entry["init_params"])
     for name, stage in CPU_NAMES.items():
         if name not in registry:
             registry.register(name, CPUDeepSpeedStrategy, description=f"DeepSpeed ZeRO-{stage} on CPU processes (gloo)",
