@@ -14,6 +14,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoTokenizer, ByT5Tokenizer, GPT2Config, GPT2LMHeadModel
 
 from tagi.data.prompts import PromptFormat
+from tagi.data.sni_dataset import SNIDataset
+from tagi.data.sni import Instance, Task
 from tagi.data.tokenization import encode
 from tagi.inference.student import Student, format_instruction
 from tagi.modeling.backbone import load_backbone
@@ -221,6 +223,43 @@ def test_the_chat_format_gives_the_ids_apply_chat_template_gives(tmp_path):
         PromptFormat.of(ByT5Tokenizer(), "chat")
 
 
+GEMMA_LIKE = ("{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+              "{{ m['content'] }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+def test_an_answer_ends_with_the_token_the_chat_template_closes_a_turn_with(tmp_path):
+    # Gemma closes a turn with <end_of_turn>, not its EOS: labels and options end with what the instruct model
+    # was trained to end an answer with. A template that closes a turn with plain text keeps EOS.
+    tokenizer = ByT5Tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    tokenizer.chat_template = GEMMA_LIKE
+    tokenizer.save_pretrained(tmp_path / "gemma-like")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "gemma-like")
+    end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    form = PromptFormat.of(tokenizer, "chat")
+    assert form.answer_end == end_of_turn != tokenizer.eos_token_id
+    assert PromptFormat.of(tokenizer, "plain").answer_end == tokenizer.eos_token_id
+    assert PromptFormat.of(chat_tokenizer(tmp_path / "plain-end"), "chat").answer_end == tokenizer.eos_token_id
+    task = Task("t", "Repeat the word.", [], [Instance("i", "cow", ["cow"], ["cow", "ape"])], ["demo"], Path("."))
+    data = SNIDataset([task], tokenizer, {"demo": 0}, num_pos=0, prompt_format=form, with_meta=True)
+    assert data[0]["labels"][-1] == end_of_turn and all(option[-1] == end_of_turn for option in data[0]["options"])
+
+
+def test_generation_stops_at_the_answers_end_besides_the_models_own_eos():
+    model = tiny_model()
+    task = with_lora(model, random_lora(model, seed=2))
+    ids, mask = torch.tensor([[11, 12, 13]]), torch.ones(1, 3, dtype=torch.long)
+    with torch.no_grad():
+        free = model.generate(task, ids, mask, max_new_tokens=8, do_sample=False, min_new_tokens=8)[0].tolist()
+        stop = free[3]
+        stopped = model.generate(task, ids, mask, max_new_tokens=8, do_sample=False, eos_token_id=stop)[0].tolist()
+        model.backbone.generation_config.eos_token_id = free[0]  # the model's own EOS, met first
+        first = model.generate(task, ids, mask, max_new_tokens=8, do_sample=False, eos_token_id=stop)[0].tolist()
+    assert len(set(free[:4])) > 1  # a varied answer, so where it stops says something
+    assert stopped == free[:free.index(stop) + 1]  # right after the answer's end
+    assert first == free[:1]  # the model's own EOS still stops it
+
+
 @pytest.mark.skipif(not SMOLLM2.is_dir(), reason="needs models/smollm2-135m-instruct: python -m tagi fetch smollm2-135m-instruct")
 def test_smollm2s_chat_format_and_per_site_shapes():
     tokenizer = AutoTokenizer.from_pretrained(SMOLLM2)
@@ -229,6 +268,7 @@ def test_smollm2s_chat_format_and_per_site_shapes():
     expected = tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=True)
     assert form.wrap(encode(tokenizer, [content])[0]) == list(expected["input_ids"])
     assert tokenizer.decode(form.tail).endswith("<|im_start|>assistant\n")
+    assert form.answer_end == tokenizer.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
     with torch.device("meta"):
         from transformers import AutoConfig, AutoModelForCausalLM
 

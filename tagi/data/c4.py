@@ -218,7 +218,7 @@ class C4Segments(IterableDataset):
             start += sum(map(len, pieces))  # the next segment continues where this one ended
             instruction = pieces[0] + pieces[3] if self.four_way else pieces[0]
             yield {"instruction": instruction + [self.eos], "input": self.format.wrap(pieces[1]),
-                   "labels": pieces[2] + [self.eos]}
+                   "labels": pieces[2] + [self.format.answer_end]}
 
     def __iter__(self) -> Iterator[dict]:
         shard, shards = _shard()

@@ -5,8 +5,10 @@ data, evaluation and serving (`Student`), so what a student is served is what it
     chat    the tokenizer's chat template, one user turn:     instruction-tuned causal LMs (SmolLM2)
             <|im_start|>system … <|im_end|>\\n<|im_start|>user\\n  content  <|im_end|>\\n<|im_start|>assistant\\n
 
-The answer (the labels) is always `answer + EOS`; under `chat` EOS is the tokenizer's end of turn. The
-head and tail are tokenized on their own, as the content is: for SmolLM2 that gives the same ids as
+The answer (the labels) is `answer + end`: EOS under `plain`; under `chat`, the token the template closes an
+assistant turn with (`<|im_end|>` for SmolLM2 and Qwen, `<|eot_id|>` for Llama 3, `<end_of_turn>` for Gemma,
+whose EOS is another token), EOS where the template closes it with no special token. The head and tail are
+tokenized on their own, as the content is: for SmolLM2 that gives the same ids as
 `apply_chat_template(..., tokenize=True)` on the whole turn (tested).
 """
 
@@ -16,23 +18,27 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
+from jinja2.exceptions import TemplateError
+
 from tagi.errors import ConfigurationError
 
 PromptKind = Literal["plain", "chat"]
 _MARK = "\x00"  # stands for the content when the chat template is rendered once
+_ANSWER = "\x01"  # stands for an assistant turn's content
 
 
 @dataclass(frozen=True)
 class PromptFormat:
-    head: tuple[int, ...] = ()
-    tail: tuple[int, ...] = ()
+    head: tuple[int, ...]
+    tail: tuple[int, ...]
+    answer_end: int  # the token an answer ends with (labels, options, where generation stops)
 
     @classmethod
     def of(cls, tokenizer, kind: PromptKind = "plain") -> "PromptFormat":
         if kind == "plain":
-            return cls((), (tokenizer.eos_token_id,))
+            return cls((), (tokenizer.eos_token_id,), tokenizer.eos_token_id)
         if kind == "chat":
-            return cls(*_chat_parts(tokenizer))
+            return cls(*_chat_parts(tokenizer), _turn_end(tokenizer))
         raise ConfigurationError(f"data.init_args.prompt_format: {kind!r} is not 'plain' or 'chat'")
 
     @property
@@ -68,3 +74,17 @@ def _chat_parts(tokenizer) -> tuple[tuple[int, ...], tuple[int, ...]]:
     head, tail = text.split(_MARK)
     encode = lambda part: tuple(tokenizer(part, add_special_tokens=False)["input_ids"]) if part else ()  # noqa: E731
     return encode(head), encode(tail)
+
+
+def _turn_end(tokenizer) -> int:
+    """The first special token after an assistant turn's content in the chat template: what the instruct model was
+    trained to end an answer with. EOS where there is none (the template closes the turn with plain text)."""
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": _MARK}, {"role": "assistant", "content": _ANSWER}],
+                                             tokenize=False)
+    except TemplateError:  # a template that cannot close an assistant turn says nothing about its end
+        return tokenizer.eos_token_id
+    after = text.split(_ANSWER)[-1] if _ANSWER in text else ""
+    special = set(tokenizer.get_added_vocab().values()) | set(tokenizer.all_special_ids)
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+    return next((token for token in ids if token in special), tokenizer.eos_token_id)

@@ -90,11 +90,11 @@ class SNIDataset(Dataset):
         instructions = [templates.instruction_text(t, num_pos, template) for t in tasks]
         inputs, concat = student_prompts(tokenizer, self.format, [inst.input for _, inst in self.rows],
                                          [instructions[ti] for ti, _ in self.rows], lengths, template, student_input, counts)
-        self.eos = eos
+        self.answer_end = self.format.answer_end
         # int32 arrays: at SNI's scale a concatenation per row as a list of ints would take gigabytes
         self.concats = [np.asarray(ids, dtype=np.int32) for ids in concat]
         self.inputs = None if student_input == "concat" else [np.asarray(ids, dtype=np.int32) for ids in inputs]
-        self.labels = [_fit(ids, lengths.target, eos, counts, "target") for ids in encode(tokenizer, references)]
+        self.labels = [_fit(ids, lengths.target, self.answer_end, counts, "target") for ids in encode(tokenizer, references)]
         _log_truncation(counts, len(tasks), len(self.rows), lengths)
 
     @property
@@ -110,10 +110,10 @@ class SNIDataset(Dataset):
         return len(self.rows)
 
     def _options(self, inst) -> list[list[int]] | None:
-        """Token ids (+ EOS) of a multiple-choice instance's options, for rank classification."""
+        """Token ids (+ the answer's end) of a multiple-choice instance's options, for rank classification."""
         if inst.options is None:
             return None
-        return [ids + [self.eos] for ids in encode(self.tokenizer, inst.options)]
+        return [ids + [self.answer_end] for ids in encode(self.tokenizer, inst.options)]
 
     def __getitem__(self, i: int) -> dict:
         ti, inst = self.rows[i]

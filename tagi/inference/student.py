@@ -121,7 +121,8 @@ class Student:
                                          self.template, self.student_input)
             ids, mask = pad(prompts, pad_id(self.tokenizer))
             outputs += self.runner.generate_task(task, ids, mask, lora_only,
-                                                 max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
+                                                 max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                                                 eos_token_id=self.prompt_format.answer_end)
         return outputs
 
     # -- export

@@ -183,10 +183,16 @@ class CausalLMFamily(BackboneFamily):
     def generate(self, input_ids: Tensor, attention_mask: Tensor, **kwargs: Any) -> Tensor:
         prompt, prompt_mask = left_aligned(input_ids, attention_mask)  # (B, P)
         config = self.model.generation_config
-        eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id  # Llama 3: several
-        kwargs.setdefault("pad_token_id", config.pad_token_id if config.pad_token_id is not None else eos)
+        stops = _token_list(config.eos_token_id)  # Llama 3: several
+        kwargs.setdefault("pad_token_id", config.pad_token_id if config.pad_token_id is not None else stops[0])
+        # a caller's `eos_token_id` (the prompt format's answer end) stops generation besides the model's own
+        kwargs["eos_token_id"] = list(dict.fromkeys([*_token_list(kwargs.get("eos_token_id")), *stops]))
         sequences = self.model.generate(input_ids=prompt, attention_mask=prompt_mask, **kwargs)  # (B, P + new)
         return sequences[:, prompt.shape[1]:]
+
+
+def _token_list(ids: int | list[int] | None) -> list[int]:
+    return [] if ids is None else list(ids) if isinstance(ids, (list, tuple)) else [ids]
 
 
 def left_aligned(ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

@@ -137,7 +137,9 @@ class Stage(L.LightningModule):
         return self.student.option_logits(batch, rows, labels, self.adapter_only)
 
     def generate_kwargs(self) -> dict:
-        return dict(max_new_tokens=self.generation.max_new_tokens, num_beams=self.generation.num_beams, do_sample=False)
+        kwargs = dict(max_new_tokens=self.generation.max_new_tokens, num_beams=self.generation.num_beams, do_sample=False)
+        answer_end = getattr(self, "answer_end", None)  # the data's prompt format's, once `setup` has run
+        return kwargs if answer_end is None else {**kwargs, "eos_token_id": answer_end}
 
     def decode(self, sequences: Tensor) -> list[str]:
         return self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
@@ -148,6 +150,8 @@ class Stage(L.LightningModule):
         """An evaluation over the tasks this run scores: `val_tasks` when fitting/validating, else `eval_tasks`
         (and there a student's inference cost)."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        prompt_format = getattr(datamodule, "prompt_format", None)
+        self.answer_end = None if prompt_format is None else prompt_format.answer_end  # where generation stops
         tasks = getattr(datamodule, "eval_tasks" if stage == "test" else "val_tasks", None)
         cost = CostTally(self.student.model) if stage == "test" and self.student is not None else None
         self.evaluation = Evaluation(tasks, self.tokenizer, cost) if tasks and stage != "predict" else None
