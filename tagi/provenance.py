@@ -114,13 +114,19 @@ class Provenance:
 
     def _verify_backbone_unchanged(self, hint: str) -> None:
         """The LoRA was learned for θ0's weights: a θ0 folder retrained in place since is an error, and so is
-        one that is gone (it would be taken for a hub id)."""
+        one that is gone (it would be taken for a hub id), and a hub id the cache now resolves to another revision."""
         spec = self.backbone or {}
         recorded, folder = spec.get("weights"), Path(spec.get("name", "tiny"))
         if recorded and not folder.is_dir():
             raise CheckpointError(f"{self.source} was trained on the θ0 folder {folder} (weights {recorded}), which is "
                                   f"not there, neither from the current folder ({Path.cwd()}) nor above the checkpoint.",
                                   "Run this from the folder the stages ran in, or put θ0 back where it was.")
+        revision, now = spec.get("revision"), hub_revision(str(folder)) if spec.get("revision") else None
+        if revision and now and now != revision:
+            raise CheckpointError(f"{self.source} was trained on hub model {folder} at revision {revision}, but the local "
+                                  f"cache now resolves it to revision {now} (the repository was updated since).",
+                                  "Load the revision it was trained on (save it with save_pretrained and give that "
+                                  f"folder), or retrain on this one. {hint}".strip())
         if recorded and weights_digest(folder) != recorded:
             raise CheckpointError(f"{self.source} was trained on backbone {folder} with weights {recorded}, but the "
                                   f"weights there are now {weights_digest(folder)} (θ0 was retrained or replaced since).",
@@ -158,24 +164,42 @@ def _backbone_difference(meta: Mapping, backbone: BackboneSpec, teacher_backbone
 
 def backbone_record(spec: dict) -> dict:
     """What a checkpoint, teacher or adapter records of its backbone: the spec, and for a local folder the
-    digest of its weights (`tagi.io.weights_digest`), so a θ0 retrained in place is noticed."""
+    digest of its weights (`tagi.io.weights_digest`), so a θ0 retrained in place is noticed; for a hub id,
+    the revision (commit) the local cache resolves it to, so a repository updated since is noticed."""
     name = spec["name"]
-    weights = _weights_digest(_resolved(name)) if name not in TINY and Path(name).is_dir() else None
-    return {**spec, **({"weights": weights} if weights else {})}
+    if name in TINY:
+        return dict(spec)
+    if Path(name).is_dir():
+        weights = _weights_digest(_resolved(name))
+        return {**spec, **({"weights": weights} if weights else {})}
+    revision = hub_revision(name)
+    return {**spec, **({"revision": revision} if revision else {})}
+
+
+def hub_revision(name: str) -> str | None:
+    """The commit of hub model `name` that loads here now: the snapshot the local cache resolves it to (the
+    download `from_pretrained` made or reuses); None when it is not cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        path = try_to_load_from_cache(name, "config.json")
+    except ValueError:  # not a valid hub id (huggingface_hub's HFValidationError)
+        return None
+    return Path(path).parent.name if isinstance(path, str) else None
 
 
 def same_backbone(spec: dict, saved: dict | None, default: dict) -> bool:
     """Is `saved` (a checkpoint's or teacher's record of its backbone) the backbone `spec`? Local folders
     compare by resolved path, so a relative and an absolute spelling agree, and by the weights' digest
-    where both sides have one (records from before digests have none). `default`: the spec's defaults,
+    where both sides have one (records from before digests have none); hub ids by revision where both have one. `default`: the spec's defaults,
     which a record may leave out."""
     if not saved:
         return False
     if spec["name"] in TINY or saved.get("name") in TINY:
         return spec == {**default, **{k: v for k, v in saved.items() if k != "weights"}}
-    mine = backbone_record(spec).get("weights")
-    same_weights = mine is None or saved.get("weights") is None or mine == saved["weights"]
-    return _resolved(spec["name"]) == _resolved(saved.get("name", "")) and same_weights
+    mine = backbone_record(spec)
+    same = all(mine.get(key) is None or saved.get(key) is None or mine[key] == saved[key] for key in ("weights", "revision"))
+    return _resolved(spec["name"]) == _resolved(saved.get("name", "")) and same
 
 
 @functools.lru_cache(maxsize=8)

@@ -31,6 +31,36 @@ def test_a_backbone_folder_retrained_in_place_is_noticed(tmp_path):
     assert weights_digest(folder) not in ("recorded", saved["weights"])
 
 
+def test_a_hub_backbone_updated_since_is_noticed(tmp_path, monkeypatch):
+    """A hub id records the revision the local cache resolves it to; a repository updated (and downloaded) since no
+    longer matches, and a student read on it says which revisions differ."""
+    import huggingface_hub.constants
+
+    from tagi.provenance import CheckpointError, Provenance
+    from tagi.training.config import Backbone
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    repo = tmp_path / "models--org--model"
+
+    def download(commit: str) -> None:  # the cache layout from_pretrained leaves
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "config.json").write_text("{}")
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+
+    spec = Backbone(name="org/model")
+    assert "revision" not in spec.record()  # not cached: nothing to record
+    download("a" * 40)
+    saved = spec.record()
+    assert saved["revision"] == "a" * 40 and spec.matches(saved)
+    student = Provenance.of({"tagi": {"stage": "finetune", "backbone": saved}}, "last.ckpt", "--ckpt_path")
+    student.verify(["finetune"])
+    download("b" * 40)  # the repository was updated, and the new revision downloaded
+    assert not spec.matches(saved) and spec.matches({key: value for key, value in saved.items() if key != "revision"})
+    with pytest.raises(CheckpointError, match="at revision a{40}, but the local cache now resolves it to revision b{40}"):
+        student.verify(["finetune"])
+
+
 def test_artifacts_get_the_users_umask(tmp_path):
     """Written to a temporary name (0600 / 0700) and renamed, they still get the user's usual mode."""
     from tagi.io import atomic_directory, atomic_write_text
