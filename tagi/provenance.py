@@ -191,8 +191,8 @@ def hub_revision(name: str) -> str | None:
 def same_backbone(spec: dict, saved: dict | None, default: dict) -> bool:
     """Is `saved` (a checkpoint's or teacher's record of its backbone) the backbone `spec`? Local folders
     compare by resolved path, so a relative and an absolute spelling agree, and by the weights' digest
-    where both sides have one (records from before digests have none); hub ids by revision where both have one. `default`: the spec's defaults,
-    which a record may leave out."""
+    where both sides have one (records from before digests have none); hub ids by revision where both have
+    one. `default`: the spec's defaults, which a record may leave out."""
     if not saved:
         return False
     if spec["name"] in TINY or saved.get("name") in TINY:
