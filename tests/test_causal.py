@@ -302,12 +302,14 @@ meta = json.loads((out / "meta.json").read_text())
 tokenizer = AutoTokenizer.from_pretrained(out)
 base = AutoModelForCausalLM.from_pretrained(out / "backbone").eval()
 model = PeftModel.from_pretrained(base, str(out)).eval()
+own = base.generation_config.eos_token_id
+stops = [tokenizer.convert_tokens_to_ids(meta["answer_end"]), *(own if isinstance(own, list) else [own])]
 answers = []
 for x in {inputs!r}:
     content = meta["input_template"].replace("{{input}}", x)
     ids = tokenizer.apply_chat_template([{{"role": "user", "content": content}}], add_generation_prompt=True,
                                         return_tensors="pt", return_dict=True)
-    new = model.generate(**ids, max_new_tokens=8, do_sample=False)[0, ids["input_ids"].shape[1]:]
+    new = model.generate(**ids, max_new_tokens=8, do_sample=False, eos_token_id=stops)[0, ids["input_ids"].shape[1]:]
     answers.append(tokenizer.decode(new, skip_special_tokens=True))
 assert "tagi" not in sys.modules
 print(json.dumps(answers))
@@ -316,7 +318,8 @@ print(json.dumps(answers))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == ours
-    assert json.loads((out / "meta.json").read_text())["prompt_format"] == "chat"
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["prompt_format"] == "chat" and meta["answer_end"] == student.tokenizer.eos_token  # this template: EOS
 
 
 def test_a_model_and_tokenizer_without_a_pad_token_generate_and_pad(tmp_path):

@@ -286,6 +286,7 @@ def test_a_student_trained_on_tk_instructs_words_reads_and_exports_them(tmp_path
     assert meta["template"] == "tk-instruct"
     assert meta["input_template"] == "Now complete the following example -\nInput: {input}\nOutput: "
     assert meta["max_prompt_tokens"] == 48  # the student's budget (not the concatenation's), as trained
+    assert meta["answer_end"] == "</s>"  # a plain prompt's answer ends with EOS
     # a checkpoint from before the option: our words
     older, _ = write_student_checkpoint(tmp_path / "older", student_input="template")
     assert Student.from_checkpoint(older).template == "tagi"

@@ -146,6 +146,8 @@ class Student:
                 "prompt_format": self.prompt_kind,
                 # the prompt's length in training and in `Student.generate`: a longer input's end was cut, the cue kept
                 "max_prompt_tokens": self.lengths.concat if self.student_input == "concat" else self.lengths.input,
+                # the token its answers end with (a server's stop token): EOS, or the chat template's end of turn
+                "answer_end": self.tokenizer.convert_ids_to_tokens(self.prompt_format.answer_end),
                 "note": "backbone + this LoRA only; the student's instruction fusion and FiD are not part of a PEFT adapter"}
         if self.source is not None:
             meta["student"] = self.source
