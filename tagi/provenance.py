@@ -114,23 +114,30 @@ class Provenance:
 
     def _verify_backbone_unchanged(self, hint: str) -> None:
         """The LoRA was learned for θ0's weights: a θ0 folder retrained in place since is an error, and so is
-        one that is gone (it would be taken for a hub id), and a hub id the cache now resolves to another revision."""
+        one that is gone (it would be taken for a hub id), and so are a hub id's weights changed since."""
         spec = self.backbone or {}
         recorded, folder = spec.get("weights"), Path(spec.get("name", "tiny"))
         if recorded and not folder.is_dir():
             raise CheckpointError(f"{self.source} was trained on the θ0 folder {folder} (weights {recorded}), which is "
                                   f"not there, neither from the current folder ({Path.cwd()}) nor above the checkpoint.",
                                   "Run this from the folder the stages ran in, or put θ0 back where it was.")
-        revision, now = spec.get("revision"), hub_revision(str(folder)) if spec.get("revision") else None
-        if revision and now and now != revision:
-            raise CheckpointError(f"{self.source} was trained on hub model {folder} at revision {revision}, but the local "
-                                  f"cache now resolves it to revision {now} (the repository was updated since).",
-                                  "Load the revision it was trained on (save it with save_pretrained and give that "
-                                  f"folder), or retrain on this one. {hint}".strip())
+        self.verify_hub_weights(hint)
         if recorded and weights_digest(folder) != recorded:
             raise CheckpointError(f"{self.source} was trained on backbone {folder} with weights {recorded}, but the "
                                   f"weights there are now {weights_digest(folder)} (θ0 was retrained or replaced since).",
                                   f"Use the θ0 it was trained on, or retrain on this one. {hint}".strip())
+
+    def verify_hub_weights(self, hint: str = "") -> None:
+        """A hub id's weights as the local cache has them now (what `from_pretrained` loaded or will load offline)
+        must be the ones the record names: a repository whose weights changed since, downloaded by a later load, is an
+        error. A commit that changed no weight file (a README, a config) is not. Called again after loading."""
+        spec = self.backbone or {}
+        recorded = spec.get("hub_weights")
+        now = hub_weights(spec.get("name", "tiny")) if recorded else None
+        if recorded and now and now[1] != recorded:
+            raise CheckpointError(f"{self.source} was trained on hub model {spec['name']} with weights {recorded} (revision "
+                                  f"{spec.get('revision')}), but the weights there are now {now[1]} (revision {now[0]}): "
+                                  "the repository's weights changed since.", f"Retrain on these weights. {hint}".strip())
 
 
 def verify_teacher(directory: Path, meta: Mapping, backbone: BackboneSpec, lora_rank: int, tokenizer: str,
@@ -165,40 +172,43 @@ def _backbone_difference(meta: Mapping, backbone: BackboneSpec, teacher_backbone
 def backbone_record(spec: dict) -> dict:
     """What a checkpoint, teacher or adapter records of its backbone: the spec, and for a local folder the
     digest of its weights (`tagi.io.weights_digest`), so a θ0 retrained in place is noticed; for a hub id,
-    the revision (commit) the local cache resolves it to, so a repository updated since is noticed."""
+    the digest of the weights the local cache has for it (and their revision), so a repository whose weights
+    changed since is noticed."""
     name = spec["name"]
     if name in TINY:
         return dict(spec)
     if Path(name).is_dir():
         weights = _weights_digest(_resolved(name))
         return {**spec, **({"weights": weights} if weights else {})}
-    revision = hub_revision(name)
-    return {**spec, **({"revision": revision} if revision else {})}
+    cached = hub_weights(name)
+    return {**spec, **({"revision": cached[0], "hub_weights": cached[1]} if cached else {})}
 
 
-def hub_revision(name: str) -> str | None:
-    """The commit of hub model `name` that loads here now: the snapshot the local cache resolves it to (the
-    download `from_pretrained` made or reuses); None when it is not cached."""
+def hub_weights(name: str) -> tuple[str, str] | None:
+    """(revision, weights digest) of hub model `name` as it loads here now: the snapshot the local cache resolves it
+    to (the download `from_pretrained` made or reuses); None when it is not cached or holds no weights."""
     from huggingface_hub import try_to_load_from_cache
 
     try:
         path = try_to_load_from_cache(name, "config.json")
     except ValueError:  # not a valid hub id (huggingface_hub's HFValidationError)
         return None
-    return Path(path).parent.name if isinstance(path, str) else None
+    snapshot = Path(path).parent if isinstance(path, str) else None
+    digest = _weights_digest(str(snapshot)) if snapshot is not None else None
+    return (snapshot.name, digest) if digest else None
 
 
 def same_backbone(spec: dict, saved: dict | None, default: dict) -> bool:
     """Is `saved` (a checkpoint's or teacher's record of its backbone) the backbone `spec`? Local folders
     compare by resolved path, so a relative and an absolute spelling agree, and by the weights' digest
-    where both sides have one (records from before digests have none); hub ids by revision where both have
-    one. `default`: the spec's defaults, which a record may leave out."""
+    where both sides have one (records from before digests have none); hub ids by the weights' digest likewise.
+    `default`: the spec's defaults, which a record may leave out."""
     if not saved:
         return False
     if spec["name"] in TINY or saved.get("name") in TINY:
         return spec == {**default, **{k: v for k, v in saved.items() if k != "weights"}}
     mine = backbone_record(spec)
-    same = all(mine.get(key) is None or saved.get(key) is None or mine[key] == saved[key] for key in ("weights", "revision"))
+    same = all(mine.get(key) is None or saved.get(key) is None or mine[key] == saved[key] for key in ("weights", "hub_weights"))
     return _resolved(spec["name"]) == _resolved(saved.get("name", "")) and same
 
 

@@ -31,9 +31,9 @@ def test_a_backbone_folder_retrained_in_place_is_noticed(tmp_path):
     assert weights_digest(folder) not in ("recorded", saved["weights"])
 
 
-def test_a_hub_backbone_updated_since_is_noticed(tmp_path, monkeypatch):
-    """A hub id records the revision the local cache resolves it to; a repository updated (and downloaded) since no
-    longer matches, and a student read on it says which revisions differ."""
+def test_a_hub_backbone_whose_weights_changed_since_is_noticed(tmp_path, monkeypatch):
+    """A hub id records the digest of the weights the local cache has for it (and their revision); a later commit
+    that changed no weight passes, one that changed the weights (downloaded by a later load) does not."""
     import huggingface_hub.constants
 
     from tagi.provenance import CheckpointError, Provenance
@@ -42,22 +42,25 @@ def test_a_hub_backbone_updated_since_is_noticed(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     repo = tmp_path / "models--org--model"
 
-    def download(commit: str) -> None:  # the cache layout from_pretrained leaves
+    def download(commit: str, weights: bytes) -> None:  # the cache layout from_pretrained leaves
         (repo / "snapshots" / commit).mkdir(parents=True)
         (repo / "snapshots" / commit / "config.json").write_text("{}")
+        (repo / "snapshots" / commit / "model.safetensors").write_bytes(weights)
         (repo / "refs").mkdir(exist_ok=True)
         (repo / "refs" / "main").write_text(commit)
 
     spec = Backbone(name="org/model")
-    assert "revision" not in spec.record()  # not cached: nothing to record
-    download("a" * 40)
+    assert "hub_weights" not in spec.record()  # not cached: nothing to record
+    download("a" * 40, b"weights one")
     saved = spec.record()
     assert saved["revision"] == "a" * 40 and spec.matches(saved)
     student = Provenance.of({"tagi": {"stage": "finetune", "backbone": saved}}, "last.ckpt", "--ckpt_path")
+    download("b" * 40, b"weights one")  # a commit that changed no weight (a README)
+    assert spec.matches(saved)
     student.verify(["finetune"])
-    download("b" * 40)  # the repository was updated, and the new revision downloaded
-    assert not spec.matches(saved) and spec.matches({key: value for key, value in saved.items() if key != "revision"})
-    with pytest.raises(CheckpointError, match="at revision a{40}, but the local cache now resolves it to revision b{40}"):
+    download("c" * 40, b"weights two")  # the weights changed, and a later load downloaded them
+    assert not spec.matches(saved) and spec.matches({key: value for key, value in saved.items() if key != "hub_weights"})
+    with pytest.raises(CheckpointError, match=f"revision {'a' * 40}.*weights there are now .* \\(revision {'c' * 40}\\)"):
         student.verify(["finetune"])
 
 

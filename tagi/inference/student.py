@@ -66,12 +66,14 @@ class Student:
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> "Student":
         checkpoint = read_checkpoint(path, "--ckpt")
-        described = Provenance.of(checkpoint, path, "--ckpt").located(path).verify(
-            STUDENT_STAGES, hint="Give a finetune-stage checkpoint such as checkpoints/<run>/finetune/checkpoints/last.ckpt.").record
+        provenance = Provenance.of(checkpoint, path, "--ckpt").located(path).verify(
+            STUDENT_STAGES, hint="Give a finetune-stage checkpoint such as checkpoints/<run>/finetune/checkpoints/last.ckpt.")
+        described = provenance.record
         tokenizer = load_tokenizer(described["tokenizer"])
         spec = described["backbone"]
         tiny = {"vocab_size": len(tokenizer), **(spec.get("tiny_config") or {})}
         model = TAGIModel(load_backbone(spec["name"], tiny, spec.get("seed", 0)), **described["architecture"])
+        provenance.verify_hub_weights()  # again: loading a hub id online may have downloaded newer weights
         state = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items() if key.startswith("model.")}
         model.load_trained_state(state)
         # What it read in training, from the data module's own record: its input format (checkpoints from before

@@ -183,10 +183,10 @@ class CausalLMFamily(BackboneFamily):
     def generate(self, input_ids: Tensor, attention_mask: Tensor, **kwargs: Any) -> Tensor:
         prompt, prompt_mask = left_aligned(input_ids, attention_mask)  # (B, P)
         config = self.model.generation_config
-        stops = _token_list(config.eos_token_id)  # Llama 3: several
-        kwargs.setdefault("pad_token_id", config.pad_token_id if config.pad_token_id is not None else stops[0])
         # a caller's `eos_token_id` (the prompt format's answer end) stops generation besides the model's own
-        kwargs["eos_token_id"] = list(dict.fromkeys([*_token_list(kwargs.get("eos_token_id")), *stops]))
+        stops = list(dict.fromkeys([*_token_list(kwargs.get("eos_token_id")), *_token_list(config.eos_token_id)]))
+        kwargs["eos_token_id"] = stops or None  # Llama 3: several of its own
+        kwargs.setdefault("pad_token_id", config.pad_token_id if config.pad_token_id is not None else next(iter(stops), None))
         sequences = self.model.generate(input_ids=prompt, attention_mask=prompt_mask, **kwargs)  # (B, P + new)
         return sequences[:, prompt.shape[1]:]
 

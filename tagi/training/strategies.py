@@ -50,7 +50,8 @@ class DeepSpeedStrategy(strategies.DeepSpeedStrategy):
         super().__init__(*args, exclude_frozen_parameters=exclude_frozen_parameters, **kwargs)
 
     def load_checkpoint(self, checkpoint_path, weights_only=None) -> dict:
-        """Lightning's, with the module's states loaded by `_load_module_states`: strict, except for frozen weights."""
+        """Lightning's, with the module's states loaded by `_load_module_states`: strict, except for frozen weights (it
+        replaces DeepSpeed's own strictness, and so a module's `strict_loading`, which no stage sets)."""
         engine = self.deepspeed_engine
         engine.load_checkpoint = functools.partial(engine.load_checkpoint, custom_load_fn=_load_module_states)
         try:
