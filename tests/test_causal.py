@@ -331,6 +331,8 @@ def test_a_model_and_tokenizer_without_a_pad_token_generate_and_pad(tmp_path):
     backbone.generation_config.pad_token_id, backbone.generation_config.eos_token_id = None, [1, 2]
     ids, mask = torch.tensor([[0, 5, 6, 7]]), torch.tensor([[0, 1, 1, 1]])
     assert family_of(backbone).generate(ids, mask, max_new_tokens=3, do_sample=False).shape[0] == 1
+    backbone.generation_config.eos_token_id = None  # neither: nothing to stop or pad with but what the caller gives
+    assert family_of(backbone).generate(ids, mask, max_new_tokens=3, do_sample=False, min_new_tokens=3).shape == (1, 3)
     tokenizer = chat_tokenizer(tmp_path / "tok")
     tokenizer.pad_token = None
     assert tokenizer.pad_token_id is None and pad_id(tokenizer) == tokenizer.eos_token_id
