@@ -261,3 +261,10 @@ def test_git_commit_is_dirty_for_code_changes_not_for_written_results(tmp_path):
     assert git_commit(tmp_path) == sha and len(sha) == 40
     (tmp_path / "code.py").write_text("a = 2\n")
     assert git_commit(tmp_path) == sha + "-dirty"
+
+
+def test_a_footer_keeps_the_mark_of_a_run_made_with_uncommitted_changes():
+    from tagi.eval.results import short_commit
+
+    assert short_commit("c2799e37b9167c4786a75f6a78d76f2ebe2f0122-dirty") == "c2799e37b9-dirty"
+    assert short_commit("c2799e37b9167c4786a75f6a78d76f2ebe2f0122") == "c2799e37b9"

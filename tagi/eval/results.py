@@ -179,6 +179,12 @@ def _render_demo(data: Mapping) -> str:
     return "\n".join(lines)
 
 
+def short_commit(commit) -> str:
+    """A commit as a table footer names it: 10 characters, and "-dirty" kept (uncommitted changes when it ran)."""
+    text = str(commit)
+    return text[:10] + ("-dirty" if text.endswith("-dirty") else "")
+
+
 def _render_training_cost(data: Mapping) -> str:
     """Per shape: the finetune stage's trainable weights by part and its full step against a peft-LoRA step."""
     shapes = {name: v for name, v in data.items() if isinstance(v, Mapping) and "trainable" in v}
@@ -190,7 +196,7 @@ def _render_training_cost(data: Mapping) -> str:
         lines.append(_row([name, _millions(v["trainable"]), *(_millions(by_part.get(p, 0)) for p in parts),
                            _num(v.get("step_ratio")), _num(v.get("peak_ratio"))]))
     lines += ["", f"{data.get('device', DASH)}, {data.get('threads', DASH)} threads, median of {data.get('steps', DASH)} "
-                  f"steps; commit {str(data.get('commit', DASH))[:10]}; {DASH} = not timed at this shape."]
+                  f"steps; commit {short_commit(data.get('commit', DASH))}; {DASH} = not timed at this shape."]
     return "\n".join(lines)
 
 
@@ -206,7 +212,7 @@ def _render_inference_cost(data: Mapping) -> str:
                            f"{tagi['flops'] / 1e9:.1f}", f"{base['flops'] / 1e9:.1f}", f"**{ratio['flops']:.3f}**",
                            f"{tagi['seconds']:.2f}", f"{base['seconds']:.2f}", f"**{ratio['seconds']:.3f}**",
                            f"{ratio['flops_batched']:.3f} / {ratio['seconds_batched']:.3f}", cached]))
-    commits = ", ".join(dict.fromkeys(f"{row['shape']} {str(row['commit'])[:10]} ({row['threads']} threads)"
+    commits = ", ".join(dict.fromkeys(f"{row['shape']} {short_commit(row['commit'])} ({row['threads']} threads)"
                                       for row in data["costs"]))
     lines += ["", f"{data.get('examples', DASH)} examples per task; commit per shape: {commits}."]
     return "\n".join(lines)
@@ -240,7 +246,7 @@ def _millions(count: int) -> str:
 
 
 def _footer(data: Mapping) -> str:
-    commit = str(data.get("commit", DASH))[:10]
+    commit = short_commit(data.get("commit", DASH))
     made_at = data.get("made_at") or {}  # quality tables: how many runs and tests each commit made
     runs = "" if set(made_at) <= {commit} else \
         "; runs and tests made at " + ", ".join(f"{c} ({n})" for c, n in made_at.items())
